@@ -1,0 +1,16 @@
+# Small image, non-root. Mount your policy at /etc/gateway/config.yaml.
+FROM python:3.12-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.12-slim
+RUN useradd --system --uid 10001 --no-create-home gateway
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
+COPY config.example.yaml /etc/gateway/config.yaml
+USER 10001
+EXPOSE 8080 9901
+ENTRYPOINT ["gateway"]
+CMD ["run", "--config", "/etc/gateway/config.yaml", "--listen", "0.0.0.0:8080"]

@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test lint check-config schema clean
+
+# The virtualenv is rebuilt when pyproject.toml changes.
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+## Start the gateway on config.example.yaml in front of the built-in demo upstream.
+run: $(BIN)/.installed
+	@echo "gateway on http://127.0.0.1:8080 - try:"
+	@echo "  curl -i http://127.0.0.1:8080/health"
+	@echo "  curl -i 'http://127.0.0.1:8080/catalog/items?page=2'"
+	@echo "  curl -i http://127.0.0.1:8080/nowhere              # 404: no route"
+	@echo "  curl -i --path-as-is http://127.0.0.1:8080/catalog/../x # 400: .. escapes"
+	@echo "  curl -i http://127.0.0.1:9901/readyz               # admin listener"
+	@echo "Ctrl-C stops it."
+	exec $(BIN)/gateway run --config config.example.yaml --demo-upstream
+
+## Lint, type-check and run the whole test suite.
+test: $(BIN)/.installed
+	$(BIN)/ruff check gateway tests
+	$(BIN)/ruff format --check gateway tests
+	$(BIN)/mypy gateway tests
+	$(BIN)/pytest
+
+check-config: $(BIN)/.installed
+	$(BIN)/gateway check --config config.example.yaml
+
+schema: $(BIN)/.installed
+	$(BIN)/gateway schema > docs/policy.schema.json
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,134 @@
+"""Builds and runs the listeners: the public proxy and the admin endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from gateway.demo import demo_app
+from gateway.policy.compile import CompiledPolicy
+from gateway.policy.model import Listen
+from gateway.proxy.handler import ProxyHandler
+from gateway.proxy.headers import ForwardedFor
+
+log = logging.getLogger("gateway")
+
+
+def client_session() -> aiohttp.ClientSession:
+    """The one upstream session: keep-alive pool, no cookies, bytes passed through."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, enable_cleanup_closed=True),
+        # SECURITY: the default jar would replay one client's upstream Set-Cookie to the next.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # The body is relayed as sent, so its Content-Encoding stays true.
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None),
+        # Never let the gateway's own environment (HTTP_PROXY, .netrc) alter upstream calls.
+        trust_env=False,
+    )
+
+
+def admin_app(ready: asyncio.Event) -> web.Application:
+    """Health (`/healthz`) and readiness (`/readyz`) for orchestrators."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        if ready.is_set():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready"}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+@dataclass
+class Gateway:
+    """A running gateway. `start()` binds the listeners; `stop()` drains and closes."""
+
+    policy: CompiledPolicy
+    demo_upstream: Listen | None = None
+
+    def __post_init__(self) -> None:
+        self.ready = asyncio.Event()
+        self._runners: list[web.BaseRunner] = []
+        self._session: aiohttp.ClientSession | None = None
+        self.public_port = 0
+        self.admin_port = 0
+
+    async def start(self) -> None:
+        policy = self.policy
+        if self.demo_upstream is not None:
+            await self._serve(web.AppRunner(demo_app(), access_log=None), self.demo_upstream)
+        self._session = client_session()
+        handler = ProxyHandler(policy.table, self._session, ForwardedFor(policy.trusted_proxies))
+        server = web.Server(
+            handler,
+            # Replaced by the gateway's redacting access log: aiohttp's prints the raw query.
+            access_log=None,
+            # Request bodies are relayed as bytes; never inflate them on the way through.
+            auto_decompress=False,
+        )
+        public = web.ServerRunner(server, shutdown_timeout=policy.shutdown_timeout, handle_signals=False)
+        self.public_port = await self._serve(public, policy.listen)
+        admin = web.AppRunner(admin_app(self.ready), access_log=None, shutdown_timeout=1.0)
+        self.admin_port = await self._serve(admin, policy.admin_listen)
+        self.ready.set()
+
+    async def _serve(self, runner: web.BaseRunner, where: Listen) -> int:
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, where.host, where.port, reuse_address=True)
+        await site.start()
+        # The bound port (differs from the configured one when that is 0, as in tests).
+        return int(runner.addresses[-1][1])
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to shutdown_timeout), close."""
+        self.ready.clear()
+        # Public listener first, so health checks keep answering while we drain.
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def run_until_signalled(gateway: Gateway, announce: bool = True) -> None:
+    """Run until SIGTERM or SIGINT, then drain. Signal handlers only set a flag."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await gateway.start()
+    if announce:
+        _announce(gateway)
+    await stop.wait()
+    log.info("signal received: draining in-flight requests (up to %gs)", gateway.policy.shutdown_timeout)
+    await gateway.stop()
+    log.info("stopped")
+
+
+def _announce(gateway: Gateway) -> None:
+    policy = gateway.policy
+    public = f"http://{_url_host(policy.listen.host)}:{gateway.public_port}"
+    admin = f"http://{_url_host(policy.admin_listen.host)}:{gateway.admin_port}"
+    log.info("gateway listening on %s (policy %s, %d routes)", public, policy.source, len(policy.table.routes))
+    log.info("admin listening on %s (/healthz, /readyz)", admin)
+    if gateway.demo_upstream is not None:
+        log.info("demo upstream on http://%s", gateway.demo_upstream)
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,144 @@
+"""Command line: `gateway run | check | schema`. The only module that decides exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from gateway import __version__
+from gateway.duration import format_duration
+from gateway.policy import ConfigError, load_policy
+from gateway.policy.compile import CompiledPolicy
+from gateway.policy.model import Listen, Policy
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_INVALID = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler = args.handler
+    result: int = handler(args)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Reverse-proxy authentication gateway.")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="serve the policy")
+    run.add_argument("--config", required=True, metavar="FILE", help="policy file (YAML)")
+    run.add_argument("--listen", metavar="HOST:PORT", help="override the policy's public listen address")
+    run.add_argument(
+        "--demo-upstream",
+        metavar="HOST:PORT",
+        nargs="?",
+        const="127.0.0.1:8081",
+        help="also serve the built-in echo upstream (default 127.0.0.1:8081)",
+    )
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(handler=_run)
+
+    check = sub.add_parser("check", help="validate a policy and print its route table")
+    check.add_argument("--config", required=True, metavar="FILE")
+    check.set_defaults(handler=_check)
+
+    schema = sub.add_parser("schema", help="print the policy's JSON Schema (for editors)")
+    schema.set_defaults(handler=_schema)
+    return parser
+
+
+def _load(filename: str) -> CompiledPolicy | None:
+    try:
+        return load_policy(filename)
+    except ConfigError as exc:
+        print(f"gateway: invalid policy\n{exc}", file=sys.stderr)
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    policy = _load(args.config)
+    if policy is None:
+        return EXIT_INVALID
+    print(f"{policy.source}: valid, {len(policy.table.routes)} routes (first match wins)")
+    rows = [("#", "name", "match", "upstream", "auth", "timeouts")]
+    for r in policy.table.routes:
+        rows.append(
+            (
+                str(r.index),
+                r.name,
+                r.describe_match(),
+                f"{r.upstream}{'  (strip prefix)' if r.strip_prefix else ''}",
+                r.auth.describe(),
+                f"connect={format_duration(r.timeout.connect or 0)} read={format_duration(r.timeout.sock_read or 0)}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for later, earlier in policy.table.shadowed():
+        print(
+            f"warning: route {later.name!r} (routes[{later.index}]) can never match: "
+            f"every request it takes is taken first by {earlier.name!r} (routes[{earlier.index}])",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _schema(_: argparse.Namespace) -> int:
+    schema = Policy.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = Policy.SCHEMA_ID
+    print(json.dumps(schema, indent=2))
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    policy = _load(args.config)
+    if policy is None:
+        return EXIT_INVALID
+    try:
+        if args.listen:
+            policy = _with_listen(policy, Listen.model_validate(args.listen))
+        demo = Listen.model_validate(args.demo_upstream) if args.demo_upstream else None
+    except ValidationError as exc:
+        print(f"gateway: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return EXIT_INVALID
+    for later, earlier in policy.table.shadowed():
+        logging.getLogger("gateway").warning(
+            "route %r can never match: shadowed by %r", later.name, earlier.name
+        )
+    from gateway.app import Gateway, run_until_signalled
+
+    _install_uvloop()
+    try:
+        asyncio.run(run_until_signalled(Gateway(policy, demo_upstream=demo)))
+    except OSError as exc:
+        print(f"gateway: cannot start: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+def _with_listen(policy: CompiledPolicy, listen: Listen) -> CompiledPolicy:
+    import dataclasses
+
+    return dataclasses.replace(policy, listen=listen)
+
+
+def _install_uvloop() -> None:
+    # uvloop is optional (it does not build everywhere); asyncio's loop is the fallback.
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -1,0 +1,118 @@
+"""Canonicalise a request target once, so the policy and the upstream see one path.
+
+The rules (RFC 3986 §6.2.2 plus a gateway's paranoia):
+
+* only origin-form (`/path?query`) is accepted; no fragment;
+* percent-encoded *unreserved* characters are decoded (`%7E` -> `~`, `%2e` -> `.`),
+  every other escape is kept with upper-case hex;
+* an encoded `/` or `\\`, a NUL, a raw `\\` or a control character is refused:
+  backends disagree on what they mean, and that disagreement is how auth is bypassed;
+* `.` and `..` segments are resolved; `..` above the root is refused; a dot segment
+  hiding behind a `;` parameter (`..;/`, read by Tomcat as `..`) is refused;
+* runs of `/` are merged, as nginx does, so `//admin` cannot slip past `/admin`;
+* other printable characters outside RFC 3986 (and non-ASCII) are percent-encoded.
+
+The query string is returned exactly as received.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# pchar minus pct-encoded, plus "/" (RFC 3986 §3.3).
+_PATH_SAFE = _UNRESERVED | frozenset("!$&'()*+,;=:@/")
+_HEX = frozenset("0123456789abcdefABCDEF")
+# Canonical already: safe characters only, no escapes, no empty or dot segments.
+_FAST = re.compile(r"(?:/[A-Za-z0-9\-_~!$&'()*+,;=:@][A-Za-z0-9\-._~!$&'()*+,;=:@]*)*/?")
+_QUERY_BAD = re.compile(r"[\x00-\x20\x7f#]")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Why a target was refused. `detail` is for the operator's log, never the client."""
+
+    detail: str
+
+
+def normalize_target(target: str) -> tuple[str, str] | Rejected:
+    """Split and canonicalise a raw request target into `(path, query)`."""
+    if not target.startswith("/"):
+        # Absolute-form, authority-form and `*` have no business reaching a backend.
+        return Rejected("request target is not origin-form")
+    path, sep, query = target.partition("?")
+    if sep and _QUERY_BAD.search(query):
+        return Rejected("control character, space or fragment in query")
+    if "#" in path:
+        return Rejected("fragment in request target")
+    if _FAST.fullmatch(path) is not None:
+        return path, query
+    canonical = _canonical_path(path)
+    if isinstance(canonical, Rejected):
+        return canonical
+    return canonical, query
+
+
+def _canonical_path(path: str) -> str | Rejected:
+    decoded = _decode_unreserved(path)
+    if isinstance(decoded, Rejected):
+        return decoded
+    return _resolve_segments(decoded)
+
+
+def _decode_unreserved(path: str) -> str | Rejected:
+    out: list[str] = []
+    i = 0
+    n = len(path)
+    while i < n:
+        c = path[i]
+        if c == "%":
+            hx = path[i + 1 : i + 3]
+            if len(hx) != 2 or hx[0] not in _HEX or hx[1] not in _HEX:
+                return Rejected("malformed percent-escape in path")
+            ch = chr(int(hx, 16))
+            if ch == "/" or ch == "\\":
+                return Rejected("encoded slash or backslash in path")
+            if ch == "\x00":
+                return Rejected("encoded NUL in path")
+            out.append(ch if ch in _UNRESERVED else "%" + hx.upper())
+            i += 3
+            continue
+        if c in _PATH_SAFE:
+            out.append(c)
+        elif c == "\\":
+            return Rejected("backslash in path")
+        elif c < "\x21" or c == "\x7f":
+            return Rejected("control character or space in path")
+        else:
+            # Printable but outside RFC 3986 (e.g. `|`, `"`, or non-ASCII): give the
+            # upstream the unambiguous escaped spelling of the bytes we were sent.
+            raw = c.encode("utf-8", "surrogateescape")
+            out.append("".join(f"%{b:02X}" for b in raw))
+        i += 1
+    return "".join(out)
+
+
+def _resolve_segments(path: str) -> str | Rejected:
+    segments = path.split("/")[1:]
+    out: list[str] = []
+    trailing = False
+    last = len(segments) - 1
+    for i, seg in enumerate(segments):
+        trailing = False
+        if seg == "" or seg == ".":
+            trailing = i == last
+            continue
+        if seg == "..":
+            if not out:
+                return Rejected("'..' escapes the root")
+            out.pop()
+            trailing = i == last
+            continue
+        if seg.split(";", 1)[0] in (".", ".."):
+            return Rejected("dot segment with parameters in path")
+        out.append(seg)
+    if not out:
+        return "/"
+    return "/" + "/".join(out) + ("/" if trailing else "")

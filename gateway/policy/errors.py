@@ -1,0 +1,43 @@
+"""Config errors that name the file, the line, the field and what was expected."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Path = tuple[str | int, ...]
+
+
+def format_path(path: Path) -> str:
+    """`('routes', 2, 'upstream')` -> `routes[2].upstream`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with the policy, located by its field path."""
+
+    path: Path
+    message: str
+
+
+class ConfigError(ValueError):
+    """The policy file is invalid. `str()` is the full, operator-facing report."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = tuple(lines)
+
+
+class PolicyProblems(Exception):
+    """Raised by compile steps; the loader turns it into a located ConfigError."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        super().__init__(f"{len(problems)} problem(s)")
+        self.problems = tuple(problems)

@@ -1,0 +1,92 @@
+"""Read a policy file and report every problem as `file:line: field.path: message`."""
+
+from __future__ import annotations
+
+from pathlib import Path as FsPath
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.policy.compile import CompiledPolicy, compile_policy
+from gateway.policy.errors import ConfigError, Path, PolicyProblems, format_path
+from gateway.policy.model import Policy
+from gateway.policy.source import SourceError, SourceMap, parse_yaml
+
+
+def load_policy(filename: str) -> CompiledPolicy:
+    """Load, validate and compile; raise ConfigError with located messages."""
+    try:
+        text = FsPath(filename).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{filename}: cannot read the policy file: {exc.strerror if isinstance(exc, OSError) else exc}"]) from None
+    return load_policy_text(text, filename)
+
+
+def load_policy_text(text: str, filename: str) -> CompiledPolicy:
+    """As load_policy, for text already in hand (the CLI and tests use it)."""
+    try:
+        data, source = parse_yaml(text, filename)
+    except SourceError as exc:
+        where = f"{format_path(exc.path)}: " if exc.path else ""
+        raise ConfigError([f"{filename}:{exc.line}: {where}{exc.message}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{filename}:1: expected a mapping with 'routes' at the top level"])
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_located(_pydantic_problems(exc, data), source)) from None
+    try:
+        return compile_policy(policy, filename)
+    except PolicyProblems as exc:
+        raise ConfigError(_located([(p.path, p.message) for p in exc.problems], source)) from None
+
+
+def _pydantic_problems(exc: ValidationError, data: Any) -> list[tuple[Path, str]]:
+    out: list[tuple[Path, str]] = []
+    for err in exc.errors(include_url=False):
+        path = _data_path(data, tuple(err["loc"]))
+        kind = err["type"]
+        ctx = err.get("ctx") or {}
+        if kind == "unknown_field":
+            path = path + (ctx["field"],)
+        message = {
+            "missing": "required field is missing",
+            "int_type": "expected a whole number",
+            "string_type": "expected a string",
+            "bool_type": "expected true or false",
+            "tuple_type": "expected a list",
+            "dict_type": "expected a mapping",
+            "model_type": "expected a mapping",
+            "model_attributes_type": "expected a mapping",
+            "too_short": "expected at least one entry",
+        }.get(kind, err["msg"])
+        if kind in ("string_too_short",):
+            message = "expected a non-empty string"
+        out.append((path, message))
+    return out
+
+
+def _data_path(data: Any, loc: tuple[Any, ...]) -> Path:
+    """Turn a pydantic `loc` into a path through the user's data.
+
+    pydantic inserts union tags (`jwt`) and validator names into `loc`; those are not
+    in the file, so they are skipped. The last element is kept even when absent: it is
+    the name of a missing field.
+    """
+    out: list[str | int] = []
+    cur = data
+    for n, part in enumerate(loc):
+        if isinstance(cur, dict) and part in cur:
+            out.append(str(part))
+            cur = cur[part]
+        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+            out.append(part)
+            cur = cur[part]
+        elif n == len(loc) - 1 and isinstance(part, str) and isinstance(cur, dict):
+            out.append(part)
+    return tuple(out)
+
+
+def _located(problems: list[tuple[Path, str]], source: SourceMap) -> list[str]:
+    rows = sorted(((source.line_of(path), format_path(path), msg) for path, msg in problems), key=lambda r: r[0])
+    return [f"{source.filename}:{line}: {field}: {msg}" for line, field, msg in rows]

@@ -1,0 +1,323 @@
+"""The policy file's schema: frozen pydantic models, unknown keys refused.
+
+These objects are the validated *input*. The request path never reads them: the
+compile step turns them into `gateway.routing` and `gateway.proxy` runtime objects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictStr,
+    Tag,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from gateway.duration import DURATION_PATTERN, parse_duration
+from gateway.pathnorm import Rejected, normalize_target
+
+
+def invalid(kind: str, message: str) -> PydanticCustomError:
+    """A validation error whose text is final (values may contain braces)."""
+    return PydanticCustomError(kind, "{m}", {"m": message})
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise invalid("duration", f"not a duration: {value!r} (expected a string such as 500ms, 30s, 2m)")
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise invalid("duration", str(exc)) from None
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_duration),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN}),
+]
+
+
+class Strict(BaseModel):
+    """Base: frozen, and an unknown key names itself and lists the known ones."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys_only(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            known = set(cls.model_fields)
+            for key in data:
+                if key not in known:
+                    raise PydanticCustomError(
+                        "unknown_field",
+                        "{m}",
+                        {"m": f"unknown field {key!r} (expected one of: {', '.join(sorted(known))})", "field": key},
+                    )
+        return data
+
+
+_LISTEN = re.compile(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9.\-]*)):(?P<port>\d{1,5})")
+
+
+class Listen(BaseModel):
+    """A `host:port` to bind. `[::1]:8080` for IPv6."""
+
+    model_config = ConfigDict(frozen=True)
+    host: str
+    port: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, Listen | dict):
+            return value
+        m = _LISTEN.fullmatch(value) if isinstance(value, str) else None
+        port = int(m.group("port")) if m else 0
+        if m is None or not 0 < port < 65536:
+            raise invalid("listen", f"not a listen address: {value!r} (expected host:port, e.g. 0.0.0.0:8080)")
+        return {"host": m.group("v6") or m.group("host") or "0.0.0.0", "port": port}
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+ListenAddress = Annotated[
+    Listen,
+    WithJsonSchema({"type": "string", "pattern": r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]*):\d{1,5}$"}),
+]
+
+
+class SecretRef(Strict):
+    """A secret read from an environment variable or a file, never written inline."""
+
+    env: StrictStr | None = None
+    file: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise PydanticCustomError(
+                "secret", "expected exactly one of 'env' or 'file' (secrets are never inline)"
+            )
+        return self
+
+
+class Admin(Strict):
+    """The operators' listener: health and readiness (and metrics), never public."""
+
+    listen: ListenAddress = Field(default_factory=lambda: Listen(host="127.0.0.1", port=9901))
+
+
+class Server(Strict):
+    """Process-wide settings for the public listener."""
+
+    trusted_proxies: tuple[StrictStr, ...] = ()
+    shutdown_timeout: Duration = 30.0
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise invalid(
+                    "network", f"not a network: {item!r} (expected a CIDR such as 10.0.0.0/8 or an address)"
+                ) from None
+        return value
+
+
+_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512", "EdDSA", "HS256", "HS384", "HS512",
+)  # fmt: skip
+
+
+class KeySource(Strict):
+    """Where a provider's verification keys come from. Exactly one field is set."""
+
+    pem_file: StrictStr | None = None
+    jwks_file: StrictStr | None = None
+    jwks_url: StrictStr | None = None
+    oidc_discovery: StrictBool | None = None
+    hmac_secret: SecretRef | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> KeySource:
+        chosen = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            raise invalid("key_source", f"expected exactly one of: {', '.join(type(self).model_fields)}")
+        return self
+
+
+class Provider(Strict):
+    """A named token issuer: how tokens from it are verified."""
+
+    issuer: StrictStr
+    audiences: tuple[StrictStr, ...] = Field(min_length=1)
+    algorithms: tuple[StrictStr, ...] = Field(min_length=1)
+    keys: tuple[KeySource, ...] = Field(min_length=1)
+    leeway: Duration = 30.0
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for alg in value:
+            if alg not in _ALGORITHMS:
+                raise invalid(
+                    "algorithm", f"unsupported algorithm {alg!r} (expected one of: {', '.join(_ALGORITHMS)})"
+                )
+        if len({alg.startswith("HS") for alg in value}) > 1:
+            raise PydanticCustomError(
+                "algorithm", "HMAC and asymmetric algorithms cannot be mixed in one provider"
+            )
+        return value
+
+
+_METHOD = re.compile(r"[A-Z]+")
+
+
+class Match(Strict):
+    """Which requests a route takes: one of `path` (exact) or `prefix` (segment-aware)."""
+
+    path: StrictStr | None = None
+    prefix: StrictStr | None = None
+    methods: tuple[StrictStr, ...] | None = Field(default=None, min_length=1)
+    host: StrictStr | None = None
+
+    @field_validator("path", "prefix")
+    @classmethod
+    def _canonical(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        result = normalize_target(value) if "?" not in value else Rejected("has a query")
+        if isinstance(result, Rejected) or result[0] != value:
+            hint = "" if isinstance(result, Rejected) else f"; did you mean {result[0]!r}?"
+            raise invalid(
+                "path",
+                f"not a canonical path: {value!r} (expected an absolute path such as /orders, "
+                "without dot segments, empty segments, a query or escaped unreserved "
+                f"characters{hint})",
+            )
+        if value != "/" and value.endswith("/"):
+            trimmed = value.rstrip("/")
+            raise invalid(
+                "path",
+                f"trailing slash in {value!r} (expected {trimmed!r}: a prefix already matches "
+                f"whole segments, so it covers {trimmed!r} and everything below it)",
+            )
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for method in value or ():
+            if _METHOD.fullmatch(method) is None:
+                raise invalid("method", f"not an HTTP method: {method!r} (expected upper case, e.g. GET, POST)")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and re.fullmatch(r"[A-Za-z0-9.\-]+|\[[0-9a-fA-F:.]+\]", value) is None:
+            raise invalid("host", f"not a host name: {value!r} (expected e.g. api.example.com, without a port)")
+        return value.lower() if value is not None else None
+
+    @model_validator(mode="after")
+    def _one_of_path_prefix(self) -> Match:
+        if (self.path is None) == (self.prefix is None):
+            raise PydanticCustomError("match", "expected exactly one of 'path' or 'prefix'")
+        return self
+
+
+_UPSTREAM = re.compile(
+    r"(?P<scheme>https?)://(?P<host>[A-Za-z0-9.\-]+|\[[0-9a-fA-F:.]+\])"
+    r"(?::(?P<port>\d{1,5}))?(?P<base>(?:/[A-Za-z0-9\-._~!$&'()*+,;=:@%]*)*)"
+)
+
+
+class Timeouts(Strict):
+    """Upstream timeouts: `connect` to open a connection, `read` for each wait on data."""
+
+    connect: Duration = 5.0
+    read: Duration = 30.0
+
+
+class JwtAuth(Strict):
+    """A bearer JWT from any of the named providers. `optional` lets a missing token pass."""
+
+    any_of: tuple[StrictStr, ...] = Field(min_length=1)
+    optional: StrictBool = False
+
+
+def _auth_kind(value: Any) -> str | None:
+    if value == "public":
+        return "public"
+    if isinstance(value, dict | JwtAuth):
+        return "jwt"
+    return None
+
+
+Auth = Annotated[
+    Annotated[Literal["public"], Tag("public")] | Annotated[JwtAuth, Tag("jwt")],
+    Discriminator(
+        _auth_kind,
+        custom_error_type="auth",
+        custom_error_message="expected 'public' or a mapping with 'any_of: [provider, ...]'",
+    ),
+]
+
+
+class Route(Strict):
+    """One entry of the ordered route table."""
+
+    name: StrictStr = Field(min_length=1)
+    match: Match
+    upstream: StrictStr
+    strip_prefix: StrictBool = False
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    # No default: every route states its auth, so forgetting it cannot open a route.
+    auth: Auth
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, value: str) -> str:
+        m = _UPSTREAM.fullmatch(value)
+        if m is None or not 0 < int(m.group("port") or 80) < 65536:
+            raise invalid("upstream", f"not a URL: {value!r} (expected http(s)://host[:port][/base])")
+        return value
+
+    @model_validator(mode="after")
+    def _strip_needs_prefix(self) -> Route:
+        if self.strip_prefix and self.match.prefix is None:
+            raise PydanticCustomError(
+                "strip_prefix", "strip_prefix needs a 'match.prefix' (this route matches an exact path)"
+            )
+        return self
+
+
+class Policy(Strict):
+    """The whole policy file."""
+
+    SCHEMA_ID: ClassVar[str] = "https://gateway.dev/schema/policy.json"
+
+    listen: ListenAddress = Field(default_factory=lambda: Listen(host="0.0.0.0", port=8080))
+    admin: Admin = Field(default_factory=Admin)
+    server: Server = Field(default_factory=Server)
+    providers: dict[StrictStr, Provider] = Field(default_factory=dict)
+    routes: tuple[Route, ...] = Field(min_length=1)

@@ -1,0 +1,79 @@
+"""YAML -> plain Python data, remembering the line of every key and list item.
+
+PyYAML's constructors forget positions, and silently let a repeated key overwrite the
+first one. We walk the composed node tree ourselves so that every error can say
+`file:line`, and a repeated key is an error rather than a surprise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from gateway.policy.errors import Path
+
+_SCALAR_LOADER = yaml.SafeLoader("")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceMap:
+    """Where each field path was written."""
+
+    filename: str
+    lines: Mapping[Path, int]
+
+    def line_of(self, path: Path) -> int:
+        """The line of the deepest written prefix of `path` (1 if none)."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(path[:end])
+            if line is not None:
+                return line
+        return 1
+
+
+class SourceError(ValueError):
+    """The file is not well-formed YAML, or repeats a key."""
+
+    def __init__(self, line: int, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.path = path
+        self.message = message
+
+
+def parse_yaml(text: str, filename: str) -> tuple[Any, SourceMap]:
+    """Parse one YAML document into data plus a map of field path -> line number."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        raise SourceError(line, (), f"not valid YAML: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise SourceError(1, (), f"not valid YAML: {exc}") from None
+    lines: dict[Path, int] = {(): 1}
+    if node is None:
+        return None, SourceMap(filename, lines)
+    return _convert(node, (), lines), SourceMap(filename, lines)
+
+
+def _convert(node: yaml.Node, path: Path, lines: dict[Path, int]) -> Any:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise SourceError(line, path, "mapping keys must be plain strings")
+            key = str(_SCALAR_LOADER.construct_object(key_node))
+            if key in out:
+                raise SourceError(line, path + (key,), f"duplicate key {key!r}")
+            lines[path + (key,)] = line
+            out[key] = _convert(value_node, path + (key,), lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_convert(item, path + (i,), lines) for i, item in enumerate(node.value)]
+    return _SCALAR_LOADER.construct_object(node)

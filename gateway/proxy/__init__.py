@@ -1,0 +1,1 @@
+"""The catch-all handler: route, (authenticate), filter headers, stream to the upstream."""

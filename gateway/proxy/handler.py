@@ -1,0 +1,134 @@
+"""The one request handler: normalise, route, forward. Knows nothing of listeners."""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from gateway.errors import Reason
+from gateway.pathnorm import Rejected, normalize_target
+from gateway.proxy.headers import (
+    ForwardedFor,
+    connection_tokens,
+    downstream_response_headers,
+    upstream_request_headers,
+)
+from gateway.routing import CompiledRoute, RouteTable, request_host
+
+log = logging.getLogger("gateway.proxy")
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_JSON = "application/json"
+
+
+def error_response(reason: Reason) -> web.Response:
+    """The small JSON body every refusal carries. Never echoes request data."""
+    return web.Response(
+        status=reason.status,
+        body=reason.body,
+        content_type=_JSON,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+class ProxyHandler:
+    """Callable for aiohttp's low-level server: one instance per running policy."""
+
+    def __init__(self, table: RouteTable, session: aiohttp.ClientSession, forwarded: ForwardedFor) -> None:
+        self._table = table
+        self._session = session
+        self._forwarded = forwarded
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        normal = normalize_target(request.raw_path)
+        if isinstance(normal, Rejected):
+            return self._refuse(request, None, Reason.BAD_PATH, normal.detail)
+        path, query = normal
+        host = request.headers.get("Host", "")
+        route = self._table.match(request.method, request_host(host), path)
+        if route is None:
+            return self._refuse(request, None, Reason.NO_ROUTE, "")
+        return await self._forward(request, route, route.upstream_path(path), query, host)
+
+    def _refuse(self, request: web.BaseRequest, route: CompiledRoute | None, reason: Reason, detail: str) -> web.Response:
+        # Operators get the reason and detail; the method is from a closed token grammar
+        # and the route name is from config. The path and query are never logged here.
+        log.info(
+            "refused method=%s route=%s status=%d reason=%s detail=%s",
+            request.method,
+            route.name if route else "-",
+            reason.status,
+            reason.ident,
+            detail or "-",
+        )
+        return error_response(reason)
+
+    async def _forward(
+        self, request: web.BaseRequest, route: CompiledRoute, path: str, query: str, host: str
+    ) -> web.StreamResponse:
+        headers = upstream_request_headers(
+            request.headers,
+            peer=request.remote,
+            scheme=request.scheme,
+            host=host,
+            forwarded=self._forwarded,
+        )
+        has_body = request.body_exists
+        if has_body:
+            length = request.headers.get("Content-Length")
+            if length is not None:
+                # Keep the client's framing: upstreams that refuse chunked uploads stay happy.
+                headers["Content-Length"] = length
+            if request.headers.get("Expect", "").lower() == "100-continue":
+                # The low-level server does not answer Expect; we do, only once the
+                # request is allowed, so a refused upload is never read.
+                await request.writer.write(_CONTINUE)
+        try:
+            upstream = await self._session.request(
+                request.method,
+                route.upstream.url(path, query),
+                headers=headers,
+                data=request.content if has_body else None,
+                timeout=route.timeout,
+                allow_redirects=False,
+                # No aiohttp default headers (Accept, User-Agent, Accept-Encoding):
+                # the upstream sees what the client sent.
+                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            )
+        except aiohttp.ConnectionTimeoutError:
+            return self._refuse(request, route, Reason.UPSTREAM_UNREACHABLE, "connect timeout")
+        except aiohttp.ServerTimeoutError:
+            return self._refuse(request, route, Reason.UPSTREAM_TIMEOUT, "no response in time")
+        except aiohttp.ClientConnectorError as exc:
+            return self._refuse(request, route, Reason.UPSTREAM_UNREACHABLE, type(exc).__name__)
+        except aiohttp.ClientError as exc:
+            return self._refuse(request, route, Reason.UPSTREAM_ERROR, type(exc).__name__)
+        async with upstream:
+            return await self._relay(request, route, upstream)
+
+    async def _relay(
+        self, request: web.BaseRequest, route: CompiledRoute, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=downstream_response_headers(upstream.headers.items(), connection_tokens(upstream.headers)),
+        )
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Status and headers are gone already: the only honest signal left is to
+            # cut the client's connection so it cannot take a truncated body as whole.
+            log.warning("upstream failed mid-response route=%s error=%s", route.name, type(exc).__name__)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        except ConnectionResetError:
+            # The client went away; nothing more to deliver.
+            return response
+        await response.write_eof()
+        return response
