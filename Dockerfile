@@ -13,4 +13,4 @@ COPY config.example.yaml /etc/gateway/config.yaml
 USER 10001
 EXPOSE 8080 9901
 ENTRYPOINT ["gateway"]
-CMD ["run", "--config", "/etc/gateway/config.yaml", "--listen", "0.0.0.0:8080"]
+CMD ["run", "--config", "/etc/gateway/config.yaml", "--listen", "0.0.0.0:8080", "--admin-listen", "0.0.0.0:9901"]

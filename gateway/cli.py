@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="serve the policy")
     run.add_argument("--config", required=True, metavar="FILE", help="policy file (YAML)")
     run.add_argument("--listen", metavar="HOST:PORT", help="override the policy's public listen address")
+    run.add_argument("--admin-listen", metavar="HOST:PORT", help="override the policy's admin listen address")
     run.add_argument(
         "--demo-upstream",
         metavar="HOST:PORT",
@@ -109,7 +111,9 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     try:
         if args.listen:
-            policy = _with_listen(policy, Listen.model_validate(args.listen))
+            policy = dataclasses.replace(policy, listen=Listen.model_validate(args.listen))
+        if args.admin_listen:
+            policy = dataclasses.replace(policy, admin_listen=Listen.model_validate(args.admin_listen))
         demo = Listen.model_validate(args.demo_upstream) if args.demo_upstream else None
     except ValidationError as exc:
         print(f"gateway: {exc.errors()[0]['msg']}", file=sys.stderr)
@@ -127,12 +131,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     return EXIT_OK
-
-
-def _with_listen(policy: CompiledPolicy, listen: Listen) -> CompiledPolicy:
-    import dataclasses
-
-    return dataclasses.replace(policy, listen=listen)
 
 
 def _install_uvloop() -> None:

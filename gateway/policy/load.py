@@ -43,9 +43,14 @@ def load_policy_text(text: str, filename: str) -> CompiledPolicy:
 
 def _pydantic_problems(exc: ValidationError, data: Any) -> list[tuple[Path, str]]:
     out: list[tuple[Path, str]] = []
-    for err in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    for err in errors:
         path = _data_path(data, tuple(err["loc"]))
         kind = err["type"]
+        if kind == "too_short" and any(len(e["loc"]) > len(err["loc"]) and e["loc"][: len(err["loc"])] == err["loc"] for e in errors):
+            # pydantic counts a list's length after dropping invalid items; the item's
+            # own error is the one worth reading.
+            continue
         ctx = err.get("ctx") or {}
         if kind == "unknown_field":
             path = path + (ctx["field"],)

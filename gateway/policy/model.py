@@ -11,6 +11,7 @@ import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -74,7 +75,7 @@ _LISTEN = re.compile(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9.\-]*)):
 
 
 class Listen(BaseModel):
-    """A `host:port` to bind. `[::1]:8080` for IPv6."""
+    """A `host:port` to bind. `[::1]:8080` for IPv6; port 0 picks a free port."""
 
     model_config = ConfigDict(frozen=True)
     host: str
@@ -87,7 +88,7 @@ class Listen(BaseModel):
             return value
         m = _LISTEN.fullmatch(value) if isinstance(value, str) else None
         port = int(m.group("port")) if m else 0
-        if m is None or not 0 < port < 65536:
+        if m is None or not 0 <= port < 65536:
             raise invalid("listen", f"not a listen address: {value!r} (expected host:port, e.g. 0.0.0.0:8080)")
         return {"host": m.group("v6") or m.group("host") or "0.0.0.0", "port": port}
 
@@ -117,6 +118,17 @@ class SecretRef(Strict):
         return self
 
 
+def _network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise invalid("network", f"not a network: {value!r} (expected a CIDR such as 10.0.0.0/8 or an address)") from None
+    return value
+
+
+Network = Annotated[StrictStr, AfterValidator(_network)]
+
+
 class Admin(Strict):
     """The operators' listener: health and readiness (and metrics), never public."""
 
@@ -126,20 +138,8 @@ class Admin(Strict):
 class Server(Strict):
     """Process-wide settings for the public listener."""
 
-    trusted_proxies: tuple[StrictStr, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
     shutdown_timeout: Duration = 30.0
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for item in value:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise invalid(
-                    "network", f"not a network: {item!r} (expected a CIDR such as 10.0.0.0/8 or an address)"
-                ) from None
-        return value
 
 
 _ALGORITHMS = (
@@ -192,12 +192,21 @@ class Provider(Strict):
 _METHOD = re.compile(r"[A-Z]+")
 
 
+def _method(value: str) -> str:
+    if _METHOD.fullmatch(value) is None:
+        raise invalid("method", f"not an HTTP method: {value!r} (expected upper case, e.g. GET, POST)")
+    return value
+
+
+Method = Annotated[StrictStr, AfterValidator(_method)]
+
+
 class Match(Strict):
     """Which requests a route takes: one of `path` (exact) or `prefix` (segment-aware)."""
 
     path: StrictStr | None = None
     prefix: StrictStr | None = None
-    methods: tuple[StrictStr, ...] | None = Field(default=None, min_length=1)
+    methods: tuple[Method, ...] | None = Field(default=None, min_length=1)
     host: StrictStr | None = None
 
     @field_validator("path", "prefix")
@@ -221,14 +230,6 @@ class Match(Strict):
                 f"trailing slash in {value!r} (expected {trimmed!r}: a prefix already matches "
                 f"whole segments, so it covers {trimmed!r} and everything below it)",
             )
-        return value
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        for method in value or ():
-            if _METHOD.fullmatch(method) is None:
-                raise invalid("method", f"not an HTTP method: {method!r} (expected upper case, e.g. GET, POST)")
         return value
 
     @field_validator("host")

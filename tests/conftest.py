@@ -1,0 +1,96 @@
+"""Fixtures: real upstreams on real sockets, a gateway built from YAML text."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import RawTestServer
+
+from gateway.app import Gateway
+from gateway.policy import load_policy
+
+
+@dataclass
+class Seen:
+    """One request as the upstream received it."""
+
+    method: str
+    raw_path: str
+    headers: dict[str, list[str]]
+    body: bytes
+
+
+@dataclass
+class Upstream:
+    """A recording upstream. Tests add handlers for special paths in `routes`."""
+
+    server: RawTestServer | None = None
+    seen: list[Seen] = field(default_factory=list)
+    routes: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.port}"
+
+    @property
+    def last(self) -> Seen:
+        return self.seen[-1]
+
+
+async def _record(upstream: Upstream, request: web.Request) -> web.StreamResponse:
+    path = request.raw_path.partition("?")[0]
+    special = upstream.routes.get(path)
+    if special is not None:
+        return await special(request)
+    body = await request.read()
+    headers: dict[str, list[str]] = {}
+    for k, v in request.headers.items():
+        headers.setdefault(k.lower(), []).append(v)
+    upstream.seen.append(Seen(request.method, request.raw_path, headers, body))
+    return web.json_response({"ok": True, "path": request.raw_path})
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    up = Upstream()
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return await _record(up, request)  # type: ignore[arg-type]
+
+    up.server = RawTestServer(handler, host="127.0.0.1")
+    await up.server.start_server()
+    yield up
+    await up.server.close()
+
+
+GatewayFactory = Callable[[str], Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+    """Build and start a gateway from YAML text. `{upstream}` style formatting is the caller's."""
+    started: list[Gateway] = []
+
+    async def make(yaml_text: str, **format_args: Any) -> Gateway:
+        text = textwrap.dedent(yaml_text)
+        if "listen:" not in text.split("routes:")[0]:
+            text = "listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0}\n" + text
+        path = tmp_path / f"policy{len(started)}.yaml"
+        path.write_text(text)
+        gateway = Gateway(load_policy(str(path)))
+        await gateway.start()
+        started.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in started:
+        await gateway.stop()
+    await asyncio.sleep(0)

@@ -1,0 +1,62 @@
+"""A deliberately dumb HTTP/1.1 client over a real socket.
+
+aiohttp's client (like curl without --path-as-is) normalises URLs before sending; the
+security tests need to put exact bytes on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from multidict import CIMultiDict
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+async def raw_request(port: int, request: bytes, *, host: str = "127.0.0.1", timeout: float = 10.0) -> RawResponse:
+    """Send `request` verbatim on a new connection, read until the server closes."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(-1), timeout)
+    finally:
+        writer.close()
+    return parse_response(data)
+
+
+def parse_response(data: bytes) -> RawResponse:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers: CIMultiDict[str] = CIMultiDict()
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers.add(name.strip(), value.strip())
+    if headers.get("Transfer-Encoding", "").lower() == "chunked":
+        body = _dechunk(body)
+    return RawResponse(status, headers, body)
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = bytearray()
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2 :]
+    return bytes(out)
+
+
+def get(path: str, *headers: str, method: str = "GET") -> bytes:
+    """A request line plus headers, `Connection: close` so the read ends."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: gateway.test", *headers, "Connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1")

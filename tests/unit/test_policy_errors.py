@@ -1,0 +1,165 @@
+"""Config errors name the file, the line, the field path, and what was expected."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.policy import ConfigError, load_policy
+
+GOOD_ROUTE = """\
+  - name: ok
+    match: {prefix: /ok}
+    upstream: http://127.0.0.1:81
+    auth: public
+"""
+
+
+def errors(tmp_path: Path, text: str) -> list[str]:
+    f = tmp_path / "config.yaml"
+    f.write_text(textwrap.dedent(text))
+    with pytest.raises(ConfigError) as info:
+        load_policy(str(f))
+    prefix = f"{f}:"
+    lines = list(info.value.lines)
+    assert all(line.startswith(prefix) for line in lines), lines
+    return [line[len(prefix) :] for line in lines]
+
+
+def test_bad_upstream_names_line_field_and_expectation(tmp_path: Path) -> None:
+    text = "routes:\n" + GOOD_ROUTE + GOOD_ROUTE.replace("ok", "b") + GOOD_ROUTE.replace("ok", "c").replace(
+        "http://127.0.0.1:81", "orders:80"
+    )
+    assert errors(tmp_path, text) == [
+        "12: routes[2].upstream: not a URL: 'orders:80' (expected http(s)://host[:port][/base])"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("listen: nowhere\n", "1: listen: not a listen address: 'nowhere' (expected host:port"),
+        ("bogus: 1\n", "1: bogus: unknown field 'bogus' (expected one of: admin, listen, providers, routes, server)"),
+        ("server:\n  shutdown_timeout: 10\n", "2: server.shutdown_timeout: not a duration: 10 (expected"),
+        ("server:\n  shutdown_timeout: 10y\n", "2: server.shutdown_timeout: not a duration: '10y' (expected"),
+        ("server:\n  trusted_proxies: [nope]\n", "2: server.trusted_proxies[0]: not a network: 'nope'"),
+    ],
+)
+def test_top_level_fields(tmp_path: Path, snippet: str, expected: str) -> None:
+    [message] = errors(tmp_path, snippet + "routes:\n" + GOOD_ROUTE)
+    assert message.startswith(expected), message
+
+
+@pytest.mark.parametrize(
+    ("route", "expected"),
+    [
+        ("    match: {prefix: /ok}\n    upstream: http://u\n    auth: public\n", "3: routes[0].name: required field"),
+        ("    name: x\n    match: {prefix: /ok}\n    upstream: http://u\n", "3: routes[0].auth: required field"),
+        (
+            "    name: x\n    match: {prefix: /ok, paht: /x}\n    upstream: http://u\n    auth: public\n",
+            "4: routes[0].match.paht: unknown field 'paht' (expected one of: host, methods, path, prefix)",
+        ),
+        (
+            "    name: x\n    match: {prefix: /a/../b}\n    upstream: http://u\n    auth: public\n",
+            "4: routes[0].match.prefix: not a canonical path: '/a/../b'",
+        ),
+        (
+            "    name: x\n    match: {prefix: /a/}\n    upstream: http://u\n    auth: public\n",
+            "4: routes[0].match.prefix: trailing slash in '/a/' (expected '/a'",
+        ),
+        (
+            "    name: x\n    match: {path: /a, prefix: /b}\n    upstream: http://u\n    auth: public\n",
+            "4: routes[0].match: expected exactly one of 'path' or 'prefix'",
+        ),
+        (
+            "    name: x\n    match: {path: /a, methods: [get]}\n    upstream: http://u\n    auth: public\n",
+            "4: routes[0].match.methods[0]: not an HTTP method: 'get'",
+        ),
+        (
+            "    name: x\n    match: {path: /a}\n    upstream: http://u\n    strip_prefix: true\n    auth: public\n",
+            "3: routes[0]: strip_prefix needs a 'match.prefix'",
+        ),
+        (
+            "    name: x\n    match: {path: /a}\n    upstream: http://u\n    auth: private\n",
+            "6: routes[0].auth: expected 'public' or a mapping with 'any_of",
+        ),
+        (
+            "    name: x\n    match: {path: /a}\n    upstream: http://u\n    timeouts: {read: fast}\n    auth: public\n",
+            "6: routes[0].timeouts.read: not a duration: 'fast'",
+        ),
+        (
+            "    name: x\n    match: {path: /a}\n    upstream: http://u/a/../b\n    auth: public\n",
+            "5: routes[0].upstream: base path of 'http://u/a/../b' is not canonical",
+        ),
+    ],
+)
+def test_route_fields(tmp_path: Path, route: str, expected: str) -> None:
+    [message] = errors(tmp_path, "routes:\n  -\n" + route)
+    assert message.startswith(expected), message
+
+
+def test_unknown_provider_lists_known_ones(tmp_path: Path) -> None:
+    text = """\
+    providers:
+      corp-idp:
+        issuer: https://idp.example
+        audiences: [api]
+        algorithms: [RS256]
+        keys: [{jwks_url: https://idp.example/jwks}]
+      api-tokens:
+        issuer: https://gw.example
+        audiences: [api]
+        algorithms: [EdDSA]
+        keys: [{jwks_file: /etc/gw/jwks.json}]
+    routes:
+      - name: x
+        match: {prefix: /x}
+        upstream: http://u
+        auth:
+          any_of: [corp-idp, corp_idp]
+    """
+    found = errors(tmp_path, text)
+    assert "17: routes[0].auth.any_of[1]: unknown provider 'corp_idp' (expected one of: api-tokens, corp-idp)" in found
+
+
+def test_provider_refuses_none_and_mixed_algorithms(tmp_path: Path) -> None:
+    text = """\
+    providers:
+      a: {issuer: i, audiences: [x], algorithms: [none], keys: [{pem_file: k.pem}]}
+      b: {issuer: i, audiences: [x], algorithms: [RS256, HS256], keys: [{pem_file: k.pem}]}
+      c: {issuer: i, audiences: [x], algorithms: [HS256], keys: [{hmac_secret: {value: hunter2hunter2}}]}
+    routes:
+      - {name: x, match: {prefix: /x}, upstream: "http://u", auth: public}
+    """
+    found = errors(tmp_path, text)
+    assert found[0].startswith("2: providers.a.algorithms: unsupported algorithm 'none'")
+    assert found[1] == "3: providers.b.algorithms: HMAC and asymmetric algorithms cannot be mixed in one provider"
+    assert found[2].startswith("4: providers.c.keys[0].hmac_secret.value: unknown field 'value' (expected one of: env, file)")
+
+
+def test_several_problems_are_all_reported_in_line_order(tmp_path: Path) -> None:
+    text = """\
+    routes:
+      - {name: dup, match: {prefix: /a}, upstream: "http://u", auth: public}
+      - {name: dup, match: {prefix: /b}, upstream: "http://u", auth: public}
+      - {name: z, match: {prefix: /c}, upstream: "ftp://u", auth: public}
+    """
+    found = errors(tmp_path, text)
+    assert found == ["4: routes[2].upstream: not a URL: 'ftp://u' (expected http(s)://host[:port][/base])"]
+    text = text.replace("ftp://u", "http://u")
+    assert errors(tmp_path, text) == ["3: routes[1].name: duplicate route name 'dup' (also routes[0])"]
+
+
+def test_yaml_problems(tmp_path: Path) -> None:
+    assert errors(tmp_path, "routes: [\n") [0].startswith("2: not valid YAML")
+    dup = "routes:\n" + GOOD_ROUTE + "routes: []\n"
+    assert errors(tmp_path, dup) == ["6: routes: duplicate key 'routes'"]
+    assert errors(tmp_path, "- a\n") == ["1: expected a mapping with 'routes' at the top level"]
+    assert errors(tmp_path, "listen: 127.0.0.1:8080\n") == ["1: routes: required field is missing"]
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the policy file"):
+        load_policy(str(tmp_path / "missing.yaml"))

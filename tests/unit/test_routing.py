@@ -1,0 +1,90 @@
+"""Route table: order, segment-aware prefixes, methods, hosts, prefix stripping, shadowing."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from gateway.policy import load_policy
+from gateway.routing import RouteTable, request_host
+
+
+def table(tmp_path: Path, routes: str) -> RouteTable:
+    f = tmp_path / "p.yaml"
+    f.write_text("routes:\n" + textwrap.indent(textwrap.dedent(routes), "  "))
+    return load_policy(str(f)).table
+
+
+def name(t: RouteTable, method: str, path: str, host: str = "") -> str | None:
+    r = t.match(method, host, path)
+    return r.name if r else None
+
+
+def test_first_match_wins_and_prefix_is_segment_aware(tmp_path: Path) -> None:
+    t = table(
+        tmp_path,
+        """
+        - {name: exact, match: {path: /orders/special}, upstream: "http://u", auth: public}
+        - {name: orders, match: {prefix: /orders}, upstream: "http://u", auth: public}
+        - {name: root, match: {prefix: /}, upstream: "http://u", auth: public}
+        """,
+    )
+    assert name(t, "GET", "/orders/special") == "exact"
+    assert name(t, "GET", "/orders/special/x") == "orders"
+    assert name(t, "GET", "/orders") == "orders"
+    assert name(t, "GET", "/orders/7") == "orders"
+    assert name(t, "GET", "/ordersX") == "root"
+    assert name(t, "GET", "/") == "root"
+
+
+def test_methods_and_host(tmp_path: Path) -> None:
+    t = table(
+        tmp_path,
+        """
+        - {name: read, match: {prefix: /a, methods: [GET, HEAD]}, upstream: "http://u", auth: public}
+        - {name: hosted, match: {prefix: /a, host: API.example.com}, upstream: "http://u", auth: public}
+        """,
+    )
+    assert name(t, "GET", "/a") == "read"
+    assert name(t, "POST", "/a") is None
+    assert name(t, "POST", "/a", "api.example.com") == "hosted"
+    assert name(t, "POST", "/a", "other.example.com") is None
+    assert request_host("API.Example.com:8443") == "api.example.com"
+    assert request_host("[::1]:80") == "[::1]"
+
+
+def test_upstream_path(tmp_path: Path) -> None:
+    t = table(
+        tmp_path,
+        """
+        - {name: s, match: {prefix: /cat}, upstream: "http://u/v1/", strip_prefix: true, auth: public}
+        - {name: k, match: {prefix: /keep}, upstream: "http://u/base", auth: public}
+        - {name: r, match: {prefix: /}, upstream: "http://u", strip_prefix: true, auth: public}
+        """,
+    )
+    s, k, r = t.routes
+    assert s.upstream_path("/cat/items/1") == "/v1/items/1"
+    assert s.upstream_path("/cat") == "/v1"
+    assert k.upstream_path("/keep/x") == "/base/keep/x"
+    assert r.upstream_path("/x/y") == "/x/y"
+    assert r.upstream_path("/") == "/"
+    assert str(s.upstream) == "http://u:80/v1"
+
+
+def test_shadowing(tmp_path: Path) -> None:
+    t = table(
+        tmp_path,
+        """
+        - {name: all, match: {prefix: /api}, upstream: "http://u", auth: public}
+        - {name: under, match: {prefix: /api/v2}, upstream: "http://u", auth: public}
+        - {name: exact, match: {path: /api}, upstream: "http://u", auth: public}
+        - {name: getonly, match: {prefix: /b, methods: [GET]}, upstream: "http://u", auth: public}
+        - {name: anymethod, match: {prefix: /b/c}, upstream: "http://u", auth: public}
+        - {name: getsub, match: {path: /b/c, methods: [GET]}, upstream: "http://u", auth: public}
+        - {name: apix, match: {prefix: /apix}, upstream: "http://u", auth: public}
+        - {name: hosted, match: {prefix: /h, host: a.example}, upstream: "http://u", auth: public}
+        - {name: unhosted, match: {prefix: /h}, upstream: "http://u", auth: public}
+        """,
+    )
+    pairs = [(later.name, earlier.name) for later, earlier in t.shadowed()]
+    assert pairs == [("under", "all"), ("exact", "all"), ("getsub", "getonly")]
