@@ -65,8 +65,9 @@ async def upstream() -> AsyncIterator[Upstream]:
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         return await _record(up, request)  # type: ignore[arg-type]
 
+    # auto_decompress=False: the upstream records the bytes exactly as the gateway sent them.
     up.server = RawTestServer(handler, host="127.0.0.1")
-    await up.server.start_server()
+    await up.server.start_server(auto_decompress=False)
     yield up
     await up.server.close()
 
