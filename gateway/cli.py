@@ -119,9 +119,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"gateway: {exc.errors()[0]['msg']}", file=sys.stderr)
         return EXIT_INVALID
     for later, earlier in policy.table.shadowed():
-        logging.getLogger("gateway").warning(
-            "route %r can never match: shadowed by %r", later.name, earlier.name
-        )
+        logging.getLogger("gateway").warning("route %r can never match: shadowed by %r", later.name, earlier.name)
     from gateway.app import Gateway, run_until_signalled
 
     _install_uvloop()

@@ -19,13 +19,13 @@ class RawResponse:
     body: bytes
 
 
-async def raw_request(port: int, request: bytes, *, host: str = "127.0.0.1", timeout: float = 10.0) -> RawResponse:
+async def raw_request(port: int, request: bytes, *, host: str = "127.0.0.1", wait: float = 10.0) -> RawResponse:
     """Send `request` verbatim on a new connection, read until the server closes."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
         writer.write(request)
         await writer.drain()
-        data = await asyncio.wait_for(reader.read(-1), timeout)
+        data = await asyncio.wait_for(reader.read(-1), wait)
     finally:
         writer.close()
     return parse_response(data)

@@ -9,7 +9,7 @@ import aiohttp
 from yarl import URL
 
 from gateway.pathnorm import Rejected, normalize_target
-from gateway.policy.errors import PolicyProblems, Problem
+from gateway.policy.errors import CompileError, Problem
 from gateway.policy.model import JwtAuth, Listen, Policy, Route
 from gateway.routing import CompiledRoute, PublicAccess, RouteTable, Upstream
 
@@ -29,7 +29,7 @@ class CompiledPolicy:
 
 
 def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
-    """Compile or raise PolicyProblems listing everything wrong, by field path."""
+    """Compile or raise CompileError listing everything wrong, by field path."""
     problems: list[Problem] = []
     seen: dict[str, int] = {}
     routes: list[CompiledRoute] = []
@@ -43,7 +43,7 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
         if compiled is not None:
             routes.append(compiled)
     if problems:
-        raise PolicyProblems(problems)
+        raise CompileError(problems)
     return CompiledPolicy(
         source=source,
         listen=policy.listen,
@@ -65,7 +65,9 @@ def _compile_route(i: int, route: Route, policy: Policy, problems: list[Problem]
             if name not in policy.providers:
                 expected = ", ".join(known) if known else "none are defined under 'providers'"
                 problems.append(
-                    Problem(("routes", i, "auth", "any_of", j), f"unknown provider {name!r} (expected one of: {expected})")
+                    Problem(
+                        ("routes", i, "auth", "any_of", j), f"unknown provider {name!r} (expected one of: {expected})"
+                    )
                 )
         problems.append(
             Problem(
@@ -97,7 +99,10 @@ def _upstream(text: str) -> Upstream | str:
     if base:
         canonical = normalize_target(base)
         if isinstance(canonical, Rejected) or canonical[0] != base:
-            return f"base path of {text!r} is not canonical (expected a path without dot segments or escaped unreserved characters)"
+            return (
+                f"base path of {text!r} is not canonical "
+                "(expected a path without dot segments or escaped unreserved characters)"
+            )
     if url.host is None or url.port is None:
         return f"not a URL: {text!r} (expected http(s)://host[:port][/base])"
     return Upstream(scheme=url.scheme, host=url.host, port=url.port, base=base)

@@ -35,7 +35,7 @@ class ConfigError(ValueError):
         self.lines = tuple(lines)
 
 
-class PolicyProblems(Exception):
+class CompileError(Exception):
     """Raised by compile steps; the loader turns it into a located ConfigError."""
 
     def __init__(self, problems: Sequence[Problem]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.policy.compile import CompiledPolicy, compile_policy
-from gateway.policy.errors import ConfigError, Path, PolicyProblems, format_path
+from gateway.policy.errors import CompileError, ConfigError, Path, format_path
 from gateway.policy.model import Policy
 from gateway.policy.source import SourceError, SourceMap, parse_yaml
 
@@ -18,7 +18,9 @@ def load_policy(filename: str) -> CompiledPolicy:
     try:
         text = FsPath(filename).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{filename}: cannot read the policy file: {exc.strerror if isinstance(exc, OSError) else exc}"]) from None
+        raise ConfigError(
+            [f"{filename}: cannot read the policy file: {exc.strerror if isinstance(exc, OSError) else exc}"]
+        ) from None
     return load_policy_text(text, filename)
 
 
@@ -37,7 +39,7 @@ def load_policy_text(text: str, filename: str) -> CompiledPolicy:
         raise ConfigError(_located(_pydantic_problems(exc, data), source)) from None
     try:
         return compile_policy(policy, filename)
-    except PolicyProblems as exc:
+    except CompileError as exc:
         raise ConfigError(_located([(p.path, p.message) for p in exc.problems], source)) from None
 
 
@@ -47,7 +49,9 @@ def _pydantic_problems(exc: ValidationError, data: Any) -> list[tuple[Path, str]
     for err in errors:
         path = _data_path(data, tuple(err["loc"]))
         kind = err["type"]
-        if kind == "too_short" and any(len(e["loc"]) > len(err["loc"]) and e["loc"][: len(err["loc"])] == err["loc"] for e in errors):
+        if kind == "too_short" and any(
+            len(e["loc"]) > len(err["loc"]) and e["loc"][: len(err["loc"])] == err["loc"] for e in errors
+        ):
             # pydantic counts a list's length after dropping invalid items; the item's
             # own error is the one worth reading.
             continue

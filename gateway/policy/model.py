@@ -112,9 +112,7 @@ class SecretRef(Strict):
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:
         if (self.env is None) == (self.file is None):
-            raise PydanticCustomError(
-                "secret", "expected exactly one of 'env' or 'file' (secrets are never inline)"
-            )
+            raise PydanticCustomError("secret", "expected exactly one of 'env' or 'file' (secrets are never inline)")
         return self
 
 
@@ -122,7 +120,9 @@ def _network(value: str) -> str:
     try:
         ipaddress.ip_network(value, strict=False)
     except ValueError:
-        raise invalid("network", f"not a network: {value!r} (expected a CIDR such as 10.0.0.0/8 or an address)") from None
+        raise invalid(
+            "network", f"not a network: {value!r} (expected a CIDR such as 10.0.0.0/8 or an address)"
+        ) from None
     return value
 
 
@@ -179,13 +179,9 @@ class Provider(Strict):
     def _algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for alg in value:
             if alg not in _ALGORITHMS:
-                raise invalid(
-                    "algorithm", f"unsupported algorithm {alg!r} (expected one of: {', '.join(_ALGORITHMS)})"
-                )
+                raise invalid("algorithm", f"unsupported algorithm {alg!r} (expected one of: {', '.join(_ALGORITHMS)})")
         if len({alg.startswith("HS") for alg in value}) > 1:
-            raise PydanticCustomError(
-                "algorithm", "HMAC and asymmetric algorithms cannot be mixed in one provider"
-            )
+            raise PydanticCustomError("algorithm", "HMAC and asymmetric algorithms cannot be mixed in one provider")
         return value
 
 

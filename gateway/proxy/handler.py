@@ -52,7 +52,9 @@ class ProxyHandler:
             return self._refuse(request, None, Reason.NO_ROUTE, "")
         return await self._forward(request, route, route.upstream_path(path), query, host)
 
-    def _refuse(self, request: web.BaseRequest, route: CompiledRoute | None, reason: Reason, detail: str) -> web.Response:
+    def _refuse(
+        self, request: web.BaseRequest, route: CompiledRoute | None, reason: Reason, detail: str
+    ) -> web.Response:
         # Operators get the reason and detail; the method is from a closed token grammar
         # and the route name is from config. The path and query are never logged here.
         log.info(

@@ -286,7 +286,8 @@ async def test_expect_100_continue(make_gateway: GatewayFactory, upstream: Upstr
     gw = await make_gateway(policy(upstream))
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
     writer.write(
-        b"POST /catalog/up HTTP/1.1\r\nHost: g\r\nConnection: close\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+        b"POST /catalog/up HTTP/1.1\r\nHost: g\r\nConnection: close\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 4\r\n\r\n"
     )
     await writer.drain()
     interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -345,7 +346,9 @@ async def test_unreachable_502_slow_504_and_keeps_serving(make_gateway: GatewayF
     assert resp.body == b'{"error": "bad_gateway", "error_description": "the upstream service could not be reached"}'
     resp = await raw_request(gw.public_port, get("/slow"))
     assert resp.status == 504
-    assert resp.body == b'{"error": "gateway_timeout", "error_description": "the upstream service did not answer in time"}'
+    assert (
+        resp.body == b'{"error": "gateway_timeout", "error_description": "the upstream service did not answer in time"}'
+    )
     resp = await raw_request(gw.public_port, get("/catalog/fine"))
     assert resp.status == 200
 

@@ -29,8 +29,11 @@ def errors(tmp_path: Path, text: str) -> list[str]:
 
 
 def test_bad_upstream_names_line_field_and_expectation(tmp_path: Path) -> None:
-    text = "routes:\n" + GOOD_ROUTE + GOOD_ROUTE.replace("ok", "b") + GOOD_ROUTE.replace("ok", "c").replace(
-        "http://127.0.0.1:81", "orders:80"
+    text = (
+        "routes:\n"
+        + GOOD_ROUTE
+        + GOOD_ROUTE.replace("ok", "b")
+        + GOOD_ROUTE.replace("ok", "c").replace("http://127.0.0.1:81", "orders:80")
     )
     assert errors(tmp_path, text) == [
         "12: routes[2].upstream: not a URL: 'orders:80' (expected http(s)://host[:port][/base])"
@@ -86,7 +89,8 @@ def test_top_level_fields(tmp_path: Path, snippet: str, expected: str) -> None:
             "6: routes[0].auth: expected 'public' or a mapping with 'any_of",
         ),
         (
-            "    name: x\n    match: {path: /a}\n    upstream: http://u\n    timeouts: {read: fast}\n    auth: public\n",
+            "    name: x\n    match: {path: /a}\n    upstream: http://u\n"
+            "    timeouts: {read: fast}\n    auth: public\n",
             "6: routes[0].timeouts.read: not a duration: 'fast'",
         ),
         (
@@ -136,7 +140,9 @@ def test_provider_refuses_none_and_mixed_algorithms(tmp_path: Path) -> None:
     found = errors(tmp_path, text)
     assert found[0].startswith("2: providers.a.algorithms: unsupported algorithm 'none'")
     assert found[1] == "3: providers.b.algorithms: HMAC and asymmetric algorithms cannot be mixed in one provider"
-    assert found[2].startswith("4: providers.c.keys[0].hmac_secret.value: unknown field 'value' (expected one of: env, file)")
+    assert found[2].startswith(
+        "4: providers.c.keys[0].hmac_secret.value: unknown field 'value' (expected one of: env, file)"
+    )
 
 
 def test_several_problems_are_all_reported_in_line_order(tmp_path: Path) -> None:
@@ -153,7 +159,7 @@ def test_several_problems_are_all_reported_in_line_order(tmp_path: Path) -> None
 
 
 def test_yaml_problems(tmp_path: Path) -> None:
-    assert errors(tmp_path, "routes: [\n") [0].startswith("2: not valid YAML")
+    assert errors(tmp_path, "routes: [\n")[0].startswith("2: not valid YAML")
     dup = "routes:\n" + GOOD_ROUTE + "routes: []\n"
     assert errors(tmp_path, dup) == ["6: routes: duplicate key 'routes'"]
     assert errors(tmp_path, "- a\n") == ["1: expected a mapping with 'routes' at the top level"]
