@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -45,7 +46,9 @@ class GatewayProcess:
 
 
 @asynccontextmanager
-async def running_gateway(tmp_path: Path, routes_yaml: str, extra: str = "") -> AsyncIterator[GatewayProcess]:
+async def running_gateway(
+    tmp_path: Path, routes_yaml: str, extra: str = "", env: dict[str, str] | None = None
+) -> AsyncIterator[GatewayProcess]:
     """Start `python -m gateway run` and wait until /readyz answers; always reap it."""
     port, admin_port = free_port(), free_port()
     config = tmp_path / "gateway.yaml"
@@ -53,17 +56,21 @@ async def running_gateway(tmp_path: Path, routes_yaml: str, extra: str = "") -> 
         f"listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin_port}}}\n{extra}\nroutes:\n"
         + textwrap.indent(textwrap.dedent(routes_yaml), "  ")
     )
-    log = (tmp_path / "gateway.log").open("wb")
-    proc = subprocess.Popen(gateway_cmd("run", "--config", str(config)), stdout=log, stderr=subprocess.STDOUT)
-    gw = GatewayProcess(proc, port, admin_port)
-    try:
-        await _wait_ready(gw)
-        yield gw
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        log.close()
+    with (tmp_path / "gateway.log").open("wb") as log:
+        proc = subprocess.Popen(
+            gateway_cmd("run", "--config", str(config)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        gw = GatewayProcess(proc, port, admin_port)
+        try:
+            await _wait_ready(gw)
+            yield gw
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
 
 
 async def _wait_ready(gw: GatewayProcess) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 
 import aiohttp
 from aiohttp import web
@@ -42,6 +43,18 @@ class ProxyHandler:
         self._forwarded = forwarded
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            return await self._handle(request)
+        except Exception as exc:
+            # Fail closed: a bug must never turn into a forwarded request or a traceback
+            # page. The message is left out of the log: aiohttp puts URLs (and so query
+            # secrets) into exception text; the frames say where it broke.
+            log.error(
+                "internal error %s\n%s", type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+            )
+            return error_response(Reason.INTERNAL)
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         normal = normalize_target(request.raw_path)
         if isinstance(normal, Rejected):
             return self._refuse(request, None, Reason.BAD_PATH, normal.detail)
@@ -103,6 +116,8 @@ class ProxyHandler:
             return self._refuse(request, route, Reason.UPSTREAM_UNREACHABLE, "connect timeout")
         except aiohttp.ServerTimeoutError:
             return self._refuse(request, route, Reason.UPSTREAM_TIMEOUT, "no response in time")
+        except TimeoutError:
+            return self._refuse(request, route, Reason.UPSTREAM_TIMEOUT, "timeout")
         except aiohttp.ClientConnectorError as exc:
             return self._refuse(request, route, Reason.UPSTREAM_UNREACHABLE, type(exc).__name__)
         except aiohttp.ClientError as exc:
@@ -122,15 +137,13 @@ class ProxyHandler:
         try:
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # Status and headers are gone already: the only honest signal left is to
-            # cut the client's connection so it cannot take a truncated body as whole.
-            log.warning("upstream failed mid-response route=%s error=%s", route.name, type(exc).__name__)
+            await response.write_eof()
+        except Exception as exc:
+            # Status and headers are gone already (or the client is): the only honest
+            # signal left is to cut the client's connection, so that a truncated body
+            # can never be taken as a whole one.
+            log.warning("response relay failed route=%s error=%s", route.name, type(exc).__name__)
+            upstream.close()
             if request.transport is not None:
                 request.transport.abort()
-            return response
-        except ConnectionResetError:
-            # The client went away; nothing more to deliver.
-            return response
-        await response.write_eof()
         return response

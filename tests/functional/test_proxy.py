@@ -7,9 +7,14 @@ import gzip
 import socket
 
 import aiohttp
+import pytest
 from aiohttp import web
+from aiohttp.test_utils import RawTestServer
 
 from gateway.app import Gateway
+from gateway.proxy.handler import ProxyHandler
+from gateway.proxy.headers import ForwardedFor
+from gateway.routing import CompiledRoute, RouteTable
 from tests.conftest import GatewayFactory, Upstream
 from tests.rawhttp import get, raw_request
 
@@ -375,3 +380,28 @@ async def test_upstream_dying_mid_body_cuts_the_client(make_gateway: GatewayFact
                 raise AssertionError("a truncated body was delivered as complete")
         async with client.get(f"{base(gw)}/catalog/after") as r:
             assert r.status == 200
+
+
+class _BrokenTable(RouteTable):
+    """A route table with a bug in it: the handler must fail closed, not open."""
+
+    def match(self, method: str, host: str, path: str) -> CompiledRoute | None:
+        raise RuntimeError(f"bug while matching {path}")
+
+
+async def test_unexpected_error_fails_closed_without_leaking(
+    upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        handler = ProxyHandler(_BrokenTable(()), session, ForwardedFor(()))
+        server = RawTestServer(handler, host="127.0.0.1")
+        await server.start_server()
+        try:
+            resp = await raw_request(server.port or 0, get("/x?api_key=SECRET123"))
+        finally:
+            await server.close()
+    assert resp.status == 500
+    assert resp.body == b'{"error": "internal_error", "error_description": "the gateway failed to handle this request"}'
+    assert upstream.seen == []
+    assert "internal error RuntimeError" in caplog.text
+    assert "SECRET123" not in caplog.text

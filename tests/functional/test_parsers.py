@@ -1,0 +1,53 @@
+"""The path and header defences hold under both of aiohttp's HTTP parsers.
+
+aiohttp falls back to a pure-Python parser where its C extension is missing (or with
+AIOHTTP_NO_EXTENSIONS=1). The two have differed before, so the gateway is run as a real
+process under each and sent the same hostile requests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Upstream
+from tests.procs import running_gateway
+from tests.rawhttp import get, raw_request
+
+HOSTILE = ["/a%2Fb", "/a%5Cb", "/a\\b", "/a%00b", "/..", "/%2e%2e/x", "/a/..;/b", "/a%zz", "http://evil/x", "*"]
+
+SMUGGLING = [
+    b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("parser", ["c", "python"])
+async def test_hostile_targets_under_each_parser(tmp_path: Path, upstream: Upstream, parser: str) -> None:
+    env = {"AIOHTTP_NO_EXTENSIONS": "1"} if parser == "python" else {}
+    async with running_gateway(
+        tmp_path,
+        f"""
+        - {{name: pub, match: {{prefix: /public}}, upstream: "{upstream.url}", auth: public}}
+        - {{name: everything, match: {{prefix: /}}, upstream: "{upstream.url}/root", auth: public}}
+        """,
+        env=env,
+    ) as gw:
+        for target in HOSTILE:
+            resp = await raw_request(gw.port, get(target))
+            assert resp.status == 400, (parser, target)
+        assert upstream.seen == []
+
+        # Request smuggling: framing that two parsers could read two ways is refused.
+        for framing in SMUGGLING:
+            resp = await raw_request(gw.port, b"POST /public/x HTTP/1.1\r\nHost: g\r\n" + framing)
+            assert resp.status == 400, (parser, framing)
+        assert upstream.seen == []
+
+        resp = await raw_request(gw.port, get("/public/%2e/x//y", "X_Auth_Subject: admin", "X-Auth-Role: root"))
+        assert resp.status == 200
+        assert upstream.last.raw_path == "/public/x/y"
+        assert not [k for k in upstream.last.headers if "auth" in k]
