@@ -18,7 +18,8 @@ run: $(BIN)/.installed
 	@echo "  curl -i http://127.0.0.1:8080/health"
 	@echo "  curl -i 'http://127.0.0.1:8080/catalog/items?page=2'"
 	@echo "  curl -i http://127.0.0.1:8080/nowhere              # 404: no route"
-	@echo "  curl -i --path-as-is http://127.0.0.1:8080/catalog/../x # 400: .. escapes"
+	@echo "  curl -i 'http://127.0.0.1:8080/catalog/a%2Fb'     # 400: encoded slash"
+	@echo "  curl -i --path-as-is http://127.0.0.1:8080/catalog/../admin  # 404: /admin has no route"
 	@echo "  curl -i http://127.0.0.1:9901/readyz               # admin listener"
 	@echo "Ctrl-C stops it."
 	exec $(BIN)/gateway run --config config.example.yaml --demo-upstream
