@@ -13,8 +13,9 @@ from aiohttp import web
 from gateway.demo import demo_app
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.model import Listen
-from gateway.proxy.handler import ProxyHandler
+from gateway.proxy.handler import HandlerSettings, ProxyHandler
 from gateway.proxy.headers import ForwardedFor
+from gateway.proxy.server import make_server
 
 log = logging.getLogger("gateway")
 
@@ -33,16 +34,17 @@ def client_session() -> aiohttp.ClientSession:
     )
 
 
-def admin_app(ready: asyncio.Event) -> web.Application:
+def admin_app(gateway: Gateway) -> web.Application:
     """Health (`/healthz`) and readiness (`/readyz`) for orchestrators."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        if ready.is_set():
+        waiting = gateway.not_ready()
+        if not waiting:
             return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not ready"}, status=503)
+        return web.json_response({"status": "not ready", "waiting_for": waiting}, status=503)
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
@@ -58,7 +60,7 @@ class Gateway:
     demo_upstream: Listen | None = None
 
     def __post_init__(self) -> None:
-        self.ready = asyncio.Event()
+        self.listening = False
         self._runners: list[web.BaseRunner] = []
         self._session: aiohttp.ClientSession | None = None
         self.public_port = 0
@@ -69,19 +71,28 @@ class Gateway:
         if self.demo_upstream is not None:
             await self._serve(web.AppRunner(demo_app(), access_log=None), self.demo_upstream)
         self._session = client_session()
-        handler = ProxyHandler(policy.table, self._session, ForwardedFor(policy.trusted_proxies))
-        server = web.Server(
-            handler,
-            # Replaced by the gateway's redacting access log: aiohttp's prints the raw query.
-            access_log=None,
-            # Request bodies are relayed as bytes; never inflate them on the way through.
-            auto_decompress=False,
+        for provider in policy.providers:
+            # Fetches start now, in the background; /readyz says when every provider has keys.
+            await provider.start(self._session)
+        settings = HandlerSettings(
+            forwarded=ForwardedFor(policy.trusted_proxies),
+            identity=policy.identity,
+            realm=policy.realm,
+            max_token_bytes=policy.max_token_bytes,
         )
+        handler = ProxyHandler(policy.table, self._session, settings)
+        server = make_server(handler, policy.max_token_bytes)
         public = web.ServerRunner(server, shutdown_timeout=policy.shutdown_timeout, handle_signals=False)
         self.public_port = await self._serve(public, policy.listen)
-        admin = web.AppRunner(admin_app(self.ready), access_log=None, shutdown_timeout=1.0)
+        admin = web.AppRunner(admin_app(self), access_log=None, shutdown_timeout=1.0)
         self.admin_port = await self._serve(admin, policy.admin_listen)
-        self.ready.set()
+        self.listening = True
+
+    def not_ready(self) -> list[str]:
+        """What readiness waits for: the listeners, and keys for every provider."""
+        waiting = [] if self.listening else ["listeners"]
+        waiting += [f"keys of provider {p.provider!r}" for p in self.policy.providers if not p.ready]
+        return waiting
 
     async def _serve(self, runner: web.BaseRunner, where: Listen) -> int:
         await runner.setup()
@@ -93,11 +104,13 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (up to shutdown_timeout), close."""
-        self.ready.clear()
+        self.listening = False
         # Public listener first, so health checks keep answering while we drain.
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        for provider in self.policy.providers:
+            await provider.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -1,7 +1,8 @@
 """The closed vocabulary of reasons a request is refused or fails.
 
-One `Reason` drives the HTTP status, the JSON body, the log field and (later) the
-metric label, so the four can never disagree.
+One `Reason` drives the HTTP status, the JSON body, the `WWW-Authenticate` challenge
+(RFC 6750 §3), the log field and the metric label, so they can never disagree. Client
+descriptions are fixed strings: they never carry a token, a claim or exception text.
 """
 
 from __future__ import annotations
@@ -9,40 +10,116 @@ from __future__ import annotations
 import enum
 import json
 
+_INVALID = "the access token is invalid"
+
 
 class Reason(enum.Enum):
-    """Why the gateway answered instead of the upstream. Values are stable identifiers."""
+    """Why the gateway answered instead of the upstream. `ident` values are stable."""
 
-    # (status, OAuth-style error code, client-facing description)
-    NO_ROUTE = ("no_route", 404, "not_found", "no route matches this request")
-    BAD_PATH = ("bad_path", 400, "invalid_request", "the request path is not acceptable")
+    # ident, status, body error code, RFC 6750 challenge error (None: no challenge,
+    # "": challenge without an error attribute), client description.
+    NO_ROUTE = ("no_route", 404, "not_found", None, "no route matches this request")
+    BAD_PATH = ("bad_path", 400, "invalid_request", None, "the request path is not acceptable")
+    BAD_REQUEST = ("bad_request", 400, "invalid_request", None, "the request could not be parsed")
+
+    TOKEN_MISSING = ("token_missing", 401, "invalid_token", "", "a bearer token is required")
+    MULTIPLE_AUTHORIZATION = (
+        "multiple_authorization",
+        400,
+        "invalid_request",
+        "invalid_request",
+        "send exactly one Authorization header",
+    )
+    MALFORMED_AUTHORIZATION = (
+        "malformed_authorization",
+        400,
+        "invalid_request",
+        "invalid_request",
+        "the Authorization header is not 'Bearer <token>'",
+    )
+    QUERY_TOKEN = (
+        "query_token",
+        400,
+        "invalid_request",
+        "invalid_request",
+        "send the token in the Authorization header (Bearer), not in the URL",
+    )
+    TOKEN_TOO_LARGE = ("token_too_large", 401, "invalid_token", "invalid_token", "the access token is too large")
+    MALFORMED_TOKEN = ("malformed_token", 401, "invalid_token", "invalid_token", "the access token is malformed")
+    ALG_NOT_ALLOWED = ("alg_not_allowed", 401, "invalid_token", "invalid_token", _INVALID)
+    KEY_IN_TOKEN = ("key_in_token", 401, "invalid_token", "invalid_token", _INVALID)
+    UNKNOWN_CRIT = ("unknown_crit", 401, "invalid_token", "invalid_token", _INVALID)
+    TYP_MISMATCH = ("typ_mismatch", 401, "invalid_token", "invalid_token", _INVALID)
+    ISSUER_MISMATCH = ("issuer_mismatch", 401, "invalid_token", "invalid_token", _INVALID)
+    UNKNOWN_KID = ("unknown_kid", 401, "invalid_token", "invalid_token", _INVALID)
+    BAD_SIGNATURE = ("bad_signature", 401, "invalid_token", "invalid_token", _INVALID)
+    MISSING_CLAIM = ("missing_claim", 401, "invalid_token", "invalid_token", _INVALID)
+    INVALID_CLAIM = ("invalid_claim", 401, "invalid_token", "invalid_token", _INVALID)
+    EXPIRED = ("expired", 401, "invalid_token", "invalid_token", "the access token has expired")
+    NOT_YET_VALID = ("not_yet_valid", 401, "invalid_token", "invalid_token", "the access token is not valid yet")
+    ISSUED_IN_FUTURE = ("issued_in_future", 401, "invalid_token", "invalid_token", _INVALID)
+    LIFETIME_TOO_LONG = ("lifetime_too_long", 401, "invalid_token", "invalid_token", _INVALID)
+    AUDIENCE_MISMATCH = ("audience_mismatch", 401, "invalid_token", "invalid_token", _INVALID)
+    UNFORWARDABLE_CLAIM = (
+        "unforwardable_claim",
+        401,
+        "invalid_token",
+        "invalid_token",
+        "the access token carries a claim that cannot be forwarded",
+    )
+    INSUFFICIENT_SCOPE = (
+        "insufficient_scope",
+        403,
+        "insufficient_scope",
+        "insufficient_scope",
+        "the access token lacks a required scope",
+    )
+    CLAIM_MISMATCH = (
+        "claim_mismatch",
+        403,
+        "insufficient_scope",
+        "insufficient_scope",
+        "the access token does not grant access to this resource",
+    )
+    KEYS_UNAVAILABLE = (
+        "keys_unavailable",
+        503,
+        "temporarily_unavailable",
+        None,
+        "token verification is not available yet; retry shortly",
+    )
+
     UPSTREAM_UNREACHABLE = (
         "upstream_unreachable",
         502,
         "bad_gateway",
+        None,
         "the upstream service could not be reached",
     )
-    UPSTREAM_ERROR = (
-        "upstream_error",
-        502,
-        "bad_gateway",
-        "the upstream service sent an invalid response",
-    )
-    UPSTREAM_TIMEOUT = (
-        "upstream_timeout",
-        504,
-        "gateway_timeout",
-        "the upstream service did not answer in time",
-    )
-    INTERNAL = ("internal", 500, "internal_error", "the gateway failed to handle this request")
+    UPSTREAM_ERROR = ("upstream_error", 502, "bad_gateway", None, "the upstream service sent an invalid response")
+    UPSTREAM_TIMEOUT = ("upstream_timeout", 504, "gateway_timeout", None, "the upstream service did not answer in time")
+    INTERNAL = ("internal", 500, "internal_error", None, "the gateway failed to handle this request")
 
-    def __init__(self, ident: str, status: int, error: str, description: str) -> None:
+    def __init__(self, ident: str, status: int, error: str, challenge: str | None, description: str) -> None:
         self.ident = ident
         self.status = status
         self.error = error
+        self.challenge = challenge
         self.description = description
-        # Precomputed once: the hot path only writes these bytes.
+        # Precomputed once: the refusal path only writes these bytes.
         self.body = json.dumps({"error": error, "error_description": description}).encode()
+
+    def www_authenticate(self, realm: str, scope: str = "") -> str | None:
+        """The RFC 6750 §3 challenge for this reason, or None when none applies."""
+        if self.challenge is None:
+            return None
+        parts = [f'realm="{realm}"']
+        if self.challenge:
+            parts.append(f'error="{self.challenge}"')
+            parts.append(f'error_description="{self.description}"')
+        if scope and self.status == 403:
+            parts.append(f'scope="{scope}"')
+        return "Bearer " + ", ".join(parts)
 
     def __str__(self) -> str:
         return self.ident

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
+from gateway.auth.requirement import TokenRequirement
+
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
@@ -44,7 +46,7 @@ class PublicAccess:
         return "public"
 
 
-AuthRequirement = PublicAccess
+AuthRequirement = PublicAccess | TokenRequirement
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class CompiledRoute:
     strip_prefix: bool
     timeout: aiohttp.ClientTimeout
     auth: AuthRequirement
+    forward_authorization: bool
 
     def matches(self, method: str, host: str, path: str) -> bool:
         """True when this route takes the request. `path` must be canonical."""

@@ -3,17 +3,61 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path as FsPath
 
 import aiohttp
 from yarl import URL
 
+from gateway.auth.claims import ClaimRule, ClaimRules, normalise_typ
+from gateway.auth.forward import ClaimHeaders, IdentityHeaders, fold
+from gateway.auth.requirement import TokenRequirement
+from gateway.auth.verifier import ProviderVerifier
+from gateway.keys.keyset import ALG_KINDS, UnusableKeyError, VerifyKey
+from gateway.keys.provider_keys import ProviderKeys
+from gateway.keys.sources import (
+    FileKeys,
+    KeySource,
+    RemoteJwks,
+    RemoteSettings,
+    StaticKeys,
+    insecure_url,
+    read_key_file,
+)
 from gateway.pathnorm import Rejected, normalize_target
-from gateway.policy.errors import CompileError, Problem
-from gateway.policy.model import JwtAuth, Listen, Policy, Route
+from gateway.policy.errors import CompileError, Path, Problem
+from gateway.policy.model import Identity, JwtAuth, Listen, Policy, Provider, Route
+from gateway.policy.model import KeySource as KeySourceModel
 from gateway.routing import CompiledRoute, PublicAccess, RouteTable, Upstream
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+MIN_HMAC_BYTES = 32
+# Headers the gateway owns or that frame the message: never a claim header.
+_FORBIDDEN_CLAIM_HEADERS = frozenset(
+    fold(h)
+    for h in (
+        "Host",
+        "Authorization",
+        "Content-Length",
+        "Content-Type",
+        "Transfer-Encoding",
+        "Connection",
+        "Keep-Alive",
+        "TE",
+        "Trailer",
+        "Upgrade",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "Cookie",
+        "Expect",
+        "X-Forwarded-For",
+        "X-Forwarded-Proto",
+        "X-Forwarded-Host",
+        "Forwarded",
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +70,21 @@ class CompiledPolicy:
     trusted_proxies: tuple[Network, ...]
     shutdown_timeout: float
     table: RouteTable
+    providers: tuple[ProviderKeys, ...]
+    identity: IdentityHeaders
+    realm: str
+    max_token_bytes: int
 
 
 def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
     """Compile or raise CompileError listing everything wrong, by field path."""
     problems: list[Problem] = []
+    base_dir = FsPath(source).resolve().parent
+    verifiers: dict[str, ProviderVerifier] = {}
+    for name, provider in policy.providers.items():
+        verifier = _compile_provider(name, provider, base_dir, problems)
+        if verifier is not None:
+            verifiers[name] = verifier
     seen: dict[str, int] = {}
     routes: list[CompiledRoute] = []
     for i, route in enumerate(policy.routes):
@@ -39,11 +93,13 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
                 Problem(("routes", i, "name"), f"duplicate route name {route.name!r} (also routes[{seen[route.name]}])")
             )
         seen.setdefault(route.name, i)
-        compiled = _compile_route(i, route, policy, problems)
+        compiled = _compile_route(i, route, policy, verifiers, problems)
         if compiled is not None:
             routes.append(compiled)
+    claim_headers = _claim_header_names(policy, problems)
     if problems:
         raise CompileError(problems)
+    identity = policy.identity
     return CompiledPolicy(
         source=source,
         listen=policy.listen,
@@ -51,30 +107,154 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
         trusted_proxies=tuple(ipaddress.ip_network(n, strict=False) for n in policy.server.trusted_proxies),
         shutdown_timeout=policy.server.shutdown_timeout,
         table=RouteTable(tuple(routes)),
+        providers=tuple(v.keys for v in verifiers.values()),
+        identity=IdentityHeaders.of(identity.reserved_prefix, claim_headers),
+        realm=identity.realm,
+        max_token_bytes=identity.max_token_bytes,
     )
 
 
-def _compile_route(i: int, route: Route, policy: Policy, problems: list[Problem]) -> CompiledRoute | None:
+def _claim_header_names(policy: Policy, problems: list[Problem]) -> set[str]:
+    """Every header a claim may be forwarded in, on any route: stripped on all routes."""
+    found: dict[str, Path] = {}
+    for claim, header in policy.identity.claims.items():
+        found.setdefault(header, ("identity", "claims", claim))
+    if policy.identity.provider_header:
+        found.setdefault(policy.identity.provider_header, ("identity", "provider_header"))
+    for i, route in enumerate(policy.routes):
+        if isinstance(route.auth, JwtAuth):
+            for claim, maybe in route.auth.forward_claims.items():
+                if maybe is not None:
+                    found.setdefault(maybe, ("routes", i, "auth", "forward_claims", claim))
+    for header, path in found.items():
+        if fold(header) in _FORBIDDEN_CLAIM_HEADERS:
+            problems.append(Problem(path, f"{header!r} cannot carry a claim (expected a header such as X-Auth-Email)"))
+    return set(found)
+
+
+def _compile_provider(
+    name: str, provider: Provider, base_dir: FsPath, problems: list[Problem]
+) -> ProviderVerifier | None:
+    path: Path = ("providers", name)
+    hmac = {a.startswith("HS") for a in provider.algorithms} == {True}
+    sources: list[KeySource] = []
+    settings = RemoteSettings(**provider.remote.model_dump())
+    for j, spec in enumerate(provider.keys):
+        where = (*path, "keys", j)
+        source = _key_source(name, provider, spec, hmac, settings, base_dir, where, problems)
+        if source is not None:
+            sources.append(source)
+    if len(sources) != len(provider.keys):
+        return None
+    return ProviderVerifier(
+        name=name,
+        algorithms=frozenset(provider.algorithms),
+        audiences=frozenset(provider.audiences),
+        rules=ClaimRules(
+            issuer=provider.issuer,
+            leeway=provider.leeway,
+            max_lifetime=provider.max_lifetime,
+            typ=normalise_typ(provider.typ) if provider.typ else None,
+            required=provider.required_claims,
+        ),
+        keys=ProviderKeys(name, sources),
+    )
+
+
+def _key_source(
+    name: str,
+    provider: Provider,
+    spec: KeySourceModel,
+    hmac: bool,
+    settings: RemoteSettings,
+    base_dir: FsPath,
+    where: Path,
+    problems: list[Problem],
+) -> KeySource | None:
+    if spec.hmac_secret is not None:
+        if not hmac:
+            problems.append(Problem(where, "an HMAC secret needs HMAC algorithms (HS256, HS384, HS512)"))
+            return None
+        secret = _read_secret(spec.hmac_secret.env, spec.hmac_secret.file, base_dir)
+        if isinstance(secret, str):
+            problems.append(Problem((*where, "hmac_secret"), secret))
+            return None
+        return StaticKeys(f"hmac secret of {name}", [VerifyKey(kid=None, kind="oct", alg=None, key=secret)])
+    if hmac:
+        problems.append(Problem(where, "HMAC algorithms take an 'hmac_secret' key source, not public keys"))
+        return None
+    if spec.pem_file is not None or spec.jwks_file is not None:
+        field, kind = ("pem_file", "pem") if spec.pem_file is not None else ("jwks_file", "jwks")
+        file = str(base_dir / (spec.pem_file or spec.jwks_file or ""))
+        try:
+            keys = read_key_file(file, kind)
+        except OSError as exc:
+            problems.append(Problem((*where, field), f"cannot read {file}: {exc.strerror}"))
+            return None
+        except UnusableKeyError as exc:
+            problems.append(Problem((*where, field), f"{file}: {exc}"))
+            return None
+        for key in keys:
+            if key.kind == "oct":
+                problems.append(Problem((*where, field), f"{file}: holds an HMAC secret (expected public keys)"))
+                return None
+            if not any(key.fits(alg) for alg in provider.algorithms):
+                fits = sorted(a for a, kinds in ALG_KINDS.items() if key.kind in kinds)
+                problems.append(
+                    Problem(
+                        (*where, field),
+                        f"{file}: a {key.kind} key{f' (kid {key.kid!r})' if key.kid else ''} fits none of "
+                        f"algorithms {list(provider.algorithms)} (expected one of {fits})",
+                    )
+                )
+                return None
+        return FileKeys(file, kind, keys)
+    if spec.jwks_url is not None:
+        problem = insecure_url(spec.jwks_url, settings.allow_insecure_http)
+        if problem:
+            problems.append(Problem((*where, "jwks_url"), problem))
+            return None
+        return RemoteJwks(name, settings, jwks_url=spec.jwks_url)
+    if spec.oidc_discovery is not True:
+        problems.append(Problem((*where, "oidc_discovery"), "expected true"))
+        return None
+    problem = insecure_url(provider.issuer, settings.allow_insecure_http)
+    if problem:
+        problems.append(Problem((*where, "oidc_discovery"), f"the issuer is fetched for discovery: {problem}"))
+        return None
+    return RemoteJwks(name, settings, issuer=provider.issuer)
+
+
+def _read_secret(env: str | None, file: str | None, base_dir: FsPath) -> bytes | str:
+    """The secret's bytes, or what is wrong (never the secret itself)."""
+    if env is not None:
+        value = os.environ.get(env)
+        if value is None:
+            return f"environment variable {env} is not set"
+        data = value.encode()
+    else:
+        path = base_dir / (file or "")
+        try:
+            # One trailing newline is an artefact of `echo > file`, not part of the secret.
+            data = path.read_bytes().removesuffix(b"\n").removesuffix(b"\r")
+        except OSError as exc:
+            return f"cannot read {path}: {exc.strerror}"
+    if len(data) < MIN_HMAC_BYTES:
+        return f"the secret is {len(data)} bytes (expected at least {MIN_HMAC_BYTES})"
+    return data
+
+
+def _compile_route(
+    i: int, route: Route, policy: Policy, verifiers: Mapping[str, ProviderVerifier], problems: list[Problem]
+) -> CompiledRoute | None:
     upstream = _upstream(route.upstream)
     if isinstance(upstream, str):
         problems.append(Problem(("routes", i, "upstream"), upstream))
         return None
+    auth: PublicAccess | TokenRequirement | None = PublicAccess()
     if isinstance(route.auth, JwtAuth):
-        known = sorted(policy.providers)
-        for j, name in enumerate(route.auth.any_of):
-            if name not in policy.providers:
-                expected = ", ".join(known) if known else "none are defined under 'providers'"
-                problems.append(
-                    Problem(
-                        ("routes", i, "auth", "any_of", j), f"unknown provider {name!r} (expected one of: {expected})"
-                    )
-                )
-        problems.append(
-            Problem(
-                ("routes", i, "auth"),
-                "token verification is not available in this version yet (expected 'public')",
-            )
-        )
+        auth = _compile_requirement(i, route.auth, policy, verifiers, problems)
+    if auth is None:
         return None
     timeouts = route.timeouts
     return CompiledRoute(
@@ -89,8 +269,67 @@ def _compile_route(i: int, route: Route, policy: Policy, problems: list[Problem]
         # total=None: a 1 GiB stream may legitimately take minutes; `read` bounds each
         # wait for data instead, which is what "too slow" means for a stream.
         timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=timeouts.read),
-        auth=PublicAccess(),
+        auth=auth,
+        forward_authorization=route.forward_authorization,
     )
+
+
+def _compile_requirement(
+    i: int, auth: JwtAuth, policy: Policy, verifiers: Mapping[str, ProviderVerifier], problems: list[Problem]
+) -> TokenRequirement | None:
+    where: Path = ("routes", i, "auth")
+    known = sorted(policy.providers)
+    chosen: list[ProviderVerifier] = []
+    ok = True
+    for j, name in enumerate(auth.any_of):
+        if name not in policy.providers:
+            expected = ", ".join(known) if known else "none are defined under 'providers'"
+            problems.append(Problem((*where, "any_of", j), f"unknown provider {name!r} (expected one of: {expected})"))
+            ok = False
+        elif name in verifiers:
+            chosen.append(verifiers[name])
+        else:
+            ok = False  # the provider's own problem is already reported
+    if not ok:
+        return None
+    if auth.audiences is not None:
+        offered = set().union(*(v.audiences for v in chosen))
+        extra = sorted(set(auth.audiences) - offered)
+        if extra:
+            problems.append(
+                Problem(
+                    (*where, "audiences"),
+                    f"{extra} is not among the providers' audiences {sorted(offered)} (a route may only narrow them)",
+                )
+            )
+            return None
+    by_issuer: dict[str, list[ProviderVerifier]] = {}
+    for verifier in chosen:
+        by_issuer.setdefault(verifier.rules.issuer, []).append(verifier)
+    mapping = dict(policy.identity.claims)
+    for claim, header in auth.forward_claims.items():
+        if header is None:
+            mapping.pop(claim, None)
+        else:
+            mapping[claim] = header
+    rules = tuple(
+        ClaimRule(claim, tuple(value) if isinstance(value, tuple) else (value,)) for claim, value in auth.claims.items()
+    )
+    return TokenRequirement(
+        providers=tuple(chosen),
+        by_issuer={k: tuple(v) for k, v in by_issuer.items()},
+        optional=auth.optional,
+        scopes=frozenset(auth.scopes),
+        scope_text=" ".join(auth.scopes),
+        claim_rules=rules,
+        audiences=frozenset(auth.audiences) if auth.audiences is not None else None,
+        headers=ClaimHeaders(tuple(mapping.items()), _provider_header(policy.identity)),
+        allow_query_token=auth.allow_query_token,
+    )
+
+
+def _provider_header(identity: Identity) -> str | None:
+    return identity.provider_header
 
 
 def _upstream(text: str) -> Upstream | str:

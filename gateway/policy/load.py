@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from gateway.policy.compile import CompiledPolicy, compile_policy
 from gateway.policy.errors import CompileError, ConfigError, Path, format_path
-from gateway.policy.model import Policy
+from gateway.policy.model import CLAIM_NAME_PATTERN, HEADER_NAME_PATTERN, REALM_PATTERN, Policy
 from gateway.policy.source import SourceError, SourceMap, parse_yaml
 
 
@@ -69,10 +69,20 @@ def _pydantic_problems(exc: ValidationError, data: Any) -> list[tuple[Path, str]
             "model_attributes_type": "expected a mapping",
             "too_short": "expected at least one entry",
         }.get(kind, err["msg"])
-        if kind in ("string_too_short",):
+        if kind == "string_too_short":
             message = "expected a non-empty string"
+        if kind == "string_pattern_mismatch":
+            what = _PATTERNS.get(ctx.get("pattern", ""), f"a string matching {ctx.get('pattern')}")
+            message = f"not valid: {err['input']!r} (expected {what})"
         out.append((path, message))
     return out
+
+
+_PATTERNS = {
+    HEADER_NAME_PATTERN: "an HTTP header name such as X-Auth-Subject",
+    CLAIM_NAME_PATTERN: "a claim name without control characters",
+    REALM_PATTERN: "a realm without quotes, backslashes or control characters",
+}
 
 
 def _data_path(data: Any, loc: tuple[Any, ...]) -> Path:

@@ -165,24 +165,79 @@ class KeySource(Strict):
         return self
 
 
+class Remote(Strict):
+    """How remote key sets (`jwks_url`, `oidc_discovery`) are fetched and kept fresh."""
+
+    refresh_interval: Duration = 600.0
+    min_refresh: Duration = 60.0
+    max_refresh: Duration = 86400.0
+    unknown_kid_cooldown: Duration = 30.0
+    retry_interval: Duration = 5.0
+    max_stale: Duration = 43200.0
+    fetch_timeout: Duration = 5.0
+    max_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Plain http:// is refused except to loopback; this is the explicit opt-in.
+    allow_insecure_http: StrictBool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Remote:
+        if not self.min_refresh <= self.refresh_interval <= self.max_refresh:
+            raise PydanticCustomError("remote", "expected min_refresh <= refresh_interval <= max_refresh")
+        return self
+
+
+def _algorithm(value: str) -> str:
+    if value not in _ALGORITHMS:
+        # `none` (in any casing) lands here: it is never an option.
+        raise invalid("algorithm", f"unsupported algorithm {value!r} (expected one of: {', '.join(_ALGORITHMS)})")
+    return value
+
+
+Algorithm = Annotated[StrictStr, AfterValidator(_algorithm)]
+CLAIM_NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+ClaimName = Annotated[StrictStr, Field(pattern=CLAIM_NAME_PATTERN)]
+
+
 class Provider(Strict):
     """A named token issuer: how tokens from it are verified."""
 
-    issuer: StrictStr
+    issuer: StrictStr = Field(min_length=1)
     audiences: tuple[StrictStr, ...] = Field(min_length=1)
-    algorithms: tuple[StrictStr, ...] = Field(min_length=1)
+    algorithms: tuple[Algorithm, ...] = Field(min_length=1)
     keys: tuple[KeySource, ...] = Field(min_length=1)
     leeway: Duration = 30.0
+    max_lifetime: Duration | None = None
+    # e.g. `at+jwt` (RFC 9068); compared case-insensitively, `application/` optional.
+    typ: StrictStr | None = None
+    required_claims: tuple[ClaimName, ...] = ()
+    remote: Remote = Field(default_factory=Remote)
 
     @field_validator("algorithms")
     @classmethod
-    def _algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for alg in value:
-            if alg not in _ALGORITHMS:
-                raise invalid("algorithm", f"unsupported algorithm {alg!r} (expected one of: {', '.join(_ALGORITHMS)})")
+    def _not_mixed(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if len({alg.startswith("HS") for alg in value}) > 1:
             raise PydanticCustomError("algorithm", "HMAC and asymmetric algorithms cannot be mixed in one provider")
         return value
+
+
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+HeaderName = Annotated[StrictStr, Field(pattern=HEADER_NAME_PATTERN)]
+REALM_PATTERN = r'^[^"\\\x00-\x1f\x7f]*$'
+
+
+class Identity(Strict):
+    """How verified identity reaches the upstream, and how tokens are taken from requests."""
+
+    realm: StrictStr = Field(default="gateway", pattern=REALM_PATTERN)
+    # Any inbound header with this prefix (in any spelling) is dropped on every route.
+    reserved_prefix: HeaderName = "X-Auth-"
+    # claim (dot path for nested claims) -> header name.
+    claims: dict[ClaimName, HeaderName] = Field(
+        default_factory=lambda: {"sub": "X-Auth-Subject", "iss": "X-Auth-Issuer"}
+    )
+    # Also send the name of the provider that verified the token (None: don't).
+    provider_header: HeaderName | None = "X-Auth-Provider"
+    max_token_bytes: int = Field(default=8192, ge=256, le=65536)
 
 
 _METHOD = re.compile(r"[A-Z]+")
@@ -255,11 +310,34 @@ class Timeouts(Strict):
     read: Duration = 30.0
 
 
+ClaimValue = StrictStr | StrictBool | int | float
+
+
 class JwtAuth(Strict):
     """A bearer JWT from any of the named providers. `optional` lets a missing token pass."""
 
     any_of: tuple[StrictStr, ...] = Field(min_length=1)
     optional: StrictBool = False
+    # All required; read from `scope` (space-delimited) and `scp` (array).
+    scopes: tuple[StrictStr, ...] = ()
+    # claim (dot path) -> value it must equal, or list of accepted values. For an array
+    # claim: it must contain the value (or one of them).
+    claims: dict[ClaimName, ClaimValue | tuple[ClaimValue, ...]] = Field(default_factory=dict)
+    # Narrower than the providers' audiences: the token must name one of these.
+    audiences: tuple[StrictStr, ...] | None = Field(default=None, min_length=1)
+    # Per-route additions to identity.claims; a null value drops a global mapping.
+    forward_claims: dict[ClaimName, HeaderName | None] = Field(default_factory=dict)
+    # RFC 6750 §2.3 query tokens end up in logs and caches: refused unless opted in.
+    allow_query_token: StrictBool = False
+
+    @field_validator("scopes")
+    @classmethod
+    def _scope_tokens(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for scope in value:
+            # RFC 6749 §3.3 scope-token: printable ASCII except space, " and \.
+            if not scope or any(c in ' "\\' or not "\x21" <= c <= "\x7e" for c in scope):
+                raise invalid("scope", f"not a scope token: {scope!r} (expected e.g. orders:read, no spaces)")
+        return value
 
 
 def _auth_kind(value: Any) -> str | None:
@@ -288,6 +366,8 @@ class Route(Strict):
     upstream: StrictStr
     strip_prefix: StrictBool = False
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    # The client's Authorization header is consumed by the gateway, not passed on.
+    forward_authorization: StrictBool = False
     # No default: every route states its auth, so forgetting it cannot open a route.
     auth: Auth
 
@@ -316,5 +396,6 @@ class Policy(Strict):
     listen: ListenAddress = Field(default_factory=lambda: Listen(host="0.0.0.0", port=8080))
     admin: Admin = Field(default_factory=Admin)
     server: Server = Field(default_factory=Server)
+    identity: Identity = Field(default_factory=Identity)
     providers: dict[StrictStr, Provider] = Field(default_factory=dict)
     routes: tuple[Route, ...] = Field(min_length=1)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import logging
 import traceback
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
+from gateway.auth.extract import extract_token
+from gateway.auth.forward import IdentityHeaders, UnforwardableError
+from gateway.auth.jws import parse_jws
+from gateway.auth.requirement import TokenRequirement
 from gateway.errors import Reason
 from gateway.pathnorm import Rejected, normalize_target
 from gateway.proxy.headers import (
@@ -24,23 +29,36 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _JSON = "application/json"
 
 
-def error_response(reason: Reason) -> web.Response:
-    """The small JSON body every refusal carries. Never echoes request data."""
-    return web.Response(
-        status=reason.status,
-        body=reason.body,
-        content_type=_JSON,
-        headers={"Cache-Control": "no-store"},
-    )
+def error_response(reason: Reason, realm: str = "gateway", scope: str = "") -> web.Response:
+    """The small JSON body every refusal carries, plus its RFC 6750 challenge.
+
+    Never echoes request data: the body is fixed per reason."""
+    headers = {"Cache-Control": "no-store"}
+    challenge = reason.www_authenticate(realm, scope)
+    if challenge is not None:
+        headers["WWW-Authenticate"] = challenge
+    if reason is Reason.KEYS_UNAVAILABLE:
+        headers["Retry-After"] = "5"
+    return web.Response(status=reason.status, body=reason.body, content_type=_JSON, headers=headers)
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSettings:
+    """Process-wide values the handler reads; compiled from the policy."""
+
+    forwarded: ForwardedFor
+    identity: IdentityHeaders
+    realm: str
+    max_token_bytes: int
 
 
 class ProxyHandler:
     """Callable for aiohttp's low-level server: one instance per running policy."""
 
-    def __init__(self, table: RouteTable, session: aiohttp.ClientSession, forwarded: ForwardedFor) -> None:
+    def __init__(self, table: RouteTable, session: aiohttp.ClientSession, settings: HandlerSettings) -> None:
         self._table = table
         self._session = session
-        self._forwarded = forwarded
+        self._settings = settings
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
@@ -63,13 +81,45 @@ class ProxyHandler:
         route = self._table.match(request.method, request_host(host), path)
         if route is None:
             return self._refuse(request, None, Reason.NO_ROUTE, "")
-        return await self._forward(request, route, route.upstream_path(path), query, host)
+        claims: list[tuple[str, str]] = []
+        auth = route.auth
+        if isinstance(auth, TokenRequirement):
+            outcome = await self._authenticate(request, auth, query)
+            if isinstance(outcome, Reason):
+                return self._refuse(request, route, outcome, "")
+            query, claims = outcome
+        return await self._forward(request, route, route.upstream_path(path), query, host, claims)
+
+    async def _authenticate(
+        self, request: web.BaseRequest, requirement: TokenRequirement, query: str
+    ) -> tuple[str, list[tuple[str, str]]] | Reason:
+        """(query to forward, identity headers), or why the request is refused."""
+        found = extract_token(
+            request.headers,
+            query,
+            allow_query=requirement.allow_query_token,
+            max_bytes=self._settings.max_token_bytes,
+        )
+        if isinstance(found, Reason):
+            return found
+        if found.token is None:
+            return (found.query, []) if requirement.optional else Reason.TOKEN_MISSING
+        jws = parse_jws(found.token)
+        if isinstance(jws, Reason):
+            return jws
+        principal = await requirement.authenticate(jws)
+        if isinstance(principal, Reason):
+            return principal
+        try:
+            return found.query, requirement.headers.render(principal.provider, principal.claims)
+        except UnforwardableError:
+            return Reason.UNFORWARDABLE_CLAIM
 
     def _refuse(
         self, request: web.BaseRequest, route: CompiledRoute | None, reason: Reason, detail: str
     ) -> web.Response:
         # Operators get the reason and detail; the method is from a closed token grammar
-        # and the route name is from config. The path and query are never logged here.
+        # and the route name is from config. The path, query and token are never logged.
         log.info(
             "refused method=%s route=%s status=%d reason=%s detail=%s",
             request.method,
@@ -78,17 +128,28 @@ class ProxyHandler:
             reason.ident,
             detail or "-",
         )
-        return error_response(reason)
+        scope = route.auth.scope_text if route and isinstance(route.auth, TokenRequirement) else ""
+        return error_response(reason, self._settings.realm, scope)
 
     async def _forward(
-        self, request: web.BaseRequest, route: CompiledRoute, path: str, query: str, host: str
+        self,
+        request: web.BaseRequest,
+        route: CompiledRoute,
+        path: str,
+        query: str,
+        host: str,
+        claims: list[tuple[str, str]],
     ) -> web.StreamResponse:
+        settings = self._settings
         headers = upstream_request_headers(
             request.headers,
             peer=request.remote,
             scheme=request.scheme,
             host=host,
-            forwarded=self._forwarded,
+            forwarded=settings.forwarded,
+            identity=settings.identity,
+            keep_authorization=route.forward_authorization,
+            claims=claims,
         )
         has_body = request.body_exists
         if has_body:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.auth.forward import IdentityHeaders
+
 # RFC 9110 §7.6.1, plus the non-standard ones that real clients still send.
 HOP_BY_HOP = frozenset(
     {
@@ -29,16 +31,7 @@ _FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-ho
 # The upstream's framing does not apply to our hop; aiohttp re-frames.
 _RESPONSE_DROP = HOP_BY_HOP
 
-# Verified claims are forwarded under this prefix; a client must never be able to
-# supply them. Compared after folding `_` and `.` to `-`: many CGI, WSGI and PHP
-# stacks read `X_Auth_Subject` and `X-Auth-Subject` as the same header.
-IDENTITY_PREFIX = "x-auth-"
-
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _fold(name: str) -> str:
-    return name.lower().replace("_", "-").replace(".", "-")
 
 
 def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
@@ -70,8 +63,12 @@ def upstream_request_headers(
     scheme: str,
     host: str,
     forwarded: ForwardedFor,
+    identity: IdentityHeaders,
+    keep_authorization: bool,
+    claims: list[tuple[str, str]],
 ) -> CIMultiDict[str]:
-    """The headers to send upstream: inbound minus hop-by-hop, identity and spoofable ones."""
+    """The headers to send upstream: inbound minus hop-by-hop, identity and spoofable
+    ones, then the gateway's own (forwarding and verified identity) added last."""
     drop = connection_tokens(inbound)
     trusted = forwarded.is_trusted(peer)
     out: CIMultiDict[str] = CIMultiDict()
@@ -81,8 +78,14 @@ def upstream_request_headers(
             continue
         if lower in _FORWARDING and not trusted:
             continue
-        if _fold(name).startswith(IDENTITY_PREFIX):
+        if lower == "authorization" and not keep_authorization:
             continue
+        # SECURITY: removed before anything is added, in every spelling, on every
+        # route: a client-supplied identity header must never reach a backend.
+        if identity.reserved(name):
+            continue
+        out.add(name, value)
+    for name, value in claims:
         out.add(name, value)
     client = peer or ""
     prior = ", ".join(inbound.getall("X-Forwarded-For", ())) if trusted else ""

@@ -12,7 +12,8 @@ from aiohttp import web
 from aiohttp.test_utils import RawTestServer
 
 from gateway.app import Gateway
-from gateway.proxy.handler import ProxyHandler
+from gateway.auth.forward import IdentityHeaders
+from gateway.proxy.handler import HandlerSettings, ProxyHandler
 from gateway.proxy.headers import ForwardedFor
 from gateway.routing import CompiledRoute, RouteTable
 from tests.conftest import GatewayFactory, Upstream
@@ -393,7 +394,8 @@ async def test_unexpected_error_fails_closed_without_leaking(
     upstream: Upstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with aiohttp.ClientSession() as session:
-        handler = ProxyHandler(_BrokenTable(()), session, ForwardedFor(()))
+        settings = HandlerSettings(ForwardedFor(()), IdentityHeaders.of("X-Auth-", ()), "gateway", 8192)
+        handler = ProxyHandler(_BrokenTable(()), session, settings)
         server = RawTestServer(handler, host="127.0.0.1")
         await server.start_server()
         try:

@@ -44,7 +44,10 @@ def test_bad_upstream_names_line_field_and_expectation(tmp_path: Path) -> None:
     ("snippet", "expected"),
     [
         ("listen: nowhere\n", "1: listen: not a listen address: 'nowhere' (expected host:port"),
-        ("bogus: 1\n", "1: bogus: unknown field 'bogus' (expected one of: admin, listen, providers, routes, server)"),
+        (
+            "bogus: 1\n",
+            "1: bogus: unknown field 'bogus' (expected one of: admin, identity, listen, providers, routes, server)",
+        ),
         ("server:\n  shutdown_timeout: 10\n", "2: server.shutdown_timeout: not a duration: 10 (expected"),
         ("server:\n  shutdown_timeout: 10y\n", "2: server.shutdown_timeout: not a duration: '10y' (expected"),
         ("server:\n  trusted_proxies: [nope]\n", "2: server.trusted_proxies[0]: not a network: 'nope'"),
@@ -138,7 +141,7 @@ def test_provider_refuses_none_and_mixed_algorithms(tmp_path: Path) -> None:
       - {name: x, match: {prefix: /x}, upstream: "http://u", auth: public}
     """
     found = errors(tmp_path, text)
-    assert found[0].startswith("2: providers.a.algorithms: unsupported algorithm 'none'")
+    assert found[0].startswith("2: providers.a.algorithms[0]: unsupported algorithm 'none'")
     assert found[1] == "3: providers.b.algorithms: HMAC and asymmetric algorithms cannot be mixed in one provider"
     assert found[2].startswith(
         "4: providers.c.keys[0].hmac_secret.value: unknown field 'value' (expected one of: env, file)"

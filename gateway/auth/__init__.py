@@ -1,0 +1,1 @@
+"""Bearer-token authentication: extraction, strict JWS parsing, verification, requirements."""

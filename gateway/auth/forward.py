@@ -1,0 +1,104 @@
+"""Verified claims -> upstream headers, and which inbound headers may never pass.
+
+Rendering rules (documented in README "Forwarded identity headers"):
+
+* strings as they are; numbers as JSON writes them; booleans `true`/`false`;
+  objects as compact JSON; arrays as their rendered elements joined by `,`;
+* then `%` is written `%25`, `,` inside an array element `%2C`, a leading or trailing
+  space `%20`, and every non-ASCII character as its UTF-8 bytes in `%XX` form;
+* a value containing a control character (or a lone surrogate) is not forwarded and the
+  request is refused: silently dropping or altering it could change who it names.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.auth.claims import claim_at
+
+
+class UnforwardableError(ValueError):
+    """A claim value that cannot be written as a header without changing it."""
+
+
+def _escape(text: str, *, in_array: bool) -> str:
+    out: list[str] = []
+    last = len(text) - 1
+    for i, ch in enumerate(text):
+        code = ord(ch)
+        if code < 0x20 or code == 0x7F:
+            raise UnforwardableError("control character")
+        if ch == "%" or (in_array and ch == ",") or (ch == " " and (i == 0 or i == last)):
+            out.append(f"%{code:02X}")
+        elif code < 0x7F:
+            out.append(ch)
+        else:
+            try:
+                raw = ch.encode("utf-8")
+            except UnicodeEncodeError:
+                # aiohttp would silently drop a lone surrogate: `ad\ud800min` -> `admin`.
+                raise UnforwardableError("lone surrogate") from None
+            out.append("".join(f"%{b:02X}" for b in raw))
+    return "".join(out)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def render_claim(value: Any) -> str:
+    """The header value for a claim; raises UnforwardableError."""
+    if isinstance(value, list):
+        return ",".join(_escape(_text(v), in_array=True) for v in value)
+    return _escape(_text(value), in_array=False)
+
+
+def fold(name: str) -> str:
+    """Header name as backends may compare it: case-insensitive, `_` and `.` as `-`."""
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityHeaders:
+    """Header names only the gateway may set. Matched after `fold`."""
+
+    prefix: str  # folded, e.g. `x-auth-`
+    names: frozenset[str]  # folded
+
+    @classmethod
+    def of(cls, prefix: str, names: Iterable[str]) -> IdentityHeaders:
+        return cls(fold(prefix), frozenset(fold(n) for n in names))
+
+    def reserved(self, name: str) -> bool:
+        folded = fold(name)
+        return folded.startswith(self.prefix) or folded in self.names
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimHeaders:
+    """The (claim path, header) pairs a route forwards, plus the provider header."""
+
+    pairs: tuple[tuple[str, str], ...]
+    provider_header: str | None
+
+    def render(self, provider: str, claims: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Headers for a verified principal; raises UnforwardableError."""
+        out: list[tuple[str, str]] = []
+        if self.provider_header is not None:
+            out.append((self.provider_header, provider))
+        for path, header in self.pairs:
+            value = claim_at(claims, path)
+            if value is not None:
+                out.append((header, render_claim(value)))
+        return out

@@ -1,0 +1,60 @@
+"""A route's token requirement: which providers, optional or not, and what it must grant."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.auth.claims import ClaimRule
+from gateway.auth.forward import ClaimHeaders
+from gateway.auth.jws import Jws
+from gateway.auth.verifier import Principal, ProviderVerifier
+from gateway.errors import Reason
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequirement:
+    """Compiled from a route's `auth:` mapping; shared verifiers, nothing per request."""
+
+    providers: tuple[ProviderVerifier, ...]
+    by_issuer: Mapping[str, tuple[ProviderVerifier, ...]]
+    optional: bool
+    scopes: frozenset[str]
+    scope_text: str  # for the 403 challenge's scope="…" (from config, never from tokens)
+    claim_rules: tuple[ClaimRule, ...]
+    audiences: frozenset[str] | None
+    headers: ClaimHeaders
+    allow_query_token: bool
+
+    def describe(self) -> str:
+        names = ",".join(p.name for p in self.providers)
+        mode = "optional" if self.optional else "required"
+        extra = f" scopes={self.scope_text}" if self.scopes else ""
+        return f"jwt {mode} any_of={names}{extra}"
+
+    async def authenticate(self, jws: Jws) -> Principal | Reason:
+        """Verify with the provider(s) for the token's issuer, then authorise."""
+        iss = jws.claims.get("iss")
+        if not isinstance(iss, str):
+            return Reason.MISSING_CLAIM if iss is None else Reason.INVALID_CLAIM
+        # The unverified `iss` only chooses which provider verifies; that provider then
+        # checks it exactly, after the signature.
+        verifiers = self.by_issuer.get(iss)
+        if verifiers is None:
+            return Reason.ISSUER_MISMATCH
+        first: Reason | None = None
+        principal: Principal | None = None
+        for verifier in verifiers:
+            result = await verifier.verify(jws, self.audiences)
+            if isinstance(result, Principal):
+                principal = result
+                break
+            first = first or result
+        if principal is None:
+            return first or Reason.INTERNAL
+        if not self.scopes <= principal.scopes:
+            return Reason.INSUFFICIENT_SCOPE
+        for rule in self.claim_rules:
+            if not rule.matches(principal.claims):
+                return Reason.CLAIM_MISMATCH
+        return principal

@@ -1,0 +1,180 @@
+"""Verification keys bound to what they may verify, and immutable sets of them.
+
+A key's *kind* (RSA, an EC curve, an EdDSA curve, or an HMAC secret) is fixed when it is
+parsed; an algorithm is only ever tried with a key of a kind it fits, so a token cannot
+talk the gateway into verifying HS256 with an RSA public key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.x509 import load_pem_x509_certificate
+
+MIN_RSA_BITS = 2048
+
+# Algorithm -> the key kinds it may be used with.
+ALG_KINDS: Mapping[str, frozenset[str]] = {
+    **{a: frozenset({"RSA"}) for a in ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")},
+    "ES256": frozenset({"EC-P-256"}),
+    "ES384": frozenset({"EC-P-384"}),
+    "ES512": frozenset({"EC-P-521"}),
+    "EdDSA": frozenset({"OKP-Ed25519", "OKP-Ed448"}),
+    **{a: frozenset({"oct"}) for a in ("HS256", "HS384", "HS512")},
+}
+_CURVES = {"secp256r1": "EC-P-256", "secp384r1": "EC-P-384", "secp521r1": "EC-P-521"}
+
+
+class UnusableKeyError(ValueError):
+    """A key that cannot be used; the message says why (never the key material)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyKey:
+    """One public key (or HMAC secret), with the algorithms it may verify."""
+
+    kid: str | None
+    kind: str
+    alg: str | None  # the JWK's own `alg`, binding it to exactly one algorithm
+    key: Any = field(repr=False)
+
+    def fits(self, alg: str) -> bool:
+        return self.kind in ALG_KINDS.get(alg, frozenset()) and (self.alg is None or self.alg == alg)
+
+
+def kind_of(key: Any) -> str:
+    """The kind of a cryptography public key (or `oct` for bytes); refuse weak or odd keys."""
+    if isinstance(key, bytes):
+        return "oct"
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise UnusableKeyError(f"RSA key of {key.key_size} bits (expected at least {MIN_RSA_BITS})")
+        return "RSA"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        curve = _CURVES.get(key.curve.name)
+        if curve is None:
+            raise UnusableKeyError(f"unsupported elliptic curve {key.curve.name}")
+        return curve
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "OKP-Ed25519"
+    if isinstance(key, ed448.Ed448PublicKey):
+        return "OKP-Ed448"
+    raise UnusableKeyError(f"unsupported key type {type(key).__name__}")
+
+
+def from_pem(data: bytes) -> VerifyKey:
+    """A PEM public key or certificate. Private keys are refused: the gateway only verifies."""
+    if b"PRIVATE KEY" in data:
+        raise UnusableKeyError("this is a private key (expected a public key or certificate)")
+    try:
+        if b"BEGIN CERTIFICATE" in data:
+            key: Any = load_pem_x509_certificate(data).public_key()
+        else:
+            key = load_pem_public_key(data)
+    except ValueError:
+        raise UnusableKeyError("not a PEM public key or certificate") from None
+    return VerifyKey(kid=None, kind=kind_of(key), alg=None, key=key)
+
+
+def from_jwk(jwk: Mapping[str, Any], *, allow_oct: bool) -> VerifyKey | None:
+    """One JWK; None for keys not meant for signatures (`use: enc`)."""
+    if jwk.get("use", "sig") != "sig":
+        return None
+    kty = jwk.get("kty")
+    if kty == "oct" and not allow_oct:
+        raise UnusableKeyError("symmetric (oct) key in a key set that may only hold public keys")
+    if any(p in jwk for p in ("d", "p", "q", "dp", "dq", "qi")):
+        raise UnusableKeyError("JWK contains private key material (expected public keys only)")
+    kid = jwk.get("kid")
+    alg = jwk.get("alg")
+    if not (kid is None or isinstance(kid, str)) or not (alg is None or isinstance(alg, str)):
+        raise UnusableKeyError("JWK 'kid' and 'alg' must be strings")
+    if alg is not None and alg not in ALG_KINDS:
+        raise UnusableKeyError(f"JWK alg {alg!r} is not supported")
+    try:
+        parsed = jwt.PyJWK(dict(jwk))
+    except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError) as exc:
+        raise UnusableKeyError(f"unusable JWK ({type(exc).__name__})") from None
+    key = parsed.key
+    verify_key = VerifyKey(kid=kid, kind=kind_of(key), alg=alg, key=key)
+    if alg is not None and not verify_key.fits(alg):
+        raise UnusableKeyError(f"JWK alg {alg!r} does not fit its key type {verify_key.kind}")
+    return verify_key
+
+
+def from_jwks_bytes(data: bytes, *, allow_oct: bool) -> tuple[list[VerifyKey], list[str]]:
+    """A JWKS (or a single JWK) document -> (usable keys, problems with the others)."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise UnusableKeyError("not JSON (expected a JWK or a JWKS with a 'keys' array)") from None
+    if isinstance(doc, dict) and "keys" in doc:
+        items = doc["keys"]
+        if not isinstance(items, list):
+            raise UnusableKeyError("'keys' is not an array")
+    elif isinstance(doc, dict) and "kty" in doc:
+        items = [doc]
+    else:
+        raise UnusableKeyError("expected a JWK or a JWKS with a 'keys' array")
+    keys: list[VerifyKey] = []
+    problems: list[str] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            problems.append(f"keys[{i}]: not an object")
+            continue
+        try:
+            key = from_jwk(item, allow_oct=allow_oct)
+        except UnusableKeyError as exc:
+            problems.append(f"keys[{i}]: {exc}")
+            continue
+        if key is not None:
+            keys.append(key)
+    return keys, problems
+
+
+@dataclass(frozen=True, slots=True)
+class KeySet:
+    """An immutable snapshot: swapped whole when keys change, never edited in place."""
+
+    by_kid: Mapping[str, tuple[VerifyKey, ...]]
+    unnamed: tuple[VerifyKey, ...]
+
+    @classmethod
+    def of(cls, keys: Iterable[VerifyKey]) -> KeySet:
+        by_kid: dict[str, list[VerifyKey]] = {}
+        unnamed: list[VerifyKey] = []
+        for key in keys:
+            if key.kid is None:
+                unnamed.append(key)
+            else:
+                by_kid.setdefault(key.kid, []).append(key)
+        return cls({k: tuple(v) for k, v in by_kid.items()}, tuple(unnamed))
+
+    def __len__(self) -> int:
+        return len(self.unnamed) + sum(len(v) for v in self.by_kid.values())
+
+    def all(self) -> Iterable[VerifyKey]:
+        yield from self.unnamed
+        for keys in self.by_kid.values():
+            yield from keys
+
+    def knows(self, kid: str) -> bool:
+        return kid in self.by_kid
+
+    def candidates(self, kid: str | None, alg: str) -> tuple[VerifyKey, ...]:
+        """Keys to try: by `kid` when the token names one (else keys without a kid);
+        by kind alone when it does not."""
+        if kid is None:
+            pool: Iterable[VerifyKey] = self.all()
+        else:
+            pool = self.by_kid.get(kid) or self.unnamed
+        return tuple(k for k in pool if k.fits(alg))
+
+
+EMPTY = KeySet({}, ())

@@ -1,0 +1,312 @@
+"""Where keys come from, and how each source keeps its snapshot fresh.
+
+Every source holds an immutable `KeySet` (or None before its first load) that is swapped
+atomically. Files are polled off the event loop; remote key sets are fetched with the
+shared aiohttp session, refreshed on a timer, and refetched on an unknown `kid` at most
+once per cooldown, with concurrent misses sharing that one fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+from yarl import URL
+
+from gateway.keys.keyset import UnusableKeyError, KeySet, VerifyKey, from_jwks_bytes, from_pem
+
+log = logging.getLogger("gateway.keys")
+
+FILE_POLL_SECONDS = 2.0
+
+
+class KeySource(Protocol):
+    """What a provider needs from each of its key sources."""
+
+    label: str
+    snapshot: KeySet | None
+
+    async def start(self, session: aiohttp.ClientSession, on_change: Callable[[], None]) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def refresh_for_unknown_kid(self) -> bool: ...
+
+
+class StaticKeys:
+    """Keys known at load time (an HMAC secret): never change while running."""
+
+    def __init__(self, label: str, keys: list[VerifyKey]) -> None:
+        self.label = label
+        self.snapshot: KeySet | None = KeySet.of(keys)
+
+    async def start(self, session: aiohttp.ClientSession, on_change: Callable[[], None]) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def refresh_for_unknown_kid(self) -> bool:
+        return False
+
+
+def read_key_file(path: str, kind: str) -> list[VerifyKey]:
+    """Parse a PEM or JWK/JWKS file; raise UnusableKeyError (with no key material) when unusable."""
+    data = Path(path).read_bytes()
+    if kind == "pem":
+        return [from_pem(data)]
+    keys, problems = from_jwks_bytes(data, allow_oct=True)
+    if problems:
+        raise UnusableKeyError("; ".join(problems))
+    if not keys:
+        raise UnusableKeyError("no signature keys in the file")
+    return keys
+
+
+class FileKeys:
+    """A PEM or JWKS file, loaded at start and re-read when it changes (key rotation)."""
+
+    def __init__(self, path: str, kind: str, keys: list[VerifyKey]) -> None:
+        self.label = f"{kind} file {path}"
+        self._path = path
+        self._kind = kind
+        self.snapshot: KeySet | None = KeySet.of(keys)
+        self._stamp = self._stat()
+        self._task: asyncio.Task[None] | None = None
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    async def start(self, session: aiohttp.ClientSession, on_change: Callable[[], None]) -> None:
+        self._task = asyncio.create_task(self._watch(on_change), name=f"watch {self.label}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def refresh_for_unknown_kid(self) -> bool:
+        return False
+
+    async def _watch(self, on_change: Callable[[], None]) -> None:
+        while True:
+            await asyncio.sleep(FILE_POLL_SECONDS)
+            stamp = await asyncio.to_thread(self._stat)
+            if stamp == self._stamp or stamp is None:
+                continue
+            try:
+                keys = await asyncio.to_thread(read_key_file, self._path, self._kind)
+            except (OSError, UnusableKeyError) as exc:
+                # Loud, and the last good keys stay in force.
+                log.error("key file %s is unusable, keeping the last good keys: %s", self._path, exc)
+                self._stamp = stamp
+                continue
+            self._stamp = stamp
+            self.snapshot = KeySet.of(keys)
+            log.info("reloaded %d key(s) from %s", len(keys), self._path)
+            on_change()
+
+
+def insecure_url(url: str, allow_insecure_http: bool) -> str | None:
+    """Why `url` may not be fetched, or None. Plain http only to loopback or by opt-in."""
+    parsed = URL(url)
+    if parsed.scheme == "https" and parsed.host:
+        return None
+    if parsed.scheme != "http" or not parsed.host:
+        return f"not an http(s) URL: {url!r}"
+    if allow_insecure_http or parsed.host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(parsed.host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return f"plain http to a non-loopback host: {url!r} (expected https, or remote.allow_insecure_http: true)"
+
+
+_MAX_AGE = re.compile(r"(?:^|,)\s*(?:s-)?max-age\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
+_NO_CACHE = re.compile(r"(?:^|,)\s*(?:no-cache|no-store)\b", re.IGNORECASE)
+
+
+def cache_lifetime(cache_control: list[str]) -> float | None:
+    """Seconds from `Cache-Control`, or None when it says nothing usable."""
+    value = ", ".join(cache_control)
+    if _NO_CACHE.search(value):
+        return 0.0
+    m = _MAX_AGE.search(value)
+    return float(m.group(1)) if m else None
+
+
+class FetchError(Exception):
+    """A remote key fetch failed; the message is safe to log."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteSettings:
+    refresh_interval: float
+    min_refresh: float
+    max_refresh: float
+    unknown_kid_cooldown: float
+    retry_interval: float
+    max_stale: float
+    fetch_timeout: float
+    max_bytes: int
+    allow_insecure_http: bool
+
+
+class RemoteJwks:
+    """A JWKS URL, given directly or found by OIDC discovery from the issuer."""
+
+    def __init__(self, provider: str, settings: RemoteSettings, *, jwks_url: str = "", issuer: str = "") -> None:
+        self.label = f"jwks_url {jwks_url}" if jwks_url else f"oidc_discovery {issuer}"
+        self.provider = provider
+        self.snapshot: KeySet | None = None
+        self.settings = settings
+        self.fetches = 0  # attempts, for operators and tests
+        self.last_success = 0.0  # wall clock of the last good fetch
+        self._jwks_url = jwks_url
+        self._issuer = issuer
+        self._session: aiohttp.ClientSession | None = None
+        self._on_change: Callable[[], None] = lambda: None
+        self._inflight: asyncio.Future[float | None] | None = None
+        self._last_attempt = -1e18
+        self._last_success_mono = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, session: aiohttp.ClientSession, on_change: Callable[[], None]) -> None:
+        self._session = session
+        self._on_change = on_change
+        self._task = asyncio.create_task(self._run(), name=f"refresh {self.label}")
+
+    async def stop(self) -> None:
+        for task in (self._task, self._inflight):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def refresh_for_unknown_kid(self) -> bool:
+        """Refetch because a token named a kid we lack. True if a fetch was made or joined."""
+        if self._inflight is None and time.monotonic() - self._last_attempt < self.settings.unknown_kid_cooldown:
+            return False
+        await asyncio.shield(self._attempt())
+        return True
+
+    def _attempt(self) -> asyncio.Future[float | None]:
+        """Start a fetch, or join the one in flight (single-flight)."""
+        if self._inflight is None:
+            self._last_attempt = time.monotonic()
+            self._inflight = asyncio.ensure_future(self._fetch_once())
+            self._inflight.add_done_callback(self._clear_inflight)
+        return self._inflight
+
+    def _clear_inflight(self, _: object) -> None:
+        self._inflight = None
+
+    async def _fetch_once(self) -> float | None:
+        """One fetch. Returns the server's cache lifetime; never raises (logs instead)."""
+        self.fetches += 1
+        try:
+            url = self._jwks_url or await self._discover()
+            body, lifetime = await self._get(url)
+            keys, problems = from_jwks_bytes(body, allow_oct=False)
+            if not keys:
+                raise FetchError("no usable signature keys" + (f": {'; '.join(problems)}" if problems else ""))
+        except (FetchError, UnusableKeyError) as exc:
+            log.warning("provider %s: key fetch from %s failed: %s", self.provider, self.label, exc)
+            return None
+        for problem in problems:
+            log.warning("provider %s: skipped a key from %s: %s", self.provider, self.label, problem)
+        changed = self.snapshot is None or set(self.snapshot.by_kid) != {k.kid for k in keys if k.kid}
+        self.snapshot = KeySet.of(keys)
+        self.last_success = time.time()
+        self._last_success_mono = time.monotonic()
+        if changed:
+            log.info("provider %s: %d key(s) loaded from %s", self.provider, len(keys), self.label)
+        self._on_change()
+        return lifetime if lifetime is not None else -1.0
+
+    async def _discover(self) -> str:
+        url = self._issuer.rstrip("/") + "/.well-known/openid-configuration"
+        body, _ = await self._get(url)
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise FetchError("discovery document is not JSON") from None
+        if not isinstance(doc, dict) or doc.get("issuer") != self._issuer:
+            # OIDC Discovery §4.3: the document must name exactly the issuer we asked.
+            raise FetchError("discovery document names a different issuer")
+        jwks_uri = doc.get("jwks_uri")
+        if not isinstance(jwks_uri, str):
+            raise FetchError("discovery document has no jwks_uri")
+        problem = insecure_url(jwks_uri, self.settings.allow_insecure_http)
+        if problem:
+            raise FetchError(f"discovered jwks_uri refused: {problem}")
+        return jwks_uri
+
+    async def _get(self, url: str) -> tuple[bytes, float | None]:
+        assert self._session is not None
+        limit = self.settings.max_bytes
+        try:
+            async with self._session.get(
+                url,
+                timeout=aiohttp.ClientTimeout(total=self.settings.fetch_timeout),
+                allow_redirects=False,
+                # The shared session does not decompress: ask for plain bytes.
+                headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+            ) as resp:
+                if resp.status != 200:
+                    raise FetchError(f"HTTP {resp.status}")
+                if resp.content_length is not None and resp.content_length > limit:
+                    raise FetchError(f"response larger than {limit} bytes")
+                body = bytearray()
+                async for chunk in resp.content.iter_any():
+                    body += chunk
+                    if len(body) > limit:
+                        raise FetchError(f"response larger than {limit} bytes")
+                return bytes(body), cache_lifetime(resp.headers.getall("Cache-Control", []))
+        except TimeoutError:
+            raise FetchError(f"no answer within {self.settings.fetch_timeout:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise FetchError(type(exc).__name__) from None
+
+    async def _run(self) -> None:
+        s = self.settings
+        failures = 0
+        while True:
+            lifetime = await asyncio.shield(self._attempt())
+            if lifetime is not None:
+                failures = 0
+                wanted = s.refresh_interval if lifetime < 0 else lifetime
+                delay = min(max(wanted, s.min_refresh), s.max_refresh)
+            else:
+                failures += 1
+                delay = min(s.retry_interval * 2 ** min(failures - 1, 10), s.refresh_interval)
+                if self.snapshot is not None:
+                    stale_for = time.monotonic() - self._last_success_mono
+                    if stale_for > s.max_stale:
+                        log.error(
+                            "provider %s: keys from %s are %.0fs old (max_stale %gs): dropped",
+                            self.provider,
+                            self.label,
+                            stale_for,
+                            s.max_stale,
+                        )
+                        self.snapshot = None
+                        self._on_change()
+                    else:
+                        delay = min(delay, s.max_stale - stale_for + 0.01)
+            await asyncio.sleep(delay)
