@@ -23,7 +23,7 @@ from typing import Protocol
 import aiohttp
 from yarl import URL
 
-from gateway.keys.keyset import UnusableKeyError, KeySet, VerifyKey, from_jwks_bytes, from_pem
+from gateway.keys.keyset import KeySet, UnusableKeyError, VerifyKey, from_jwks_bytes, from_pem
 
 log = logging.getLogger("gateway.keys")
 
