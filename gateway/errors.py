@@ -21,6 +21,7 @@ class Reason(enum.Enum):
     NO_ROUTE = ("no_route", 404, "not_found", None, "no route matches this request")
     BAD_PATH = ("bad_path", 400, "invalid_request", None, "the request path is not acceptable")
     BAD_REQUEST = ("bad_request", 400, "invalid_request", None, "the request could not be parsed")
+    BAD_METHOD = ("bad_method", 405, "method_not_allowed", None, "this request method is not accepted")
 
     TOKEN_MISSING = ("token_missing", 401, "invalid_token", "", "a bearer token is required")
     MULTIPLE_AUTHORIZATION = (

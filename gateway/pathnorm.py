@@ -26,7 +26,11 @@ _PATH_SAFE = _UNRESERVED | frozenset("!$&'()*+,;=:@/")
 _HEX = frozenset("0123456789abcdefABCDEF")
 # Canonical already: safe characters only, no escapes, no empty or dot segments.
 _FAST = re.compile(r"(?:/[A-Za-z0-9\-_~!$&'()*+,;=:@][A-Za-z0-9\-._~!$&'()*+,;=:@]*)*/?")
-_QUERY_BAD = re.compile(r"[\x00-\x20\x7f#]")
+# Query bytes are passed on as received, so only what cannot be passed faithfully is
+# refused: controls, space, a fragment, and raw non-ASCII (which no client should send).
+_QUERY_BAD = re.compile(r"[\x00-\x20\x7f#]|[^\x00-\x7f]")
+_DOUBLE_ENCODED = frozenset({"2e", "2f", "5c", "25", "00"})
+_DOTS_AND_SPACES = re.compile(r"\.+(?:%20|%09|\.)*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +47,7 @@ def normalize_target(target: str) -> tuple[str, str] | Rejected:
         return Rejected("request target is not origin-form")
     path, sep, query = target.partition("?")
     if sep and _QUERY_BAD.search(query):
-        return Rejected("control character, space or fragment in query")
+        return Rejected("control character, space, non-ASCII or fragment in query")
     if "#" in path:
         return Rejected("fragment in request target")
     if _FAST.fullmatch(path) is not None:
@@ -65,20 +69,32 @@ def _decode_unreserved(path: str) -> str | Rejected:
     out: list[str] = []
     i = 0
     n = len(path)
+    high = bytearray()  # a run of escaped non-ASCII bytes, checked as UTF-8 when it ends
     while i < n:
         c = path[i]
         if c == "%":
             hx = path[i + 1 : i + 3]
             if len(hx) != 2 or hx[0] not in _HEX or hx[1] not in _HEX:
                 return Rejected("malformed percent-escape in path")
-            ch = chr(int(hx, 16))
+            byte = int(hx, 16)
+            ch = chr(byte)
             if ch == "/" or ch == "\\":
                 return Rejected("encoded slash or backslash in path")
             if ch == "\x00":
                 return Rejected("encoded NUL in path")
+            if ch == "%" and path[i + 3 : i + 5].lower() in _DOUBLE_ENCODED:
+                # `%252e`: a backend that decodes twice would see `.`, `/`, `\`, `%`.
+                return Rejected("double-encoded dot, slash, backslash or percent in path")
+            if byte >= 0x80:
+                high.append(byte)
+            elif high and not _utf8(high):
+                return Rejected("escaped bytes in path are not UTF-8")
             out.append(ch if ch in _UNRESERVED else "%" + hx.upper())
             i += 3
             continue
+        if high and not _utf8(high):
+            # Overlong forms such as `%C0%AE` decode to `.` in lax decoders.
+            return Rejected("escaped bytes in path are not UTF-8")
         if c in _PATH_SAFE:
             out.append(c)
         elif c == "\\":
@@ -88,10 +104,25 @@ def _decode_unreserved(path: str) -> str | Rejected:
         else:
             # Printable but outside RFC 3986 (e.g. `|`, `"`, or non-ASCII): give the
             # upstream the unambiguous escaped spelling of the bytes we were sent.
-            raw = c.encode("utf-8", "surrogateescape")
+            if "\ud800" <= c <= "\udfff":
+                return Rejected("raw bytes in path are not UTF-8")
+            raw = c.encode("utf-8")
             out.append("".join(f"%{b:02X}" for b in raw))
         i += 1
+    if high and not _utf8(high):
+        return Rejected("escaped bytes in path are not UTF-8")
     return "".join(out)
+
+
+def _utf8(run: bytearray) -> bool:
+    """Check and clear a run of escaped high bytes."""
+    try:
+        run.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    finally:
+        run.clear()
+    return True
 
 
 def _resolve_segments(path: str) -> str | Rejected:
@@ -110,8 +141,12 @@ def _resolve_segments(path: str) -> str | Rejected:
             out.pop()
             trailing = i == last
             continue
-        if seg.split(";", 1)[0] in (".", ".."):
+        bare = seg.split(";", 1)[0]
+        if bare in (".", ".."):
             return Rejected("dot segment with parameters in path")
+        if "%" in bare and _DOTS_AND_SPACES.fullmatch(bare):
+            # Windows-style backends trim trailing spaces and dots: `..%20` would be `..`.
+            return Rejected("dot segment padded with whitespace in path")
         out.append(seg)
     if not out:
         return "/"

@@ -64,9 +64,13 @@ def render_claim(value: Any) -> str:
     return _escape(_text(value), in_array=False)
 
 
+_FOLD = str.maketrans({c: "-" for c in "!#$%&'*+.^_`|~"})
+
+
 def fold(name: str) -> str:
-    """Header name as backends may compare it: case-insensitive, `_` and `.` as `-`."""
-    return name.lower().replace("_", "-").replace(".", "-")
+    """A header name as lenient backends may compare it: case-insensitive, with every
+    punctuation character that may appear in a name (`_`, `.`, `~`, …) read as `-`."""
+    return name.lower().translate(_FOLD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +84,8 @@ class IdentityHeaders:
     def of(cls, prefix: str, names: Iterable[str]) -> IdentityHeaders:
         return cls(fold(prefix), frozenset(fold(n) for n in names))
 
-    def reserved(self, name: str) -> bool:
-        folded = fold(name)
+    def reserved(self, folded: str) -> bool:
+        """`folded` is a header name already passed through `fold`."""
         return folded.startswith(self.prefix) or folded in self.names
 
 

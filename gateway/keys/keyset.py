@@ -98,7 +98,9 @@ def from_jwk(jwk: Mapping[str, Any], *, allow_oct: bool) -> VerifyKey | None:
     if alg is not None and alg not in ALG_KINDS:
         raise UnusableKeyError(f"JWK alg {alg!r} is not supported")
     try:
-        parsed = jwt.PyJWK(dict(jwk))
+        # The key's type comes from kty/crv; its `alg` is checked against that below,
+        # so a mislabelled key is reported as such rather than as unparseable.
+        parsed = jwt.PyJWK({k: v for k, v in jwk.items() if k != "alg"})
     except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError) as exc:
         raise UnusableKeyError(f"unusable JWK ({type(exc).__name__})") from None
     key = parsed.key

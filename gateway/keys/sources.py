@@ -183,7 +183,7 @@ class RemoteJwks:
         self._session: aiohttp.ClientSession | None = None
         self._on_change: Callable[[], None] = lambda: None
         self._inflight: asyncio.Future[float | None] | None = None
-        self._last_attempt = -1e18
+        self._last_kid_refetch = -1e18
         self._last_success_mono = 0.0
         self._task: asyncio.Task[None] | None = None
 
@@ -200,15 +200,19 @@ class RemoteJwks:
 
     async def refresh_for_unknown_kid(self) -> bool:
         """Refetch because a token named a kid we lack. True if a fetch was made or joined."""
-        if self._inflight is None and time.monotonic() - self._last_attempt < self.settings.unknown_kid_cooldown:
-            return False
+        if self._inflight is None:
+            # The cooldown counts only kid-triggered fetches: a scheduled refresh a moment
+            # ago must not delay picking up a key the IdP has just started to use.
+            now = time.monotonic()
+            if now - self._last_kid_refetch < self.settings.unknown_kid_cooldown:
+                return False
+            self._last_kid_refetch = now
         await asyncio.shield(self._attempt())
         return True
 
     def _attempt(self) -> asyncio.Future[float | None]:
         """Start a fetch, or join the one in flight (single-flight)."""
         if self._inflight is None:
-            self._last_attempt = time.monotonic()
             self._inflight = asyncio.ensure_future(self._fetch_once())
             self._inflight.add_done_callback(self._clear_inflight)
         return self._inflight

@@ -47,8 +47,9 @@ def _pydantic_problems(exc: ValidationError, data: Any) -> list[tuple[Path, str]
     out: list[tuple[Path, str]] = []
     errors = exc.errors(include_url=False)
     for err in errors:
-        path = _data_path(data, tuple(err["loc"]))
         kind = err["type"]
+        # An unknown field's name is in ctx; the loc's last element is then a union tag.
+        path = _data_path(data, tuple(err["loc"]), keep_missing=kind != "unknown_field")
         if kind == "too_short" and any(
             len(e["loc"]) > len(err["loc"]) and e["loc"][: len(err["loc"])] == err["loc"] for e in errors
         ):
@@ -85,7 +86,7 @@ _PATTERNS = {
 }
 
 
-def _data_path(data: Any, loc: tuple[Any, ...]) -> Path:
+def _data_path(data: Any, loc: tuple[Any, ...], keep_missing: bool = True) -> Path:
     """Turn a pydantic `loc` into a path through the user's data.
 
     pydantic inserts union tags (`jwt`) and validator names into `loc`; those are not
@@ -101,7 +102,7 @@ def _data_path(data: Any, loc: tuple[Any, ...]) -> Path:
         elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
             out.append(part)
             cur = cur[part]
-        elif n == len(loc) - 1 and isinstance(part, str) and isinstance(cur, dict):
+        elif keep_missing and n == len(loc) - 1 and isinstance(part, str) and isinstance(cur, dict):
             out.append(part)
     return tuple(out)
 

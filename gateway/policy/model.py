@@ -246,6 +246,8 @@ _METHOD = re.compile(r"[A-Z]+")
 def _method(value: str) -> str:
     if _METHOD.fullmatch(value) is None:
         raise invalid("method", f"not an HTTP method: {value!r} (expected upper case, e.g. GET, POST)")
+    if value in ("CONNECT", "TRACE", "TRACK"):
+        raise invalid("method", f"{value} is never forwarded (expected e.g. GET, POST)")
     return value
 
 
@@ -376,7 +378,9 @@ class Route(Strict):
     def _upstream(cls, value: str) -> str:
         m = _UPSTREAM.fullmatch(value)
         if m is None or not 0 < int(m.group("port") or 80) < 65536:
-            raise invalid("upstream", f"not a URL: {value!r} (expected http(s)://host[:port][/base])")
+            # Credentials in a URL are refused and not echoed.
+            shown = re.sub(r"//[^/@]*@", "//***@", value)
+            raise invalid("upstream", f"not a URL: {shown!r} (expected http(s)://host[:port][/base])")
         return value
 
     @model_validator(mode="after")

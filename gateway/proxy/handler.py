@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import struct
 import traceback
 from dataclasses import dataclass
 
@@ -21,6 +24,7 @@ from gateway.proxy.headers import (
     downstream_response_headers,
     upstream_request_headers,
 )
+from gateway.proxy.requestcheck import request_problem
 from gateway.routing import CompiledRoute, RouteTable, request_host
 
 log = logging.getLogger("gateway.proxy")
@@ -52,6 +56,19 @@ class HandlerSettings:
     max_token_bytes: int
 
 
+def _reset(request: web.BaseRequest) -> None:
+    """Abort the client connection with a TCP reset, not a FIN: for an HTTP/1.0 body
+    delimited by close, a clean close would make a truncated body look complete."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
 class ProxyHandler:
     """Callable for aiohttp's low-level server: one instance per running policy."""
 
@@ -73,6 +90,9 @@ class ProxyHandler:
             return error_response(Reason.INTERNAL)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        problem = request_problem(request.method, request.headers)
+        if problem is not None:
+            return self._refuse(request, None, *problem)
         normal = normalize_target(request.raw_path)
         if isinstance(normal, Rejected):
             return self._refuse(request, None, Reason.BAD_PATH, normal.detail)
@@ -157,7 +177,7 @@ class ProxyHandler:
             if length is not None:
                 # Keep the client's framing: upstreams that refuse chunked uploads stay happy.
                 headers["Content-Length"] = length
-            if request.headers.get("Expect", "").lower() == "100-continue":
+            if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
                 # The low-level server does not answer Expect; we do, only once the
                 # request is allowed, so a refused upload is never read.
                 await request.writer.write(_CONTINUE)
@@ -205,6 +225,5 @@ class ProxyHandler:
             # can never be taken as a whole one.
             log.warning("response relay failed route=%s error=%s", route.name, type(exc).__name__)
             upstream.close()
-            if request.transport is not None:
-                request.transport.abort()
+            _reset(request)
         return response

@@ -1,4 +1,9 @@
-"""Which headers cross the gateway, in each direction. Pure functions over multidicts."""
+"""Which headers cross the gateway, in each direction. Pure functions over multidicts.
+
+Request headers are compared after `fold`: many CGI, WSGI and PHP stacks read
+`X_Forwarded_For`, `X.Forwarded.For` and `X-Forwarded-For` as one header, so a rule
+that only knows one spelling is a rule with a hole in it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.auth.forward import IdentityHeaders
+from gateway.auth.forward import IdentityHeaders, fold
 
 # RFC 9110 §7.6.1, plus the non-standard ones that real clients still send.
 HOP_BY_HOP = frozenset(
@@ -25,9 +30,21 @@ HOP_BY_HOP = frozenset(
     }
 )
 # The gateway frames the upstream request itself and handles Expect with the client.
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect"}
-# Only a trusted proxy in front of us may tell us who the client is.
-_FORWARDING = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"})
+# Method and URL overrides would let a backend act on a method or path the policy never
+# saw (Symfony/IIS `X-Original-URL`, `X-HTTP-Method-Override`, …).
+_REQUEST_DROP = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "expect",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-method-override",
+    "x-http-method",
+}
+# Only a trusted proxy in front of us may tell us who the client is, and only in the
+# standard (hyphenated) spellings.
+_FORWARDING = frozenset({"forwarded", "x-real-ip"})
 # The upstream's framing does not apply to our hop; aiohttp re-frames.
 _RESPONSE_DROP = HOP_BY_HOP
 
@@ -35,9 +52,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    """Header names listed in `Connection` (RFC 9110 §7.6.1): hop-by-hop by declaration."""
+    """Header names listed in `Connection` (RFC 9110 §7.6.1), folded: hop-by-hop by declaration."""
     values = headers.getall("Connection", ())
-    return frozenset(t.strip().lower() for v in values for t in v.split(",") if t.strip())
+    return frozenset(fold(t.strip()) for v in values for t in v.split(",") if t.strip())
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +71,10 @@ class ForwardedFor:
         except ValueError:
             return False
         return any(addr in net for net in self.trusted)
+
+
+def _spoofable(folded: str) -> bool:
+    return folded in _FORWARDING or folded.startswith("x-forwarded-")
 
 
 def upstream_request_headers(
@@ -73,26 +94,28 @@ def upstream_request_headers(
     trusted = forwarded.is_trusted(peer)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in inbound.items():
-        lower = name.lower()
-        if lower in _REQUEST_DROP or lower in drop:
+        folded = fold(name)
+        if folded in _REQUEST_DROP or folded in drop:
             continue
-        if lower in _FORWARDING and not trusted:
+        if _spoofable(folded) and not (trusted and name.lower() == folded):
             continue
-        if lower == "authorization" and not keep_authorization:
+        if folded == "authorization" and not keep_authorization:
             continue
         # SECURITY: removed before anything is added, in every spelling, on every
         # route: a client-supplied identity header must never reach a backend.
-        if identity.reserved(name):
+        if identity.reserved(folded):
             continue
         out.add(name, value)
     for name, value in claims:
         out.add(name, value)
+    # Decided from what survived filtering, so a `Connection: X-Forwarded-Proto` from
+    # even a trusted peer cannot leave the upstream without the gateway's own values.
+    prior = ", ".join(out.getall("X-Forwarded-For", ()))
     client = peer or ""
-    prior = ", ".join(inbound.getall("X-Forwarded-For", ())) if trusted else ""
     out["X-Forwarded-For"] = f"{prior}, {client}" if prior else client
-    if not (trusted and "X-Forwarded-Proto" in inbound):
+    if "X-Forwarded-Proto" not in out:
         out["X-Forwarded-Proto"] = scheme
-    if not (trusted and "X-Forwarded-Host" in inbound) and host:
+    if "X-Forwarded-Host" not in out and host:
         out["X-Forwarded-Host"] = host
     return out
 
@@ -101,8 +124,8 @@ def downstream_response_headers(upstream: Iterable[tuple[str, str]], connection:
     """The upstream's response headers minus hop-by-hop and Connection-named ones."""
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream:
-        lower = name.lower()
-        if lower in _RESPONSE_DROP or lower in connection:
+        folded = fold(name)
+        if folded in _RESPONSE_DROP or folded in connection:
             continue
         out.add(name, value)
     return out

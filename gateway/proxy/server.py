@@ -38,6 +38,30 @@ class _Handler(RequestHandler):
         return resp
 
 
+class _NoEcho(logging.Filter):
+    """Backstop for aiohttp's own loggers: keep the event, drop the text and traceback,
+    which can quote request lines and headers (and so tokens)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        record.msg = "aiohttp reported %s"
+        record.args = (type(exc).__name__ if exc else "an event",)
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+_FILTER = _NoEcho()
+
+
+def silence_aiohttp_echo() -> None:
+    """Idempotent: attach the filter to every aiohttp logger that may see a request."""
+    for name in ("aiohttp.server", "aiohttp.web", "aiohttp.access", "aiohttp.internal", "aiohttp.client"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
 class GatewayServer(web.Server):
     """`web.Server` whose connections use the quiet error page above."""
 
@@ -46,6 +70,7 @@ class GatewayServer(web.Server):
 
 
 def make_server(handler: Any, max_token_bytes: int) -> GatewayServer:
+    silence_aiohttp_echo()
     return GatewayServer(
         handler,
         # Replaced by the gateway's redacting access log: aiohttp's prints the raw query.

@@ -1,0 +1,216 @@
+"""Remote key sets: startup, refresh, rotation, unknown-kid storms, failures and hangs.
+
+The IdP is a real HTTP server on loopback that counts its hits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+import aiohttp
+
+from gateway.app import Gateway
+from tests.conftest import GatewayFactory, Upstream
+from tests.factories import IdentityProvider, SigningKey, claims, rsa_key, sign
+from tests.functional.auth_env import wait_ready
+from tests.rawhttp import get, raw_request
+
+
+def policy(idp: IdentityProvider, upstream: Upstream, remote: str, source: str = "") -> str:
+    source = source or f'{{jwks_url: "{idp.url}/jwks"}}'
+    return f"""
+    providers:
+      corp:
+        issuer: "{idp.issuer}"
+        audiences: [orders-api]
+        algorithms: [RS256, ES256, EdDSA]
+        keys: [{source}]
+        remote: {remote}
+    routes:
+      - {{name: public, match: {{prefix: /public}}, upstream: "{upstream.url}", auth: public}}
+      - {{name: orders, match: {{prefix: /orders}}, upstream: "{upstream.url}", auth: {{any_of: [corp]}}}}
+    """
+
+
+async def call(gw: Gateway, token: str, path: str = "/orders") -> int:
+    resp = await raw_request(gw.public_port, get(path, f"Authorization: Bearer {token}"))
+    return resp.status
+
+
+async def readyz(gw: Gateway) -> int:
+    async with aiohttp.ClientSession() as client, client.get(f"http://127.0.0.1:{gw.admin_port}/readyz") as r:
+        return r.status
+
+
+async def eventually(check: object, seconds: float = 5.0) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_unknown_kid_storm_costs_the_idp_at_most_one_fetch(
+    make_gateway: GatewayFactory, upstream: Upstream, idp: IdentityProvider, rsa: SigningKey
+) -> None:
+    gw = await make_gateway(policy(idp, upstream, "{unknown_kid_cooldown: 30s}"))
+    await wait_ready(gw)
+    assert idp.jwks_hits == 1
+    tokens = [sign(rsa, claims(idp.issuer), kid=secrets.token_hex(8)) for _ in range(200)]
+    statuses = await asyncio.gather(*(call(gw, t) for t in tokens))
+    assert set(statuses) == {401}
+    # The first unknown kid refetched once (concurrent misses joined it); the cooldown
+    # turned the other 199 away without asking the IdP.
+    assert idp.jwks_hits == 2
+    statuses = await asyncio.gather(*(call(gw, sign(rsa, claims(idp.issuer), kid=f"k{i}")) for i in range(50)))
+    assert set(statuses) == {401}
+    assert idp.jwks_hits == 2
+    assert upstream.seen == []
+
+
+async def test_rotation_is_picked_up_without_restart(
+    make_gateway: GatewayFactory, upstream: Upstream, idp: IdentityProvider, rsa: SigningKey
+) -> None:
+    gw = await make_gateway(policy(idp, upstream, "{unknown_kid_cooldown: 200ms}"))
+    await wait_ready(gw)
+    old_token = sign(rsa, claims(idp.issuer))
+    assert await call(gw, old_token) == 200
+    new = rsa_key("rsa-2")
+    idp.keys = [new]  # the IdP rotates: rsa-1 gone, rsa-2 in
+    new_token = sign(new, claims(idp.issuer))
+    assert await call(gw, new_token) == 200  # unknown kid -> one refetch -> accepted
+    assert idp.jwks_hits == 2
+    # rsa-1 has left the key set: tokens signed with it now fail.
+    assert await call(gw, old_token) == 401
+
+
+async def test_background_refresh_honours_cache_control_within_bounds(
+    make_gateway: GatewayFactory, upstream: Upstream, idp: IdentityProvider
+) -> None:
+    idp.cache_control = "public, max-age=0"
+    gw = await make_gateway(policy(idp, upstream, "{min_refresh: 300ms, refresh_interval: 10m}"))
+    await wait_ready(gw)
+    # max-age=0 is clamped up to min_refresh: several refreshes, not a busy loop.
+    await asyncio.sleep(1.6)
+    assert 3 <= idp.jwks_hits <= 7, idp.jwks_hits
+
+    other = IdentityProvider(keys=idp.keys)
+    await other.start()
+    try:
+        other.cache_control = "max-age=86400"
+        gw2 = await make_gateway(
+            policy(other, upstream, "{min_refresh: 100ms, refresh_interval: 300ms, max_refresh: 500ms}")
+        )
+        await wait_ready(gw2)
+        await asyncio.sleep(1.2)
+        # A day's max-age is clamped down to max_refresh (500ms).
+        assert 2 <= other.jwks_hits <= 4, other.jwks_hits
+    finally:
+        await other.close()
+
+
+async def test_no_cache_control_uses_refresh_interval(
+    make_gateway: GatewayFactory, upstream: Upstream, idp: IdentityProvider
+) -> None:
+    gw = await make_gateway(policy(idp, upstream, "{min_refresh: 100ms, refresh_interval: 10m}"))
+    await wait_ready(gw)
+    await asyncio.sleep(0.5)
+    assert idp.jwks_hits == 1
+
+
+async def test_failed_refresh_keeps_last_good_keys_then_they_go_stale(
+    make_gateway: GatewayFactory, upstream: Upstream, idp: IdentityProvider, rsa: SigningKey
+) -> None:
+    idp.cache_control = "max-age=0"
+    gw = await make_gateway(
+        policy(idp, upstream, "{min_refresh: 100ms, refresh_interval: 100ms, retry_interval: 100ms, max_stale: 1s}")
+    )
+    await wait_ready(gw)
+    token = sign(rsa, claims(idp.issuer))
+    idp.fail = True
+    hits = idp.jwks_hits
+    await asyncio.sleep(0.4)
+    assert idp.jwks_hits > hits  # it retried
+    assert await call(gw, token) == 200  # ...and kept serving the last good keys
+    # Past max_stale the keys are dropped: refuse (503), and readiness says so.
+    await eventually(lambda: _status_is(gw, token, 503), 3)
+    assert await readyz(gw) == 503
+    idp.fail = False  # the IdP recovers: no restart needed
+    await eventually(lambda: _status_is(gw, token, 200), 3)
+    assert await readyz(gw) == 200
+
+
+async def _status_is(gw: Gateway, token: str, status: int) -> bool:
+    return await call(gw, token) == status
+
+
+async def test_keys_never_loaded_is_503_and_not_ready(
+    make_gateway: GatewayFactory, upstream: Upstream, idp: IdentityProvider, rsa: SigningKey
+) -> None:
+    idp.fail = True
+    gw = await make_gateway(policy(idp, upstream, "{retry_interval: 100ms}"))
+    token = sign(rsa, claims(idp.issuer))
+    assert await readyz(gw) == 503
+    resp = await raw_request(gw.public_port, get("/orders", f"Authorization: Bearer {token}"))
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "5"
+    assert b"temporarily_unavailable" in resp.body
+    assert (await raw_request(gw.public_port, get("/public"))).status == 200
+    idp.fail = False
+    await eventually(lambda: _status_is(gw, token, 200), 3)
+    assert await readyz(gw) == 200
+
+
+async def test_hanging_idp_times_out_and_never_blocks_serving(
+    make_gateway: GatewayFactory, upstream: Upstream, idp: IdentityProvider, rsa: SigningKey
+) -> None:
+    gw = await make_gateway(policy(idp, upstream, "{fetch_timeout: 300ms, unknown_kid_cooldown: 100ms}"))
+    await wait_ready(gw)
+    idp.hang = 5.0
+    slow_kid = asyncio.ensure_future(call(gw, sign(rsa, claims(idp.issuer), kid="new-kid")))
+    await asyncio.sleep(0.05)
+    # While the refetch hangs, other requests are served at once.
+    t0 = time.monotonic()
+    assert await call(gw, sign(rsa, claims(idp.issuer))) == 200
+    assert (await raw_request(gw.public_port, get("/public"))).status == 200
+    assert time.monotonic() - t0 < 0.25
+    assert await slow_kid == 401  # the fetch gave up at fetch_timeout
+    assert await call(gw, sign(rsa, claims(idp.issuer))) == 200  # last good keys kept
+
+
+async def test_oversized_or_empty_key_sets_are_refused(
+    make_gateway: GatewayFactory, upstream: Upstream, idp: IdentityProvider
+) -> None:
+    idp.body_override = b'{"keys": [' + b'{"kty": "oct", "k": "AAAA"},' * 2000 + b"{}]}"
+    gw = await make_gateway(policy(idp, upstream, "{max_bytes: 4096, retry_interval: 100ms}"))
+    await asyncio.sleep(0.3)
+    assert gw.not_ready() == ["keys of provider 'corp'"]
+    idp.body_override = b'{"keys": [{"kty": "oct", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}]}'
+    await asyncio.sleep(0.3)
+    # Symmetric keys are never taken from a remote key set.
+    assert gw.not_ready() == ["keys of provider 'corp'"]
+
+
+async def test_oidc_discovery(
+    make_gateway: GatewayFactory, upstream: Upstream, idp: IdentityProvider, rsa: SigningKey
+) -> None:
+    gw = await make_gateway(policy(idp, upstream, "{}", source="{oidc_discovery: true}"))
+    await wait_ready(gw)
+    assert idp.discovery_hits == 1
+    assert idp.jwks_hits == 1
+    assert await call(gw, sign(rsa, claims(idp.issuer))) == 200
+
+
+async def test_oidc_discovery_naming_another_issuer_is_refused(
+    make_gateway: GatewayFactory, upstream: Upstream, idp: IdentityProvider, rsa: SigningKey
+) -> None:
+    idp.discovery_issuer = "https://evil.example"
+    gw = await make_gateway(policy(idp, upstream, "{retry_interval: 100ms}", source="{oidc_discovery: true}"))
+    await asyncio.sleep(0.3)
+    assert idp.discovery_hits >= 2
+    assert idp.jwks_hits == 0  # its jwks_uri was never followed
+    assert await call(gw, sign(rsa, claims(idp.issuer))) == 503

@@ -1,0 +1,156 @@
+"""Provider and auth configuration errors: each names the field and what was expected."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.policy import ConfigError, load_policy
+from tests.factories import SigningKey, ec_key, rsa_key, write
+
+ROUTE = '  - {name: r, match: {prefix: /r}, upstream: "http://u", auth: {any_of: [p]}}\n'
+
+
+def load(tmp_path: Path, provider: str, route: str = ROUTE, extra: str = "") -> list[str]:
+    text = "providers:\n  p:\n" + textwrap.indent(textwrap.dedent(provider), "    ") + extra + "routes:\n" + route
+    f = tmp_path / "config.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_policy(str(f))
+    return [line.split(": ", 1)[1] for line in info.value.lines]
+
+
+BASE = "issuer: https://idp.test\naudiences: [api]\n"
+
+
+@pytest.fixture(scope="module")
+def key() -> SigningKey:
+    return rsa_key("k1")
+
+
+def test_hmac_secret_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hs = BASE + "algorithms: [HS256]\nkeys: [{hmac_secret: {env: GW_SECRET}}]\n"
+    assert load(tmp_path, hs) == ["providers.p.keys[0].hmac_secret: environment variable GW_SECRET is not set"]
+    monkeypatch.setenv("GW_SECRET", "short")
+    assert load(tmp_path, hs) == ["providers.p.keys[0].hmac_secret: the secret is 5 bytes (expected at least 32)"]
+    secret_file = write(tmp_path / "secret", "s" * 31 + "\n")
+    hs_file = BASE + f"algorithms: [HS256]\nkeys: [{{hmac_secret: {{file: {secret_file}}}}}]\n"
+    assert load(tmp_path, hs_file)[0].endswith("the secret is 31 bytes (expected at least 32)")
+    both = BASE + "algorithms: [HS256]\nkeys: [{hmac_secret: {env: A, file: b}}]\n"
+    assert load(tmp_path, both)[0].startswith("providers.p.keys[0].hmac_secret: expected exactly one of 'env' or")
+    mixed = BASE + "algorithms: [RS256]\nkeys: [{hmac_secret: {env: GW_SECRET}}]\n"
+    assert load(tmp_path, mixed) == ["providers.p.keys[0]: an HMAC secret needs HMAC algorithms (HS256, HS384, HS512)"]
+
+
+def test_key_files(tmp_path: Path, key: SigningKey) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    private = key.private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    bad = write(tmp_path / "private.pem", private)
+    found = load(tmp_path, BASE + f"algorithms: [RS256]\nkeys: [{{pem_file: {bad}}}]\n")
+    assert found == [
+        f"providers.p.keys[0].pem_file: {bad}: this is a private key (expected a public key or certificate)"
+    ]
+    missing = load(tmp_path, BASE + "algorithms: [RS256]\nkeys: [{pem_file: nope.pem}]\n")
+    assert missing[0].startswith("providers.p.keys[0].pem_file: cannot read ")
+    pem = write(tmp_path / "pub.pem", key.public_pem())
+    wrong = load(tmp_path, BASE + f"algorithms: [ES256]\nkeys: [{{pem_file: {pem}}}]\n")
+    assert wrong == [
+        f"providers.p.keys[0].pem_file: {pem}: a RSA key fits none of algorithms ['ES256'] "
+        "(expected one of ['PS256', 'PS384', 'PS512', 'RS256', 'RS384', 'RS512'])"
+    ]
+    jwk = {**key.public_jwk(), "d": "AAAA"}
+    leaked = write(tmp_path / "leak.json", {"keys": [jwk]})
+    found = load(tmp_path, BASE + f"algorithms: [RS256]\nkeys: [{{jwks_file: {leaked}}}]\n")
+    assert found[0].endswith("keys[0]: JWK contains private key material (expected public keys only)")
+    ec = ec_key("e1")
+    mislabelled = write(tmp_path / "mis.json", {"keys": [{**ec.public_jwk(), "alg": "RS256"}]})
+    found = load(tmp_path, BASE + f"algorithms: [RS256, ES256]\nkeys: [{{jwks_file: {mislabelled}}}]\n")
+    assert found[0].endswith("keys[0]: JWK alg 'RS256' does not fit its key type EC-P-256")
+    small = rsa_key("small")
+    small.private = __import__("cryptography.hazmat.primitives.asymmetric.rsa", fromlist=["x"]).generate_private_key(
+        public_exponent=65537, key_size=1024
+    )
+    weak = write(tmp_path / "weak.pem", small.public_pem())
+    found = load(tmp_path, BASE + f"algorithms: [RS256]\nkeys: [{{pem_file: {weak}}}]\n")
+    assert found[0].endswith("RSA key of 1024 bits (expected at least 2048)")
+
+
+def test_relative_key_paths_are_relative_to_the_policy(tmp_path: Path, key: SigningKey) -> None:
+    (tmp_path / "keys").mkdir()
+    write(tmp_path / "keys" / "jwks.json", json.dumps({"keys": [key.public_jwk()]}))
+    f = tmp_path / "config.yaml"
+    f.write_text(
+        "providers:\n  p:\n"
+        + textwrap.indent(BASE + "algorithms: [RS256]\nkeys: [{jwks_file: keys/jwks.json}]\n", "    ")
+        + "routes:\n"
+        + ROUTE
+    )
+    policy = load_policy(str(f))
+    assert len(policy.providers[0].snapshot) == 1
+
+
+def test_remote_urls_must_be_https_unless_loopback_or_opted_in(tmp_path: Path) -> None:
+    found = load(tmp_path, BASE + "algorithms: [RS256]\nkeys: [{jwks_url: 'http://idp.example/jwks'}]\n")
+    assert found == [
+        "providers.p.keys[0].jwks_url: plain http to a non-loopback host: 'http://idp.example/jwks' "
+        "(expected https, or remote.allow_insecure_http: true)"
+    ]
+    disc = "issuer: http://idp.example\naudiences: [api]\nalgorithms: [RS256]\nkeys: [{oidc_discovery: true}]\n"
+    assert load(tmp_path, disc)[0].startswith("providers.p.keys[0].oidc_discovery: the issuer is fetched")
+    ok = disc + "remote: {allow_insecure_http: true}\n"
+    f = tmp_path / "ok.yaml"
+    f.write_text("providers:\n  p:\n" + textwrap.indent(ok, "    ") + "routes:\n" + ROUTE)
+    load_policy(str(f))
+    for url in ("http://127.0.0.1:9/jwks", "http://localhost:9/jwks", "http://[::1]:9/jwks"):
+        f.write_text(
+            "providers:\n  p:\n"
+            + textwrap.indent(BASE + f"algorithms: [RS256]\nkeys: [{{jwks_url: '{url}'}}]\n", "    ")
+            + "routes:\n"
+            + ROUTE
+        )
+        load_policy(str(f))
+
+
+def test_route_auth_rules(tmp_path: Path) -> None:
+    provider = BASE + "algorithms: [RS256]\nkeys: [{jwks_url: 'https://idp.test/jwks'}]\n"
+    narrow = '  - {name: r, match: {prefix: /r}, upstream: "http://u", auth: {any_of: [p], audiences: [other]}}\n'
+    assert load(tmp_path, provider, narrow) == [
+        "routes[0].auth.audiences: ['other'] is not among the providers' audiences ['api'] "
+        "(a route may only narrow them)"
+    ]
+    bad_header = (
+        '  - {name: r, match: {prefix: /r}, upstream: "http://u", auth: {any_of: [p], forward_claims: {sub: Host}}}\n'
+    )
+    assert load(tmp_path, provider, bad_header) == [
+        "routes[0].auth.forward_claims.sub: 'Host' cannot carry a claim (expected a header such as X-Auth-Email)"
+    ]
+    bad_name = (
+        '  - {name: r, match: {prefix: /r}, upstream: "http://u", auth: {any_of: [p], forward_claims: {sub: "X Y"}}}\n'
+    )
+    assert load(tmp_path, provider, bad_name) == [
+        "routes[0].auth.forward_claims.sub: not valid: 'X Y' (expected an HTTP header name such as X-Auth-Subject)"
+    ]
+    bad_scope = '  - {name: r, match: {prefix: /r}, upstream: "http://u", auth: {any_of: [p], scopes: ["a b"]}}\n'
+    assert load(tmp_path, provider, bad_scope)[0].startswith("routes[0].auth.scopes: not a scope token: 'a b'")
+    typo = '  - {name: r, match: {prefix: /r}, upstream: "http://u", auth: {any_of: [p], scope: [a]}}\n'
+    assert load(tmp_path, provider, typo)[0].startswith("routes[0].auth.scope: unknown field 'scope' (expected one of")
+
+
+def test_provider_fields(tmp_path: Path) -> None:
+    no_alg = "issuer: https://i\naudiences: [a]\nkeys: [{jwks_url: 'https://i/j'}]\n"
+    assert load(tmp_path, no_alg) == ["providers.p.algorithms: required field is missing"]
+    none = "issuer: https://i\naudiences: [a]\nalgorithms: [RS256, none]\nkeys: [{jwks_url: 'https://i/j'}]\n"
+    assert load(tmp_path, none)[0].startswith("providers.p.algorithms[1]: unsupported algorithm 'none'")
+    two = "issuer: https://i\naudiences: [a]\nalgorithms: [RS256]\nkeys: [{jwks_url: 'https://i/j', pem_file: x}]\n"
+    assert load(tmp_path, two)[0].startswith("providers.p.keys[0]: expected exactly one of: pem_file, jwks_file")
+    bounds = (
+        "issuer: https://i\naudiences: [a]\nalgorithms: [RS256]\nkeys: [{jwks_url: 'https://i/j'}]\n"
+        "remote: {min_refresh: 1h}\n"
+    )
+    assert load(tmp_path, bounds) == ["providers.p.remote: expected min_refresh <= refresh_interval <= max_refresh"]
