@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from pathlib import Path
 
 import aiohttp
 
 from gateway.app import Gateway
+from gateway.keys.sources import FILE_POLL_SECONDS
 from tests.conftest import GatewayFactory, Upstream
-from tests.factories import IdentityProvider, SigningKey, claims, rsa_key, sign
+from tests.factories import IdentityProvider, SigningKey, claims, jwks, rsa_key, sign, write
 from tests.functional.auth_env import wait_ready
 from tests.rawhttp import get, raw_request
 
@@ -214,3 +216,36 @@ async def test_oidc_discovery_naming_another_issuer_is_refused(
     assert idp.discovery_hits >= 2
     assert idp.jwks_hits == 0  # its jwks_uri was never followed
     assert await call(gw, sign(rsa, claims(idp.issuer))) == 503
+
+
+async def test_key_file_changes_are_picked_up_and_a_corrupt_file_keeps_the_last_good_keys(
+    make_gateway: GatewayFactory, upstream: Upstream, tmp_path: Path, rsa: SigningKey
+) -> None:
+    jwks_path = tmp_path / "jwks.json"
+    write(jwks_path, jwks(rsa))
+    gw = await make_gateway(
+        f"""
+        providers:
+          files:
+            issuer: https://files.test
+            audiences: [orders-api]
+            algorithms: [RS256]
+            keys: [{{jwks_file: "{jwks_path}"}}]
+        routes:
+          - {{name: orders, match: {{prefix: /orders}}, upstream: "{upstream.url}", auth: {{any_of: [files]}}}}
+        """
+    )
+    old = sign(rsa, claims("https://files.test"))
+    assert await call(gw, old) == 200
+    new_key = rsa_key("rsa-new")
+    new = sign(new_key, claims("https://files.test"))
+    assert await call(gw, new) == 401
+    write(jwks_path, jwks(rsa, new_key))  # rotation: the new key beside the old one
+    await eventually(lambda: _status_is(gw, new, 200), 6)
+    assert await call(gw, old) == 200
+    jwks_path.write_text("{not json")  # a botched edit: loud, and the last good keys stay
+    await asyncio.sleep(FILE_POLL_SECONDS + 1)
+    assert await call(gw, new) == 200
+    write(jwks_path, jwks(new_key))  # retire the old key
+    await eventually(lambda: _status_is(gw, old, 401), 6)
+    assert await call(gw, new) == 200
