@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
+import time
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.demo import demo_app
+from gateway.obs.metrics import Metrics
+from gateway.policy import ConfigError, load_policy
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.model import Listen
-from gateway.proxy.handler import HandlerSettings, ProxyHandler
+from gateway.proxy.handler import HandlerSettings, ProxyHandler, Runtime
 from gateway.proxy.headers import ForwardedFor
 from gateway.proxy.server import make_server
 
@@ -35,7 +40,7 @@ def client_session() -> aiohttp.ClientSession:
 
 
 def admin_app(gateway: Gateway) -> web.Application:
-    """Health (`/healthz`) and readiness (`/readyz`) for orchestrators."""
+    """Operators' endpoints: `/healthz` (alive), `/readyz` (serving with keys), `/metrics`."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -46,10 +51,24 @@ def admin_app(gateway: Gateway) -> web.Application:
             return web.json_response({"status": "ready"})
         return web.json_response({"status": "not ready", "waiting_for": waiting}, status=503)
 
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(gateway.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     return app
+
+
+def _settings(policy: CompiledPolicy) -> HandlerSettings:
+    return HandlerSettings(
+        forwarded=ForwardedFor(policy.trusted_proxies),
+        identity=policy.identity,
+        realm=policy.realm,
+        max_token_bytes=policy.max_token_bytes,
+    )
 
 
 @dataclass
@@ -58,35 +77,77 @@ class Gateway:
 
     policy: CompiledPolicy
     demo_upstream: Listen | None = None
+    reload_ready_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         self.listening = False
+        self.metrics = Metrics()
         self._runners: list[web.BaseRunner] = []
         self._session: aiohttp.ClientSession | None = None
+        self._handler: ProxyHandler | None = None
+        self._reload_lock = asyncio.Lock()
         self.public_port = 0
         self.admin_port = 0
+
+    def _runtime(self, policy: CompiledPolicy) -> Runtime:
+        return Runtime.build(policy.table, _settings(policy), policy.access_log, self.metrics)
+
+    async def _start_providers(self, policy: CompiledPolicy) -> None:
+        assert self._session is not None
+        for provider in policy.providers:
+            # Fetches start now, in the background; /readyz says when every provider has keys.
+            await provider.start(self._session, self.metrics.provider(provider.provider))
 
     async def start(self) -> None:
         policy = self.policy
         if self.demo_upstream is not None:
             await self._serve(web.AppRunner(demo_app(), access_log=None), self.demo_upstream)
         self._session = client_session()
-        for provider in policy.providers:
-            # Fetches start now, in the background; /readyz says when every provider has keys.
-            await provider.start(self._session)
-        settings = HandlerSettings(
-            forwarded=ForwardedFor(policy.trusted_proxies),
-            identity=policy.identity,
-            realm=policy.realm,
-            max_token_bytes=policy.max_token_bytes,
-        )
-        handler = ProxyHandler(policy.table, self._session, settings)
-        server = make_server(handler, policy.max_token_bytes)
+        await self._start_providers(policy)
+        self._handler = ProxyHandler(self._runtime(policy), self._session, self.metrics)
+        server = make_server(self._handler, policy.max_token_bytes)
         public = web.ServerRunner(server, shutdown_timeout=policy.shutdown_timeout, handle_signals=False)
         self.public_port = await self._serve(public, policy.listen)
         admin = web.AppRunner(admin_app(self), access_log=None, shutdown_timeout=1.0)
         self.admin_port = await self._serve(admin, policy.admin_listen)
         self.listening = True
+
+    async def reload(self) -> bool:
+        """Re-read the policy file and swap it in, or keep the running one (logged, counted).
+
+        The new providers must have their keys before the swap, so a reload never turns
+        a working route into 503s. Listen addresses only change on restart."""
+        async with self._reload_lock:
+            ok = await self._reload()
+        self.metrics.config_reloads.labels("success" if ok else "failure").inc()
+        return ok
+
+    async def _reload(self) -> bool:
+        old = self.policy
+        try:
+            new = await asyncio.to_thread(load_policy, old.source)
+        except ConfigError as exc:
+            log.error("reload refused; the running policy stays in force:\n%s", exc)
+            return False
+        await self._start_providers(new)
+        deadline = time.monotonic() + self.reload_ready_timeout
+        while not all(p.ready for p in new.providers):
+            if time.monotonic() > deadline:
+                log.error("reload refused: the new policy's providers have no keys; the running policy stays in force")
+                for provider in new.providers:
+                    await provider.stop()
+                return False
+            await asyncio.sleep(0.05)
+        if (new.listen, new.admin_listen) != (old.listen, old.admin_listen):
+            log.warning("listen addresses change only on restart; keeping %s and %s", old.listen, old.admin_listen)
+        new = dataclasses.replace(new, listen=old.listen, admin_listen=old.admin_listen)
+        assert self._handler is not None
+        self._handler.runtime = self._runtime(new)
+        self.policy = new
+        for provider in old.providers:
+            await provider.stop()
+        log.info("policy reloaded from %s (%d routes)", new.source, len(new.table.routes))
+        return True
 
     def not_ready(self) -> list[str]:
         """What readiness waits for: the listeners, and keys for every provider."""
@@ -117,15 +178,27 @@ class Gateway:
 
 
 async def run_until_signalled(gateway: Gateway, announce: bool = True) -> None:
-    """Run until SIGTERM or SIGINT, then drain. Signal handlers only set a flag."""
+    """Run until SIGTERM or SIGINT, then drain; SIGHUP reloads the policy.
+
+    Signal handlers only set flags; the work happens here, on the loop."""
     stop = asyncio.Event()
+    hup = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hup.set)
     await gateway.start()
     if announce:
         _announce(gateway)
-    await stop.wait()
+    while not stop.is_set():
+        stopping = asyncio.ensure_future(stop.wait())
+        reloading = asyncio.ensure_future(hup.wait())
+        await asyncio.wait({stopping, reloading}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        reloading.cancel()
+        if hup.is_set():
+            hup.clear()
+            await gateway.reload()
     log.info("signal received: draining in-flight requests (up to %gs)", gateway.policy.shutdown_timeout)
     await gateway.stop()
     log.info("stopped")
@@ -136,7 +209,7 @@ def _announce(gateway: Gateway) -> None:
     public = f"http://{_url_host(policy.listen.host)}:{gateway.public_port}"
     admin = f"http://{_url_host(policy.admin_listen.host)}:{gateway.admin_port}"
     log.info("gateway listening on %s (policy %s, %d routes)", public, policy.source, len(policy.table.routes))
-    log.info("admin listening on %s (/healthz, /readyz)", admin)
+    log.info("admin listening on %s (/healthz, /readyz, /metrics)", admin)
     if gateway.demo_upstream is not None:
         log.info("demo upstream on http://%s", gateway.demo_upstream)
 

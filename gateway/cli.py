@@ -7,6 +7,8 @@ import asyncio
 import dataclasses
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 from collections.abc import Sequence
 
@@ -104,8 +106,35 @@ def _schema(_: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _configure_logging(level: str) -> logging.handlers.QueueListener:
+    """Operational logs to stderr; the access log, one line per request, to stdout.
+
+    The access log goes through a queue to a writer thread, so a slow stdout (a full
+    pipe, a slow log shipper) never blocks the event loop."""
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    out = logging.StreamHandler(sys.stdout)
+    out.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger("gateway.access")
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    access.addHandler(logging.handlers.QueueHandler(records))
+    listener = logging.handlers.QueueListener(records, out)
+    listener.start()
+    return listener
+
+
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    listener = _configure_logging(args.log_level)
+    try:
+        return _serve(args)
+    finally:
+        listener.stop()
+
+
+def _serve(args: argparse.Namespace) -> int:
     policy = _load(args.config)
     if policy is None:
         return EXIT_INVALID

@@ -124,3 +124,34 @@ class Reason(enum.Enum):
 
     def __str__(self) -> str:
         return self.ident
+
+
+# Refusals made by the authentication step; counted in gateway_auth_failures_total.
+AUTH_REASONS = frozenset(
+    {
+        Reason.TOKEN_MISSING,
+        Reason.MULTIPLE_AUTHORIZATION,
+        Reason.MALFORMED_AUTHORIZATION,
+        Reason.QUERY_TOKEN,
+        Reason.TOKEN_TOO_LARGE,
+        Reason.MALFORMED_TOKEN,
+        Reason.ALG_NOT_ALLOWED,
+        Reason.KEY_IN_TOKEN,
+        Reason.UNKNOWN_CRIT,
+        Reason.TYP_MISMATCH,
+        Reason.ISSUER_MISMATCH,
+        Reason.UNKNOWN_KID,
+        Reason.BAD_SIGNATURE,
+        Reason.MISSING_CLAIM,
+        Reason.INVALID_CLAIM,
+        Reason.EXPIRED,
+        Reason.NOT_YET_VALID,
+        Reason.ISSUED_IN_FUTURE,
+        Reason.LIFETIME_TOO_LONG,
+        Reason.AUDIENCE_MISMATCH,
+        Reason.UNFORWARDABLE_CLAIM,
+        Reason.INSUFFICIENT_SCOPE,
+        Reason.CLAIM_MISMATCH,
+        Reason.KEYS_UNAVAILABLE,
+    }
+)

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Protocol
 
 import aiohttp
 
 from gateway.keys.keyset import KeySet
 from gateway.keys.sources import KeySource
+
+
+class KeyObserver(Protocol):
+    """Where a provider reports key loads and fetches (the metrics)."""
+
+    def fetched(self, ok: bool) -> None: ...
+
+    def keys(self, count: int, loaded: bool) -> None: ...
 
 
 class ProviderKeys:
@@ -18,6 +27,7 @@ class ProviderKeys:
         self.provider = provider
         self.sources = tuple(sources)
         self.snapshot = KeySet.of(())
+        self._observer: KeyObserver | None = None
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -28,9 +38,17 @@ class ProviderKeys:
         """Every source has loaded at least once (and not gone stale)."""
         return all(s.snapshot is not None for s in self.sources)
 
-    async def start(self, session: aiohttp.ClientSession) -> None:
+    async def start(self, session: aiohttp.ClientSession, observer: KeyObserver) -> None:
+        self._observer = observer
         for source in self.sources:
-            await source.start(session, self._rebuild)
+            await source.start(session, self._changed, observer.fetched)
+        # Sources loaded at compile time (files, secrets) count as loaded now.
+        observer.keys(len(self.snapshot), loaded=len(self.snapshot) > 0)
+
+    def _changed(self, loaded: bool) -> None:
+        self._rebuild()
+        if self._observer is not None:
+            self._observer.keys(len(self.snapshot), loaded)
 
     async def stop(self) -> None:
         for source in self.sources:

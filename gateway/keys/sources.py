@@ -36,7 +36,11 @@ class KeySource(Protocol):
     label: str
     snapshot: KeySet | None
 
-    async def start(self, session: aiohttp.ClientSession, on_change: Callable[[], None]) -> None: ...
+    async def start(
+        self, session: aiohttp.ClientSession, on_change: Callable[[bool], None], on_fetch: Callable[[bool], None]
+    ) -> None:
+        """Begin keeping fresh. `on_change(loaded)` after each new snapshot (loaded=False
+        when keys were dropped as stale); `on_fetch(ok)` after each remote fetch."""
 
     async def stop(self) -> None: ...
 
@@ -50,7 +54,9 @@ class StaticKeys:
         self.label = label
         self.snapshot: KeySet | None = KeySet.of(keys)
 
-    async def start(self, session: aiohttp.ClientSession, on_change: Callable[[], None]) -> None:
+    async def start(
+        self, session: aiohttp.ClientSession, on_change: Callable[[bool], None], on_fetch: Callable[[bool], None]
+    ) -> None:
         return None
 
     async def stop(self) -> None:
@@ -91,7 +97,9 @@ class FileKeys:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    async def start(self, session: aiohttp.ClientSession, on_change: Callable[[], None]) -> None:
+    async def start(
+        self, session: aiohttp.ClientSession, on_change: Callable[[bool], None], on_fetch: Callable[[bool], None]
+    ) -> None:
         self._task = asyncio.create_task(self._watch(on_change), name=f"watch {self.label}")
 
     async def stop(self) -> None:
@@ -102,7 +110,7 @@ class FileKeys:
     async def refresh_for_unknown_kid(self) -> bool:
         return False
 
-    async def _watch(self, on_change: Callable[[], None]) -> None:
+    async def _watch(self, on_change: Callable[[bool], None]) -> None:
         while True:
             await asyncio.sleep(FILE_POLL_SECONDS)
             stamp = await asyncio.to_thread(self._stat)
@@ -118,7 +126,7 @@ class FileKeys:
             self._stamp = stamp
             self.snapshot = KeySet.of(keys)
             log.info("reloaded %d key(s) from %s", len(keys), self._path)
-            on_change()
+            on_change(True)
 
 
 def insecure_url(url: str, allow_insecure_http: bool) -> str | None:
@@ -181,15 +189,19 @@ class RemoteJwks:
         self._jwks_url = jwks_url
         self._issuer = issuer
         self._session: aiohttp.ClientSession | None = None
-        self._on_change: Callable[[], None] = lambda: None
+        self._on_change: Callable[[bool], None] = lambda loaded: None
+        self._on_fetch: Callable[[bool], None] = lambda ok: None
         self._inflight: asyncio.Future[float | None] | None = None
         self._last_kid_refetch = -1e18
         self._last_success_mono = 0.0
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, session: aiohttp.ClientSession, on_change: Callable[[], None]) -> None:
+    async def start(
+        self, session: aiohttp.ClientSession, on_change: Callable[[bool], None], on_fetch: Callable[[bool], None]
+    ) -> None:
         self._session = session
         self._on_change = on_change
+        self._on_fetch = on_fetch
         self._task = asyncio.create_task(self._run(), name=f"refresh {self.label}")
 
     async def stop(self) -> None:
@@ -231,6 +243,7 @@ class RemoteJwks:
                 raise FetchError("no usable signature keys" + (f": {'; '.join(problems)}" if problems else ""))
         except (FetchError, UnusableKeyError) as exc:
             log.warning("provider %s: key fetch from %s failed: %s", self.provider, self.label, exc)
+            self._on_fetch(False)
             return None
         for problem in problems:
             log.warning("provider %s: skipped a key from %s: %s", self.provider, self.label, problem)
@@ -240,7 +253,8 @@ class RemoteJwks:
         self._last_success_mono = time.monotonic()
         if changed:
             log.info("provider %s: %d key(s) loaded from %s", self.provider, len(keys), self.label)
-        self._on_change()
+        self._on_fetch(True)
+        self._on_change(True)
         return lifetime if lifetime is not None else -1.0
 
     async def _discover(self) -> str:
@@ -310,7 +324,7 @@ class RemoteJwks:
                             s.max_stale,
                         )
                         self.snapshot = None
-                        self._on_change()
+                        self._on_change(False)
                     else:
                         delay = min(delay, s.max_stale - stale_for + 0.01)
             await asyncio.sleep(delay)

@@ -26,6 +26,8 @@ from gateway.keys.sources import (
     insecure_url,
     read_key_file,
 )
+from gateway.obs.access import AccessLog
+from gateway.obs.redact import Redactor
 from gateway.pathnorm import Rejected, normalize_target
 from gateway.policy.errors import CompileError, Path, Problem
 from gateway.policy.model import Identity, JwtAuth, Listen, Policy, Provider, Route
@@ -74,6 +76,7 @@ class CompiledPolicy:
     identity: IdentityHeaders
     realm: str
     max_token_bytes: int
+    access_log: AccessLog
 
 
 def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
@@ -111,6 +114,12 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
         identity=IdentityHeaders.of(identity.reserved_prefix, claim_headers),
         realm=identity.realm,
         max_token_bytes=identity.max_token_bytes,
+        access_log=AccessLog(
+            fmt=policy.access_log.format,
+            log_subject=policy.access_log.subject,
+            redactor=Redactor(policy.access_log.redact_params),
+            enabled=policy.access_log.enabled,
+        ),
     )
 
 

@@ -222,7 +222,19 @@ class Provider(Strict):
 
 HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 HeaderName = Annotated[StrictStr, Field(pattern=HEADER_NAME_PATTERN)]
+ROUTE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
 REALM_PATTERN = r'^[^"\\\x00-\x1f\x7f]*$'
+
+
+class AccessLogSettings(Strict):
+    """The access log (one line per request on stdout)."""
+
+    enabled: StrictBool = True
+    format: Literal["json", "text"] = "json"
+    # The verified `sub` claim; turn off where subjects are personal data you may not log.
+    subject: StrictBool = True
+    # Query parameter names to redact on top of the built-in list (case-insensitive).
+    redact_params: tuple[StrictStr, ...] = ()
 
 
 class Identity(Strict):
@@ -363,7 +375,8 @@ Auth = Annotated[
 class Route(Strict):
     """One entry of the ordered route table."""
 
-    name: StrictStr = Field(min_length=1)
+    # Used as a log field and metric label: a letter or digit first, then [A-Za-z0-9_.:-].
+    name: StrictStr = Field(pattern=ROUTE_NAME_PATTERN)
     match: Match
     upstream: StrictStr
     strip_prefix: StrictBool = False
@@ -392,6 +405,9 @@ class Route(Strict):
         return self
 
 
+ProviderName = Annotated[StrictStr, Field(pattern=ROUTE_NAME_PATTERN)]
+
+
 class Policy(Strict):
     """The whole policy file."""
 
@@ -400,6 +416,7 @@ class Policy(Strict):
     listen: ListenAddress = Field(default_factory=lambda: Listen(host="0.0.0.0", port=8080))
     admin: Admin = Field(default_factory=Admin)
     server: Server = Field(default_factory=Server)
+    access_log: AccessLogSettings = Field(default_factory=AccessLogSettings)
     identity: Identity = Field(default_factory=Identity)
-    providers: dict[StrictStr, Provider] = Field(default_factory=dict)
+    providers: dict[ProviderName, Provider] = Field(default_factory=dict)
     routes: tuple[Route, ...] = Field(min_length=1)

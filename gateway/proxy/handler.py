@@ -1,4 +1,8 @@
-"""The one request handler: normalise, route, forward. Knows nothing of listeners."""
+"""The one request handler: check, route, authenticate, forward, then log and count.
+
+Knows nothing of listeners or signals. Its policy-derived state is one `Runtime` value
+swapped whole on reload, so a request sees one policy from start to end.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import contextlib
 import logging
 import socket
 import struct
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -16,7 +21,9 @@ from gateway.auth.extract import extract_token
 from gateway.auth.forward import IdentityHeaders, UnforwardableError
 from gateway.auth.jws import parse_jws
 from gateway.auth.requirement import TokenRequirement
-from gateway.errors import Reason
+from gateway.errors import AUTH_REASONS, Reason
+from gateway.obs.access import AccessLog, Exchange
+from gateway.obs.metrics import UNMATCHED, Metrics, RouteMetrics
 from gateway.pathnorm import Rejected, normalize_target
 from gateway.proxy.headers import (
     ForwardedFor,
@@ -56,6 +63,27 @@ class HandlerSettings:
     max_token_bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Everything policy-derived the handler uses, swapped atomically on reload."""
+
+    table: RouteTable
+    settings: HandlerSettings
+    access_log: AccessLog
+    route_metrics: tuple[RouteMetrics, ...]  # by route index
+    unmatched: RouteMetrics
+
+    @classmethod
+    def build(cls, table: RouteTable, settings: HandlerSettings, access_log: AccessLog, metrics: Metrics) -> Runtime:
+        return cls(
+            table=table,
+            settings=settings,
+            access_log=access_log,
+            route_metrics=tuple(metrics.route(r.name) for r in table.routes),
+            unmatched=metrics.route(UNMATCHED),
+        )
+
+
 def _reset(request: web.BaseRequest) -> None:
     """Abort the client connection with a TCP reset, not a FIN: for an HTTP/1.0 body
     delimited by close, a clean close would make a truncated body look complete."""
@@ -70,16 +98,22 @@ def _reset(request: web.BaseRequest) -> None:
 
 
 class ProxyHandler:
-    """Callable for aiohttp's low-level server: one instance per running policy."""
+    """Callable for aiohttp's low-level server."""
 
-    def __init__(self, table: RouteTable, session: aiohttp.ClientSession, settings: HandlerSettings) -> None:
-        self._table = table
+    def __init__(self, runtime: Runtime, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+        self.runtime = runtime
         self._session = session
-        self._settings = settings
+        self._in_flight = metrics.in_flight
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        runtime = self.runtime
+        ex = Exchange()
+        status = 500
+        self._in_flight.inc()
         try:
-            return await self._handle(request)
+            response = await self._handle(request, runtime, ex)
+            status = response.status
+            return response
         except Exception as exc:
             # Fail closed: a bug must never turn into a forwarded request or a traceback
             # page. The message is left out of the log: aiohttp puts URLs (and so query
@@ -87,38 +121,52 @@ class ProxyHandler:
             log.error(
                 "internal error %s\n%s", type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)).rstrip()
             )
+            ex.outcome, ex.reason, ex.bytes_out = "error", Reason.INTERNAL.ident, len(Reason.INTERNAL.body)
             return error_response(Reason.INTERNAL)
+        finally:
+            self._in_flight.dec()
+            self._finish(request, runtime, ex, status)
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    def _finish(self, request: web.BaseRequest, runtime: Runtime, ex: Exchange, status: int) -> None:
+        total = time.perf_counter() - ex.started
+        route = runtime.route_metrics[ex.index] if ex.index >= 0 else runtime.unmatched
+        route.request(request.method, status, ex.outcome)
+        route.duration.observe(total)
+        if ex.upstream_seconds is not None:
+            route.upstream.observe(ex.upstream_seconds)
+        runtime.access_log.emit(request, ex, status, total)
+
+    async def _handle(self, request: web.BaseRequest, runtime: Runtime, ex: Exchange) -> web.StreamResponse:
         problem = request_problem(request.method, request.headers)
         if problem is not None:
-            return self._refuse(request, None, *problem)
+            return self._refuse(runtime, ex, None, *problem)
         normal = normalize_target(request.raw_path)
         if isinstance(normal, Rejected):
-            return self._refuse(request, None, Reason.BAD_PATH, normal.detail)
+            return self._refuse(runtime, ex, None, Reason.BAD_PATH, normal.detail)
         path, query = normal
         host = request.headers.get("Host", "")
-        route = self._table.match(request.method, request_host(host), path)
+        route = runtime.table.match(request.method, request_host(host), path)
         if route is None:
-            return self._refuse(request, None, Reason.NO_ROUTE, "")
+            return self._refuse(runtime, ex, None, Reason.NO_ROUTE, "")
+        ex.route, ex.index = route.name, route.index
         claims: list[tuple[str, str]] = []
         auth = route.auth
         if isinstance(auth, TokenRequirement):
-            outcome = await self._authenticate(request, auth, query)
+            outcome = await self._authenticate(request, runtime, auth, query, ex)
             if isinstance(outcome, Reason):
-                return self._refuse(request, route, outcome, "")
+                return self._refuse(runtime, ex, route, outcome, "")
             query, claims = outcome
-        return await self._forward(request, route, route.upstream_path(path), query, host, claims)
+        return await self._forward(request, runtime, ex, route, route.upstream_path(path), query, host, claims)
 
     async def _authenticate(
-        self, request: web.BaseRequest, requirement: TokenRequirement, query: str
+        self, request: web.BaseRequest, runtime: Runtime, requirement: TokenRequirement, query: str, ex: Exchange
     ) -> tuple[str, list[tuple[str, str]]] | Reason:
         """(query to forward, identity headers), or why the request is refused."""
         found = extract_token(
             request.headers,
             query,
             allow_query=requirement.allow_query_token,
-            max_bytes=self._settings.max_token_bytes,
+            max_bytes=runtime.settings.max_token_bytes,
         )
         if isinstance(found, Reason):
             return found
@@ -130,37 +178,40 @@ class ProxyHandler:
         principal = await requirement.authenticate(jws)
         if isinstance(principal, Reason):
             return principal
+        sub = principal.claims.get("sub")
+        ex.subject = sub if isinstance(sub, str) else None
         try:
             return found.query, requirement.headers.render(principal.provider, principal.claims)
         except UnforwardableError:
             return Reason.UNFORWARDABLE_CLAIM
 
     def _refuse(
-        self, request: web.BaseRequest, route: CompiledRoute | None, reason: Reason, detail: str
+        self, runtime: Runtime, ex: Exchange, route: CompiledRoute | None, reason: Reason, detail: str
     ) -> web.Response:
-        # Operators get the reason and detail; the method is from a closed token grammar
-        # and the route name is from config. The path, query and token are never logged.
-        log.info(
-            "refused method=%s route=%s status=%d reason=%s detail=%s",
-            request.method,
-            route.name if route else "-",
-            reason.status,
-            reason.ident,
-            detail or "-",
-        )
+        ex.outcome = "error" if reason.status >= 500 else "denied"
+        ex.reason = reason.ident
+        ex.bytes_out = len(reason.body)
+        if route is not None and reason in AUTH_REASONS:
+            runtime.route_metrics[route.index].auth_failure(reason)
+        if detail:
+            # The access log has the reason; this is the operator's detail for it.
+            # Never request data: the detail strings are fixed in code.
+            log.info("refused route=%s reason=%s detail=%s", ex.route, reason.ident, detail)
         scope = route.auth.scope_text if route and isinstance(route.auth, TokenRequirement) else ""
-        return error_response(reason, self._settings.realm, scope)
+        return error_response(reason, runtime.settings.realm, scope)
 
     async def _forward(
         self,
         request: web.BaseRequest,
+        runtime: Runtime,
+        ex: Exchange,
         route: CompiledRoute,
         path: str,
         query: str,
         host: str,
         claims: list[tuple[str, str]],
     ) -> web.StreamResponse:
-        settings = self._settings
+        settings = runtime.settings
         headers = upstream_request_headers(
             request.headers,
             peer=request.remote,
@@ -181,6 +232,7 @@ class ProxyHandler:
                 # The low-level server does not answer Expect; we do, only once the
                 # request is allowed, so a refused upload is never read.
                 await request.writer.write(_CONTINUE)
+        sent = time.perf_counter()
         try:
             upstream = await self._session.request(
                 request.method,
@@ -194,20 +246,21 @@ class ProxyHandler:
                 skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
             )
         except aiohttp.ConnectionTimeoutError:
-            return self._refuse(request, route, Reason.UPSTREAM_UNREACHABLE, "connect timeout")
+            return self._refuse(runtime, ex, route, Reason.UPSTREAM_UNREACHABLE, "connect timeout")
         except aiohttp.ServerTimeoutError:
-            return self._refuse(request, route, Reason.UPSTREAM_TIMEOUT, "no response in time")
+            return self._refuse(runtime, ex, route, Reason.UPSTREAM_TIMEOUT, "no response in time")
         except TimeoutError:
-            return self._refuse(request, route, Reason.UPSTREAM_TIMEOUT, "timeout")
-        except aiohttp.ClientConnectorError as exc:
-            return self._refuse(request, route, Reason.UPSTREAM_UNREACHABLE, type(exc).__name__)
+            return self._refuse(runtime, ex, route, Reason.UPSTREAM_TIMEOUT, "timeout")
+        except aiohttp.ClientConnectorError:
+            return self._refuse(runtime, ex, route, Reason.UPSTREAM_UNREACHABLE, "connection refused or failed")
         except aiohttp.ClientError as exc:
-            return self._refuse(request, route, Reason.UPSTREAM_ERROR, type(exc).__name__)
+            return self._refuse(runtime, ex, route, Reason.UPSTREAM_ERROR, type(exc).__name__)
+        ex.upstream_seconds = time.perf_counter() - sent
         async with upstream:
-            return await self._relay(request, route, upstream)
+            return await self._relay(request, ex, route, upstream)
 
     async def _relay(
-        self, request: web.BaseRequest, route: CompiledRoute, upstream: aiohttp.ClientResponse
+        self, request: web.BaseRequest, ex: Exchange, route: CompiledRoute, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             status=upstream.status,
@@ -218,11 +271,13 @@ class ProxyHandler:
         try:
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
+                ex.bytes_out += len(chunk)
             await response.write_eof()
         except Exception as exc:
             # Status and headers are gone already (or the client is): the only honest
             # signal left is to cut the client's connection, so that a truncated body
             # can never be taken as a whole one.
+            ex.outcome, ex.reason = "error", "relay_failed"
             log.warning("response relay failed route=%s error=%s", route.name, type(exc).__name__)
             upstream.close()
             _reset(request)

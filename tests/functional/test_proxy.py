@@ -13,7 +13,10 @@ from aiohttp.test_utils import RawTestServer
 
 from gateway.app import Gateway
 from gateway.auth.forward import IdentityHeaders
-from gateway.proxy.handler import HandlerSettings, ProxyHandler
+from gateway.obs.access import AccessLog
+from gateway.obs.metrics import Metrics
+from gateway.obs.redact import Redactor
+from gateway.proxy.handler import HandlerSettings, ProxyHandler, Runtime
 from gateway.proxy.headers import ForwardedFor
 from gateway.routing import CompiledRoute, RouteTable
 from tests.conftest import GatewayFactory, Upstream
@@ -395,7 +398,9 @@ async def test_unexpected_error_fails_closed_without_leaking(
 ) -> None:
     async with aiohttp.ClientSession() as session:
         settings = HandlerSettings(ForwardedFor(()), IdentityHeaders.of("X-Auth-", ()), "gateway", 8192)
-        handler = ProxyHandler(_BrokenTable(()), session, settings)
+        metrics = Metrics()
+        runtime = Runtime.build(_BrokenTable(()), settings, AccessLog("json", True, Redactor()), metrics)
+        handler = ProxyHandler(runtime, session, metrics)
         server = RawTestServer(handler, host="127.0.0.1")
         await server.start_server()
         try:

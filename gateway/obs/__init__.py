@@ -1,0 +1,1 @@
+"""Observability: redaction, the access log, Prometheus metrics."""

@@ -1,0 +1,128 @@
+"""Prometheus metrics, in a registry per gateway, with label children bound per route.
+
+Label values come only from the policy (route and provider names) and from closed
+vocabularies (methods, status classes, outcomes, reasons), never from request data, so
+no client can grow the exposition.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from gateway import __version__
+from gateway.errors import Reason
+
+UNMATCHED = "_unmatched"  # route names must start with a letter or digit: no collision
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """Every metric the gateway exports."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "gateway_requests",
+            "Requests answered, by route, method, status class and outcome (allowed/denied/error).",
+            ["route", "method", "status_class", "outcome"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request to the end of the response, by route.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream = Histogram(
+            "gateway_upstream_duration_seconds",
+            "Time from sending a request upstream to receiving its response headers, by route.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "gateway_auth_failures", "Requests refused by authentication, by route and reason.", ["route", "reason"],
+            registry=r,
+        )  # fmt: skip
+        self.jwks_fetches = Counter(
+            "gateway_jwks_fetches", "Remote key set fetches, by provider and result.", ["provider", "result"],
+            registry=r,
+        )  # fmt: skip
+        self.jwks_keys = Gauge("gateway_jwks_keys", "Verification keys in use, by provider.", ["provider"], registry=r)
+        self.jwks_last_success = Gauge(
+            "gateway_jwks_last_success_timestamp_seconds",
+            "Unix time keys were last loaded successfully, by provider.",
+            ["provider"],
+            registry=r,
+        )
+        self.in_flight = Gauge("gateway_in_flight_requests", "Requests being handled now.", registry=r)
+        self.config_reloads = Counter(
+            "gateway_config_reloads", "Policy reloads (SIGHUP), by result.", ["result"], registry=r
+        )
+        self.build_info = Gauge(
+            "gateway_build_info", "Build information; always 1.", ["version", "python", "aiohttp"], registry=r
+        )
+        self.build_info.labels(__version__, platform.python_version(), aiohttp.__version__).set(1)
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)
+
+    def route(self, name: str) -> RouteMetrics:
+        return RouteMetrics(self, name)
+
+    def provider(self, name: str) -> ProviderMetrics:
+        return ProviderMetrics(self, name)
+
+
+class ProviderMetrics:
+    """One provider's key metrics, reported to by its key sources."""
+
+    __slots__ = ("_fail", "_keys", "_last", "_ok")
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self._ok = metrics.jwks_fetches.labels(name, "success")
+        self._fail = metrics.jwks_fetches.labels(name, "failure")
+        self._keys = metrics.jwks_keys.labels(name)
+        self._last = metrics.jwks_last_success.labels(name)
+
+    def fetched(self, ok: bool) -> None:
+        (self._ok if ok else self._fail).inc()
+
+    def keys(self, count: int, loaded: bool) -> None:
+        """`loaded`: this change is a successful load (not keys going stale)."""
+        self._keys.set(count)
+        if loaded:
+            self._last.set_to_current_time()
+
+
+class RouteMetrics:
+    """One route's children: histograms bound now, counters bound on first use."""
+
+    __slots__ = ("_auth", "_metrics", "_name", "_requests", "duration", "upstream")
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self._metrics = metrics
+        self._name = name
+        self.duration = metrics.duration.labels(name)
+        self.upstream = metrics.upstream.labels(name)
+        self._requests: dict[tuple[str, int, str], Counter] = {}
+        self._auth: dict[Reason, Counter] = {}
+
+    def request(self, method: str, status: int, outcome: str) -> None:
+        key = (method, status // 100, outcome)
+        child = self._requests.get(key)
+        if child is None:
+            label = method if method in METHODS else "OTHER"
+            child = self._metrics.requests.labels(self._name, label, f"{status // 100}xx", outcome)
+            self._requests[key] = child
+        child.inc()
+
+    def auth_failure(self, reason: Reason) -> None:
+        child = self._auth.get(reason)
+        if child is None:
+            child = self._auth[reason] = self._metrics.auth_failures.labels(self._name, reason.ident)
+        child.inc()
