@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint check-config schema clean
+.PHONY: run test tools check-config schema clean
 
 # The virtualenv is rebuilt when pyproject.toml changes.
 $(BIN)/.installed: pyproject.toml
@@ -25,11 +25,23 @@ run: $(BIN)/.installed
 	exec $(BIN)/gateway run --config config.example.yaml --demo-upstream
 
 ## Lint, type-check and run the whole test suite.
-test: $(BIN)/.installed
+test: $(BIN)/.installed tools
 	$(BIN)/ruff check gateway tests
 	$(BIN)/ruff format --check gateway tests
 	$(BIN)/mypy gateway tests
 	$(BIN)/pytest
+
+## External programs the tests use: promtool (Debian package `prometheus`) checks
+## the metrics exposition. Installed when missing, where we may (root with apt-get).
+tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing promtool (Debian package prometheus)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1 \
+	      || echo "promtool could not be installed: the promtool test will skip"; \
+	  else \
+	    echo "promtool is not installed and cannot be installed here (needs root and apt-get): the promtool test will skip"; \
+	  fi; }
 
 check-config: $(BIN)/.installed
 	$(BIN)/gateway check --config config.example.yaml

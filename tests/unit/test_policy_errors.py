@@ -46,7 +46,8 @@ def test_bad_upstream_names_line_field_and_expectation(tmp_path: Path) -> None:
         ("listen: nowhere\n", "1: listen: not a listen address: 'nowhere' (expected host:port"),
         (
             "bogus: 1\n",
-            "1: bogus: unknown field 'bogus' (expected one of: access_log, admin, identity, listen, providers, routes, server)",
+            "1: bogus: unknown field 'bogus' "
+            "(expected one of: access_log, admin, identity, listen, providers, routes, server)",
         ),
         ("server:\n  shutdown_timeout: 10\n", "2: server.shutdown_timeout: not a duration: 10 (expected"),
         ("server:\n  shutdown_timeout: 10y\n", "2: server.shutdown_timeout: not a duration: '10y' (expected"),

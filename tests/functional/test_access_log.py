@@ -1,0 +1,186 @@
+"""The access log of a real gateway process: its fields, and that no secret reaches it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import Upstream
+from tests.factories import SigningKey, claims, sign, write
+from tests.metrics_parse import scrape
+from tests.procs import GatewayProcess, running_gateway
+from tests.rawhttp import get, raw_request
+
+ISS = "https://files.test"
+
+
+def routes(upstream: Upstream) -> str:
+    return f"""
+    - {{name: orders, match: {{prefix: /orders}}, upstream: "{upstream.url}", auth: {{any_of: [files]}}}}
+    - {{name: public, match: {{prefix: /public}}, upstream: "{upstream.url}", auth: public}}
+    """
+
+
+def extra(tmp_path: Path, key: SigningKey, log: str = "{redact_params: [custom_secret]}") -> str:
+    pem = write(tmp_path / "key.pem", key.public_pem())
+    return f"""
+access_log: {log}
+providers:
+  files: {{issuer: "{ISS}", audiences: [orders-api], algorithms: [RS256], keys: [{{pem_file: "{pem}"}}]}}
+"""
+
+
+def access_lines(tmp_path: Path) -> list[dict[str, object]]:
+    lines = (tmp_path / "gateway.log").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+async def _settle(gw: GatewayProcess) -> None:
+    # The access log is written by a thread: give it a moment, then stop the process
+    # so that everything is flushed.
+    await asyncio.sleep(0.2)
+    gw.proc.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(gw.proc.wait, 10)
+
+
+async def test_no_secret_reaches_any_log_line_or_response(tmp_path: Path, upstream: Upstream, rsa: SigningKey) -> None:
+    token = sign(rsa, claims(ISS, sub="alice"), kid=None)
+    path_jwt = sign(rsa, claims(ISS, sub="in-path"), kid=None)
+    query_jwt = sign(rsa, claims(ISS, sub="in-query"), kid=None)
+    secrets = {f"S{i}SECRET{i}" for i in range(1, 14)}
+    requests = [
+        get("/orders?access_token=S1SECRET1"),
+        get("/public/x?api_key=S2SECRET2&x=1&PASSWORD=S3SECRET3"),
+        get("/public/x?X-Amz-Signature=S4SECRET4&custom_secret=S5SECRET5&sig=S6SECRET6"),
+        get("/public/x?token=S7SECRET7&token=S8SECRET8&q=" + query_jwt),
+        get(f"/public/{path_jwt}/x"),
+        get("/orders/1", f"Authorization: Bearer {token}", "Cookie: session=S9SECRET9"),
+        get("/orders/1", "Authorization: Bearer S10SECRET10!"),  # malformed
+        get("/orders/1", "Authorization: Bearer S11SECRET11\x01"),  # unparseable
+        get("/public/x", "Referer: https://app.example/cb?code=S12SECRET12&state=ok"),
+        get("/public/x", "Proxy-Authorization: Basic S13SECRET13", "X-Api-Key: S13SECRET13"),
+        get(f"/orders/1?x=1&access_token={token}"),
+    ]
+    bodies = b""
+    async with running_gateway(tmp_path, routes(upstream), extra(tmp_path, rsa)) as gw:
+        for request in requests:
+            resp = await raw_request(gw.port, request)
+            if resp.status >= 400:  # the gateway's own answers (the test upstream echoes paths)
+                bodies += resp.body + str(resp.headers).encode()
+        await _settle(gw)
+    log_text = (tmp_path / "gateway.log").read_text()
+    lines = access_lines(tmp_path)
+    assert len(lines) == len(requests) - 1  # the unparseable one never became a request
+    for secret in [*secrets, token, path_jwt, query_jwt, token.rsplit(".", 1)[1]]:
+        assert secret not in log_text, secret
+        assert secret.encode() not in bodies, secret
+    paths = [line["path"] for line in lines]
+    assert "/public/x?api_key=[REDACTED]&x=1&PASSWORD=[REDACTED]" in paths
+    assert "/public/[REDACTED]/x" in paths
+    assert any(line.get("referer") == "https://app.example/cb?code=[REDACTED]&state=ok" for line in lines)
+    assert "unparseable request" in log_text
+
+
+async def test_fields_subject_and_outcomes(tmp_path: Path, upstream: Upstream, rsa: SigningKey) -> None:
+    token = sign(rsa, claims(ISS, sub="alice"), kid=None)
+    async with running_gateway(tmp_path, routes(upstream), extra(tmp_path, rsa)) as gw:
+        await raw_request(gw.port, get("/orders/1", f"Authorization: Bearer {token}", "User-Agent: t/1"))
+        request = b"POST /public/up HTTP/1.1\r\nHost: g\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        await raw_request(gw.port, request)
+        await raw_request(gw.port, get("/orders/1"))
+        await raw_request(gw.port, get("/none"))
+        await _settle(gw)
+    allowed, upload, denied, unmatched = access_lines(tmp_path)
+    assert set(allowed) >= {
+        "ts", "client", "method", "path", "status", "route", "outcome", "reason", "subject",
+        "upstream_seconds", "duration_seconds", "bytes_in", "bytes_out",
+    }  # fmt: skip
+    assert (allowed["status"], allowed["route"], allowed["outcome"], allowed["subject"]) == (
+        200,
+        "orders",
+        "allowed",
+        "alice",
+    )
+    assert allowed["client"] == "127.0.0.1"
+    assert allowed["user_agent"] == "t/1"
+    assert isinstance(allowed["upstream_seconds"], float)
+    assert isinstance(allowed["duration_seconds"], float)
+    assert allowed["duration_seconds"] >= allowed["upstream_seconds"]
+    assert isinstance(allowed["bytes_out"], int)
+    assert allowed["bytes_out"] > 0
+    assert (upload["method"], upload["bytes_in"]) == ("POST", 5)
+    assert (denied["status"], denied["outcome"], denied["reason"], denied["subject"]) == (
+        401,
+        "denied",
+        "token_missing",
+        None,
+    )
+    assert denied["upstream_seconds"] is None
+    assert (unmatched["status"], unmatched["route"], unmatched["reason"]) == (404, "-", "no_route")
+
+
+async def test_text_format_without_subject(tmp_path: Path, upstream: Upstream, rsa: SigningKey) -> None:
+    token = sign(rsa, claims(ISS, sub="alice"), kid=None)
+    async with running_gateway(
+        tmp_path, routes(upstream), extra(tmp_path, rsa, "{format: text, subject: false}")
+    ) as gw:
+        await raw_request(gw.port, get("/orders/1?token=S1", f"Authorization: Bearer {token}"))
+        await _settle(gw)
+    lines = [ln for ln in (tmp_path / "gateway.log").read_text().splitlines() if ln.startswith("ts=")]
+    assert len(lines) == 1
+    assert 'path="/orders/1?token=[REDACTED]"' in lines[0]
+    assert "status=200" in lines[0]
+    assert 'route="orders"' in lines[0]
+    assert "alice" not in lines[0]
+    assert "subject" not in lines[0]
+
+
+async def test_sighup_reloads_the_policy_and_a_bad_file_keeps_the_old_one(
+    tmp_path: Path, upstream: Upstream, rsa: SigningKey
+) -> None:
+    async with running_gateway(tmp_path, routes(upstream), extra(tmp_path, rsa)) as gw:
+        config = tmp_path / "gateway.yaml"
+        original = config.read_text()
+        assert (await raw_request(gw.port, get("/later/x"))).status == 404
+        config.write_text(
+            original.replace(
+                "routes:\n",
+                f'routes:\n  - {{name: later, match: {{prefix: /later}}, upstream: "{upstream.url}", auth: public}}\n',
+            )
+        )
+        gw.proc.send_signal(signal.SIGHUP)
+        await _until(lambda: _status(gw, "/later/x", 200))
+        config.write_text(original.replace("routes:\n", "routes:\n  - {name: broken}\n"))
+        gw.proc.send_signal(signal.SIGHUP)
+        await _until(lambda: _reloads(gw, "failure", 1))
+        assert (await raw_request(gw.port, get("/later/x"))).status == 200  # still the last good policy
+        s = await scrape(gw.admin_port)
+        assert s.get("gateway_config_reloads_total", result="success") == 1
+        await _settle(gw)
+    log_text = (tmp_path / "gateway.log").read_text()
+    assert "reload refused; the running policy stays in force" in log_text
+    assert "routes[0].match: required field is missing" in log_text
+
+
+async def _status(gw: GatewayProcess, path: str, status: int) -> bool:
+    return (await raw_request(gw.port, get(path))).status == status
+
+
+async def _reloads(gw: GatewayProcess, result: str, count: int) -> bool:
+    return (await scrape(gw.admin_port)).get("gateway_config_reloads_total", result=result) == count
+
+
+async def _until(check: object, seconds: float = 10.0) -> None:
+    assert callable(check)
+    for _ in range(int(seconds / 0.05)):
+        try:
+            if await check():
+                return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")

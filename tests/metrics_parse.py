@@ -1,0 +1,31 @@
+"""Read a Prometheus exposition with prometheus-client's own parser."""
+
+from __future__ import annotations
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+
+class Scrape:
+    """Samples by (name, labels) from one scrape."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                self.samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+
+    def get(self, name: str, **labels: str) -> float:
+        """The sample's value; 0 when the series does not exist (never incremented)."""
+        return self.samples.get((name, frozenset(labels.items())), 0.0)
+
+    def label_values(self, label: str) -> set[str]:
+        return {v for (_, labels) in self.samples for k, v in labels if k == label}
+
+
+async def scrape(admin_port: int) -> Scrape:
+    async with aiohttp.ClientSession() as client, client.get(f"http://127.0.0.1:{admin_port}/metrics") as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain; version=")
+        return Scrape(await r.text())
