@@ -90,13 +90,21 @@ class Gateway:
         self.admin_port = 0
 
     def _runtime(self, policy: CompiledPolicy) -> Runtime:
-        return Runtime.build(policy.table, _settings(policy), policy.access_log, self.metrics)
+        return Runtime.build(policy.table, _settings(policy), policy.access_log, self.metrics, policy.published)
 
     async def _start_providers(self, policy: CompiledPolicy) -> None:
         assert self._session is not None
         for provider in policy.providers:
             # Fetches start now, in the background; /readyz says when every provider has keys.
             await provider.start(self._session, self.metrics.provider(provider.provider))
+        for revocations in policy.revocations:
+            revocations.start(self.metrics.revocations(revocations.provider))
+
+    async def _stop_providers(self, policy: CompiledPolicy) -> None:
+        for provider in policy.providers:
+            await provider.stop()
+        for revocations in policy.revocations:
+            await revocations.stop()
 
     async def start(self) -> None:
         policy = self.policy
@@ -134,8 +142,7 @@ class Gateway:
         while not all(p.ready for p in new.providers):
             if time.monotonic() > deadline:
                 log.error("reload refused: the new policy's providers have no keys; the running policy stays in force")
-                for provider in new.providers:
-                    await provider.stop()
+                await self._stop_providers(new)
                 return False
             await asyncio.sleep(0.05)
         if (new.listen, new.admin_listen) != (old.listen, old.admin_listen):
@@ -144,8 +151,7 @@ class Gateway:
         assert self._handler is not None
         self._handler.runtime = self._runtime(new)
         self.policy = new
-        for provider in old.providers:
-            await provider.stop()
+        await self._stop_providers(old)
         log.info("policy reloaded from %s (%d routes)", new.source, len(new.table.routes))
         return True
 
@@ -170,8 +176,7 @@ class Gateway:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
-        for provider in self.policy.providers:
-            await provider.stop()
+        await self._stop_providers(self.policy)
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -61,6 +61,7 @@ class Reason(enum.Enum):
     ISSUED_IN_FUTURE = ("issued_in_future", 401, "invalid_token", "invalid_token", _INVALID)
     LIFETIME_TOO_LONG = ("lifetime_too_long", 401, "invalid_token", "invalid_token", _INVALID)
     AUDIENCE_MISMATCH = ("audience_mismatch", 401, "invalid_token", "invalid_token", _INVALID)
+    REVOKED = ("revoked", 401, "invalid_token", "invalid_token", "the access token has been revoked")
     UNFORWARDABLE_CLAIM = (
         "unforwardable_claim",
         401,
@@ -149,6 +150,7 @@ AUTH_REASONS = frozenset(
         Reason.ISSUED_IN_FUTURE,
         Reason.LIFETIME_TOO_LONG,
         Reason.AUDIENCE_MISMATCH,
+        Reason.REVOKED,
         Reason.UNFORWARDABLE_CLAIM,
         Reason.INSUFFICIENT_SCOPE,
         Reason.CLAIM_MISMATCH,

@@ -20,6 +20,7 @@ from gateway.auth.jws import Jws
 from gateway.errors import Reason
 from gateway.keys.keyset import VerifyKey
 from gateway.keys.provider_keys import ProviderKeys
+from gateway.tokens.revocation import RevocationWatcher
 
 _ALGORITHMS: Mapping[str, Algorithm] = get_default_algorithms()
 
@@ -51,6 +52,7 @@ class ProviderVerifier:
     audiences: frozenset[str]
     rules: ClaimRules
     keys: ProviderKeys
+    revocations: RevocationWatcher | None = None
 
     async def verify(self, jws: Jws, audiences: frozenset[str] | None = None) -> Principal | Reason:
         """The principal, or the first reason the token is refused."""
@@ -73,4 +75,6 @@ class ProviderVerifier:
         reason = check_claims(jws.claims, self.rules, audiences or self.audiences, time.time())
         if reason is not None:
             return reason
+        if self.revocations is not None and jws.claims.get("jti") in self.revocations.revoked:
+            return Reason.REVOKED
         return Principal(self.name, jws.claims, scopes_of(jws.claims))

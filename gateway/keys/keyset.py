@@ -28,6 +28,7 @@ ALG_KINDS: Mapping[str, frozenset[str]] = {
     "EdDSA": frozenset({"OKP-Ed25519", "OKP-Ed448"}),
     **{a: frozenset({"oct"}) for a in ("HS256", "HS384", "HS512")},
 }
+_PUBLIC_MEMBERS = frozenset({"kty", "crv", "x", "y", "n", "e", "kid", "alg", "use", "key_ops"})
 _CURVES = {"secp256r1": "EC-P-256", "secp384r1": "EC-P-384", "secp521r1": "EC-P-521"}
 
 
@@ -43,6 +44,8 @@ class VerifyKey:
     kind: str
     alg: str | None  # the JWK's own `alg`, binding it to exactly one algorithm
     key: Any = field(repr=False)
+    # The public JWK as read (for publishing a key set); None for PEM keys and secrets.
+    jwk: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def fits(self, alg: str) -> bool:
         return self.kind in ALG_KINDS.get(alg, frozenset()) and (self.alg is None or self.alg == alg)
@@ -104,7 +107,8 @@ def from_jwk(jwk: Mapping[str, Any], *, allow_oct: bool) -> VerifyKey | None:
     except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError) as exc:
         raise UnusableKeyError(f"unusable JWK ({type(exc).__name__})") from None
     key = parsed.key
-    verify_key = VerifyKey(kid=kid, kind=kind_of(key), alg=alg, key=key)
+    public = {k: v for k, v in jwk.items() if k in _PUBLIC_MEMBERS}
+    verify_key = VerifyKey(kid=kid, kind=kind_of(key), alg=alg, key=key, jwk=public)
     if alg is not None and not verify_key.fits(alg):
         raise UnusableKeyError(f"JWK alg {alg!r} does not fit its key type {verify_key.kind}")
     return verify_key

@@ -27,7 +27,7 @@ class Exchange:
 
     started: float = field(default_factory=time.perf_counter)
     route: str = "-"
-    index: int = -1  # the route's position in the table; -1 when none matched
+    metrics: Any = None  # the matched route's RouteMetrics; None when none matched
     outcome: str = "allowed"
     reason: str = "-"
     subject: str | None = None

@@ -8,6 +8,7 @@ no client can grow the exposition.
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -16,6 +17,7 @@ from gateway import __version__
 from gateway.errors import Reason
 
 UNMATCHED = "_unmatched"  # route names must start with a letter or digit: no collision
+PUBLISHED_JWKS = "_jwks"  # the published API-token key set
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -68,6 +70,15 @@ class Metrics:
             "gateway_build_info", "Build information; always 1.", ["version", "python", "aiohttp"], registry=r
         )
         self.build_info.labels(__version__, platform.python_version(), aiohttp.__version__).set(1)
+        self.revocation_reloads = Counter(
+            "gateway_revocation_reloads",
+            "Revocation list loads, by provider and result (failure: the last good list stays).",
+            ["provider", "result"],
+            registry=r,
+        )
+        self.revoked_tokens = Gauge(
+            "gateway_revoked_tokens", "Token ids on the revocation list in force, by provider.", ["provider"], registry=r
+        )
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
 
@@ -76,6 +87,17 @@ class Metrics:
 
     def provider(self, name: str) -> ProviderMetrics:
         return ProviderMetrics(self, name)
+
+    def revocations(self, provider: str) -> Callable[[bool, int], None]:
+        ok = self.revocation_reloads.labels(provider, "success")
+        failed = self.revocation_reloads.labels(provider, "failure")
+        gauge = self.revoked_tokens.labels(provider)
+
+        def report(success: bool, count: int) -> None:
+            (ok if success else failed).inc()
+            gauge.set(count)
+
+        return report
 
 
 class ProviderMetrics:

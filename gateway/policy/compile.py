@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -33,6 +34,8 @@ from gateway.policy.errors import CompileError, Path, Problem
 from gateway.policy.model import Identity, JwtAuth, Listen, Policy, Provider, Route
 from gateway.policy.model import KeySource as KeySourceModel
 from gateway.routing import CompiledRoute, PublicAccess, RouteTable, Upstream
+from gateway.tokens.keystore import JWKS_FILE
+from gateway.tokens.revocation import RevocationError, RevocationWatcher
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MIN_HMAC_BYTES = 32
@@ -77,6 +80,9 @@ class CompiledPolicy:
     realm: str
     max_token_bytes: int
     access_log: AccessLog
+    revocations: tuple[RevocationWatcher, ...] = ()
+    # Public JWKS documents served on the public listener: path -> provider keys.
+    published: Mapping[str, ProviderKeys] = dataclasses.field(default_factory=dict)
 
 
 def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
@@ -100,6 +106,13 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
         if compiled is not None:
             routes.append(compiled)
     claim_headers = _claim_header_names(policy, problems)
+    published: dict[str, ProviderKeys] = {}
+    for name, provider in policy.providers.items():
+        path = provider.api_tokens.publish_jwks if provider.api_tokens else None
+        if path is not None and name in verifiers:
+            if path in published:
+                problems.append(Problem(("providers", name, "api_tokens", "publish_jwks"), f"{path} is published twice"))
+            published[path] = verifiers[name].keys
     if problems:
         raise CompileError(problems)
     identity = policy.identity
@@ -114,6 +127,8 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
         identity=IdentityHeaders.of(identity.reserved_prefix, claim_headers),
         realm=identity.realm,
         max_token_bytes=identity.max_token_bytes,
+        revocations=tuple(v.revocations for v in verifiers.values() if v.revocations is not None),
+        published=published,
         access_log=AccessLog(
             fmt=policy.access_log.format,
             log_subject=policy.access_log.subject,
@@ -155,6 +170,27 @@ def _compile_provider(
             sources.append(source)
     if len(sources) != len(provider.keys):
         return None
+    revocations = None
+    if provider.revocation_file is not None:
+        file = base_dir / provider.revocation_file
+        try:
+            revocations = RevocationWatcher(name, file)
+        except (OSError, RevocationError) as exc:
+            problems.append(Problem((*path, "revocation_file"), f"{file}: {exc}"))
+            return None
+    if provider.api_tokens is not None:
+        expected = (base_dir / provider.api_tokens.signing_keys / JWKS_FILE).resolve()
+        listed = [(base_dir / k.jwks_file).resolve() for k in provider.keys if k.jwks_file is not None]
+        if expected not in listed:
+            problems.append(
+                Problem(
+                    (*path, "keys"),
+                    f"an API-token provider verifies with its own keys (expected a key source "
+                    f"{{jwks_file: {provider.api_tokens.signing_keys.rstrip('/')}/{JWKS_FILE}}})",
+                )
+            )
+            return None
+    required = provider.required_claims + (("jti",) if revocations is not None else ())
     return ProviderVerifier(
         name=name,
         algorithms=frozenset(provider.algorithms),
@@ -164,9 +200,10 @@ def _compile_provider(
             leeway=provider.leeway,
             max_lifetime=provider.max_lifetime,
             typ=normalise_typ(provider.typ) if provider.typ else None,
-            required=provider.required_claims,
+            required=required,
         ),
         keys=ProviderKeys(name, sources),
+        revocations=revocations,
     )
 
 
@@ -198,7 +235,12 @@ def _key_source(
         try:
             keys = read_key_file(file, kind)
         except OSError as exc:
-            problems.append(Problem((*where, field), f"cannot read {file}: {exc.strerror}"))
+            hint = (
+                f" (create it with: gateway keys generate --dir {FsPath(file).parent})"
+                if provider.api_tokens is not None and kind == "jwks"
+                else ""
+            )
+            problems.append(Problem((*where, field), f"cannot read {file}: {exc.strerror}{hint}"))
             return None
         except UnusableKeyError as exc:
             problems.append(Problem((*where, field), f"{file}: {exc}"))

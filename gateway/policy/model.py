@@ -198,6 +198,26 @@ CLAIM_NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 ClaimName = Annotated[StrictStr, Field(pattern=CLAIM_NAME_PATTERN)]
 
 
+class ApiTokens(Strict):
+    """This provider's tokens are minted here, by `gateway tokens issue`."""
+
+    # Directory of `gateway keys generate`: private keys (CLI only) and jwks.json.
+    signing_keys: StrictStr
+    # Issuance ledger (JSON lines; never the tokens). Default: <signing_keys>/ledger.jsonl
+    ledger: StrictStr | None = None
+    default_ttl: Duration = 90 * 86400.0
+    typ: StrictStr = "JWT"
+    # Serve the public JWKS at this path on the public listener (None: don't).
+    publish_jwks: StrictStr | None = None
+
+    @field_validator("publish_jwks")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and (normalize_target(value) != (value, "") or value == "/"):
+            raise invalid("path", f"not a canonical path: {value!r} (expected e.g. /.well-known/api-tokens/jwks.json)")
+        return value
+
+
 class Provider(Strict):
     """A named token issuer: how tokens from it are verified."""
 
@@ -211,6 +231,19 @@ class Provider(Strict):
     typ: StrictStr | None = None
     required_claims: tuple[ClaimName, ...] = ()
     remote: Remote = Field(default_factory=Remote)
+    # Revoked token ids (`gateway tokens revoke`); tokens must then carry a `jti`.
+    revocation_file: StrictStr | None = None
+    api_tokens: ApiTokens | None = None
+
+    @model_validator(mode="after")
+    def _api_token_rules(self) -> Provider:
+        if self.api_tokens is not None:
+            missing = [f for f in ("max_lifetime", "revocation_file") if getattr(self, f) is None]
+            if missing:
+                raise invalid("api_tokens", f"an API-token provider needs {' and '.join(missing)}")
+            if self.api_tokens.default_ttl > (self.max_lifetime or 0):
+                raise invalid("api_tokens", "api_tokens.default_ttl is longer than max_lifetime")
+        return self
 
     @field_validator("algorithms")
     @classmethod

@@ -7,11 +7,13 @@ swapped whole on reload, so a request sees one policy from start to end.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
 import struct
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -23,7 +25,9 @@ from gateway.auth.jws import parse_jws
 from gateway.auth.requirement import TokenRequirement
 from gateway.errors import AUTH_REASONS, Reason
 from gateway.obs.access import AccessLog, Exchange
-from gateway.obs.metrics import UNMATCHED, Metrics, RouteMetrics
+from gateway.keys.keyset import KeySet
+from gateway.keys.provider_keys import ProviderKeys
+from gateway.obs.metrics import PUBLISHED_JWKS, UNMATCHED, Metrics, RouteMetrics
 from gateway.pathnorm import Rejected, normalize_target
 from gateway.proxy.headers import (
     ForwardedFor,
@@ -72,15 +76,28 @@ class Runtime:
     access_log: AccessLog
     route_metrics: tuple[RouteMetrics, ...]  # by route index
     unmatched: RouteMetrics
+    published: Mapping[str, ProviderKeys]
+    jwks_metrics: RouteMetrics
 
     @classmethod
-    def build(cls, table: RouteTable, settings: HandlerSettings, access_log: AccessLog, metrics: Metrics) -> Runtime:
+    def build(
+        cls,
+        table: RouteTable,
+        settings: HandlerSettings,
+        access_log: AccessLog,
+        metrics: Metrics,
+        published: Mapping[str, ProviderKeys] | None = None,
+    ) -> Runtime:
+        unmatched = metrics.route(UNMATCHED)
         return cls(
             table=table,
             settings=settings,
             access_log=access_log,
             route_metrics=tuple(metrics.route(r.name) for r in table.routes),
-            unmatched=metrics.route(UNMATCHED),
+            unmatched=unmatched,
+            published=published or {},
+            # Bound only where a key set is published, so no empty series appears.
+            jwks_metrics=metrics.route(PUBLISHED_JWKS) if published else unmatched,
         )
 
 
@@ -104,6 +121,7 @@ class ProxyHandler:
         self.runtime = runtime
         self._session = session
         self._in_flight = metrics.in_flight
+        self._jwks_cache: dict[str, tuple[KeySet, bytes]] = {}
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime
@@ -129,7 +147,7 @@ class ProxyHandler:
 
     def _finish(self, request: web.BaseRequest, runtime: Runtime, ex: Exchange, status: int) -> None:
         total = time.perf_counter() - ex.started
-        route = runtime.route_metrics[ex.index] if ex.index >= 0 else runtime.unmatched
+        route: RouteMetrics = ex.metrics or runtime.unmatched
         route.request(request.method, status, ex.outcome)
         route.duration.observe(total)
         if ex.upstream_seconds is not None:
@@ -144,11 +162,14 @@ class ProxyHandler:
         if isinstance(normal, Rejected):
             return self._refuse(runtime, ex, None, Reason.BAD_PATH, normal.detail)
         path, query = normal
+        if path in runtime.published and request.method in ("GET", "HEAD"):
+            ex.route, ex.metrics = PUBLISHED_JWKS, runtime.jwks_metrics
+            return self._jwks(runtime.published[path])
         host = request.headers.get("Host", "")
         route = runtime.table.match(request.method, request_host(host), path)
         if route is None:
             return self._refuse(runtime, ex, None, Reason.NO_ROUTE, "")
-        ex.route, ex.index = route.name, route.index
+        ex.route, ex.metrics = route.name, runtime.route_metrics[route.index]
         claims: list[tuple[str, str]] = []
         auth = route.auth
         if isinstance(auth, TokenRequirement):
@@ -184,6 +205,20 @@ class ProxyHandler:
             return found.query, requirement.headers.render(principal.provider, principal.claims)
         except UnforwardableError:
             return Reason.UNFORWARDABLE_CLAIM
+
+    def _jwks(self, keys: ProviderKeys) -> web.Response:
+        """The provider's public keys as a JWKS, so partners can verify tokens themselves."""
+        snapshot = keys.snapshot
+        cached = self._jwks_cache.get(keys.provider)
+        if cached is None or cached[0] is not snapshot:
+            doc = {"keys": [dict(k.jwk) for k in snapshot.all() if k.jwk is not None]}
+            cached = (snapshot, json.dumps(doc, separators=(",", ":")).encode())
+            self._jwks_cache[keys.provider] = cached
+        return web.Response(
+            body=cached[1],
+            content_type="application/jwk-set+json",
+            headers={"Cache-Control": "public, max-age=300"},
+        )
 
     def _refuse(
         self, runtime: Runtime, ex: Exchange, route: CompiledRoute | None, reason: Reason, detail: str

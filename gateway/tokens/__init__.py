@@ -1,0 +1,1 @@
+"""API tokens for service clients: signing keys, minting, the ledger, revocation."""

@@ -1,0 +1,117 @@
+"""The revocation list: a JSON file of revoked token ids, written by `gateway tokens
+revoke` and watched by the running gateway.
+
+File format: `{"revoked": [{"jti": …, "client": …, "exp": …, "revoked_at": …}, …]}`.
+The gateway re-reads it within a few seconds of a change, off the event loop. A file
+that cannot be parsed is reported loudly and the last good list stays in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from gateway.tokens.files import locked, write_atomic
+
+log = logging.getLogger("gateway.tokens")
+
+POLL_SECONDS = 1.0
+
+
+class RevocationError(ValueError):
+    """The file is not a revocation list; the message says why (no token ids)."""
+
+
+def parse(data: bytes) -> list[dict[str, Any]]:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise RevocationError("not JSON") from None
+    entries = doc.get("revoked") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise RevocationError("expected an object with a 'revoked' list")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("jti"), str):
+            raise RevocationError(f"revoked[{i}] has no string 'jti'")
+    return entries
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    """The entries, or [] when the file does not exist yet (nothing revoked)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    return parse(data)
+
+
+def add(path: Path, entries: Iterable[dict[str, Any]]) -> int:
+    """Append entries (deduplicated by jti, expired ones pruned); return how many are new."""
+    with locked(path.parent):
+        current = read(path)
+        now = time.time()
+        known = {e["jti"] for e in current}
+        fresh = [e for e in entries if e["jti"] not in known]
+        kept = [e for e in current if not isinstance(e.get("exp"), int | float) or e["exp"] > now]
+        write_atomic(path, (json.dumps({"revoked": kept + fresh}, indent=1) + "\n").encode(), 0o644)
+    return len(fresh)
+
+
+class RevocationWatcher:
+    """The running gateway's view of one revocation file: a frozenset swapped on change."""
+
+    def __init__(self, provider: str, path: Path) -> None:
+        self.provider = provider
+        self.path = path
+        self.revoked: frozenset[str] = frozenset(e["jti"] for e in read(path))  # raises at load
+        if not path.exists():
+            log.warning("provider %s: revocation file %s does not exist yet: no tokens revoked", provider, path)
+        self._stamp = self._stat()
+        self._task: asyncio.Task[None] | None = None
+        self.on_reload: Callable[[bool, int], None] = lambda ok, count: None
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def start(self, on_reload: Callable[[bool, int], None]) -> None:
+        self.on_reload = on_reload
+        on_reload(True, len(self.revoked))
+        self._task = asyncio.create_task(self._watch(), name=f"watch revocations of {self.provider}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            stamp = await asyncio.to_thread(self._stat)
+            if stamp == self._stamp:
+                continue
+            self._stamp = stamp
+            try:
+                entries = await asyncio.to_thread(read, self.path)
+            except (OSError, RevocationError) as exc:
+                log.error(
+                    "provider %s: revocation file %s is unusable (%s): the last good list (%d tokens) stays in force",
+                    self.provider,
+                    self.path,
+                    exc,
+                    len(self.revoked),
+                )
+                self.on_reload(False, len(self.revoked))
+                continue
+            self.revoked = frozenset(e["jti"] for e in entries)
+            log.info("provider %s: %d revoked token(s) loaded from %s", self.provider, len(self.revoked), self.path)
+            self.on_reload(True, len(self.revoked))
