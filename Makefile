@@ -14,14 +14,19 @@ $(BIN)/.installed: pyproject.toml
 
 ## Start the gateway on config.example.yaml in front of the built-in demo upstream.
 run: $(BIN)/.installed
-	@echo "gateway on http://127.0.0.1:8080 - try:"
-	@echo "  curl -i http://127.0.0.1:8080/health"
-	@echo "  curl -i 'http://127.0.0.1:8080/catalog/items?page=2'"
-	@echo "  curl -i http://127.0.0.1:8080/nowhere              # 404: no route"
-	@echo "  curl -i 'http://127.0.0.1:8080/catalog/a%2Fb'     # 400: encoded slash"
-	@echo "  curl -i --path-as-is http://127.0.0.1:8080/catalog/../admin  # 404: /admin has no route"
-	@echo "  curl -i http://127.0.0.1:9901/readyz               # admin listener"
-	@echo "Ctrl-C stops it."
+	@test -f demo-keys/jwks.json || $(BIN)/gateway keys generate --dir demo-keys >/dev/null
+	@TOKEN=$$($(BIN)/gateway tokens issue --config config.example.yaml --client demo-client \
+	    --scopes "orders:read" --audience demo-api --ttl 1h 2>/dev/null); \
+	echo "gateway on http://127.0.0.1:8080 - try:"; \
+	echo "  curl -i http://127.0.0.1:8080/health"; \
+	echo "  curl -i 'http://127.0.0.1:8080/catalog/items?page=2'"; \
+	echo "  curl -i http://127.0.0.1:8080/orders/7                 # 401: a token is required"; \
+	echo "  curl -i -H 'Authorization: Bearer $$TOKEN' http://127.0.0.1:8080/orders/7"; \
+	echo "  curl -i http://127.0.0.1:8080/nowhere                  # 404: no route"; \
+	echo "  curl -i 'http://127.0.0.1:8080/catalog/a%2Fb'          # 400: encoded slash"; \
+	echo "  curl -i http://127.0.0.1:8080/.well-known/api-tokens/jwks.json"; \
+	echo "  curl -s http://127.0.0.1:9901/metrics | grep gateway_requests_total"; \
+	echo "Ctrl-C stops it."
 	exec $(BIN)/gateway run --config config.example.yaml --demo-upstream
 
 ## Lint, type-check and run the whole test suite.

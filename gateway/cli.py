@@ -19,6 +19,7 @@ from gateway.duration import format_duration
 from gateway.policy import ConfigError, load_policy
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.model import Listen, Policy
+from gateway.tokens.cli import add_commands as add_token_commands
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the policy's JSON Schema (for editors)")
     schema.set_defaults(handler=_schema)
+    add_token_commands(sub)
     return parser
 
 

@@ -24,8 +24,17 @@ def load_policy(filename: str) -> CompiledPolicy:
     return load_policy_text(text, filename)
 
 
-def load_policy_text(text: str, filename: str) -> CompiledPolicy:
-    """As load_policy, for text already in hand (the CLI and tests use it)."""
+def load_model(filename: str) -> Policy:
+    """Read and validate without compiling (no key files are read): for the token tools."""
+    try:
+        text = FsPath(filename).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{filename}: cannot read the policy file: {exc}"]) from None
+    policy, _ = _validate(text, filename)
+    return policy
+
+
+def _validate(text: str, filename: str) -> tuple[Policy, SourceMap]:
     try:
         data, source = parse_yaml(text, filename)
     except SourceError as exc:
@@ -34,9 +43,14 @@ def load_policy_text(text: str, filename: str) -> CompiledPolicy:
     if not isinstance(data, dict):
         raise ConfigError([f"{filename}:1: expected a mapping with 'routes' at the top level"])
     try:
-        policy = Policy.model_validate(data)
+        return Policy.model_validate(data), source
     except ValidationError as exc:
         raise ConfigError(_located(_pydantic_problems(exc, data), source)) from None
+
+
+def load_policy_text(text: str, filename: str) -> CompiledPolicy:
+    """As load_policy, for text already in hand (the CLI and tests use it)."""
+    policy, source = _validate(text, filename)
     try:
         return compile_policy(policy, filename)
     except CompileError as exc:

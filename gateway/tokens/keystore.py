@@ -85,7 +85,8 @@ def generate(directory: Path, alg: str = "EdDSA") -> str:
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The directory stays readable: the gateway reads jwks.json; private keys are 0600.
+    directory.mkdir(parents=True, exist_ok=True)
     with locked(directory):
         keys = read_jwks(directory)
         # O_EXCL and mode 0600 from the first byte: the key is never world-readable.

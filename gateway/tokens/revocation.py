@@ -71,7 +71,7 @@ class RevocationWatcher:
         self.path = path
         self.revoked: frozenset[str] = frozenset(e["jti"] for e in read(path))  # raises at load
         if not path.exists():
-            log.warning("provider %s: revocation file %s does not exist yet: no tokens revoked", provider, path)
+            log.info("provider %s: revocation file %s does not exist yet: no tokens revoked", provider, path)
         self._stamp = self._stat()
         self._task: asyncio.Task[None] | None = None
         self.on_reload: Callable[[bool, int], None] = lambda ok, count: None

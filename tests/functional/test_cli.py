@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -22,13 +23,19 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(gateway_cmd(*args), capture_output=True, text=True, timeout=30, check=False)
 
 
-def test_check_valid_prints_table_and_exits_0() -> None:
-    result = run("check", "--config", str(ROOT / "config.example.yaml"))
+def test_example_config_is_valid_once_its_keys_exist(tmp_path: Path) -> None:
+    example = tmp_path / "config.example.yaml"
+    shutil.copy(ROOT / "config.example.yaml", example)
+    result = run("check", "--config", str(example))
+    assert result.returncode == 2
+    assert "cannot read" in result.stderr
+    assert "gateway keys generate --dir" in result.stderr  # the error says what to do
+    assert run("keys", "generate", "--dir", str(tmp_path / "demo-keys")).returncode == 0
+    result = run("check", "--config", str(example))
     assert result.returncode == 0, result.stderr
-    assert "valid, 2 routes" in result.stdout
-    assert "catalog" in result.stdout
+    assert "valid, 3 routes" in result.stdout
     assert "prefix /catalog" in result.stdout
-    assert result.stderr == ""
+    assert "jwt required any_of=api-tokens scopes=orders:read" in result.stdout
 
 
 def test_check_warns_about_shadowed_routes(tmp_path: Path) -> None:
