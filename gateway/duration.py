@@ -29,6 +29,8 @@ def format_duration(seconds: float) -> str:
     """The shortest readable spelling, for `gateway check` output."""
     if seconds < 1 and seconds > 0:
         return f"{seconds * 1000:g}ms"
+    if seconds % 86400 == 0 and seconds >= 86400:
+        return f"{seconds / 86400:g}d"
     if seconds % 3600 == 0 and seconds >= 3600:
         return f"{seconds / 3600:g}h"
     if seconds % 60 == 0 and seconds >= 60:

@@ -27,9 +27,17 @@ def normalise_typ(value: str) -> str:
     return value[len("application/") :] if value.startswith("application/") else value
 
 
+_MAX_TIME = 2**53  # far beyond any real timestamp; keeps arithmetic in float range
+
+
 def is_number(value: Any) -> bool:
-    """A JSON number: not a bool, not a numeric string, finite."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number usable as a time: not a bool or a string, finite, and bounded
+    (an integer such as 10**400 would overflow float arithmetic)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -_MAX_TIME < value < _MAX_TIME
+    return isinstance(value, float) and math.isfinite(value) and abs(value) < _MAX_TIME
 
 
 def typ_matches(header: Mapping[str, Any], wanted: str | None) -> bool:
@@ -47,8 +55,10 @@ def check_claims(claims: Mapping[str, Any], rules: ClaimRules, audiences: frozen
     if not is_number(exp):
         return Reason.INVALID_CLAIM
     for name in rules.required:
-        if name not in claims:
+        if claims.get(name) is None:
             return Reason.MISSING_CLAIM
+    if "jti" in rules.required and not isinstance(claims["jti"], str):
+        return Reason.INVALID_CLAIM
     iss = claims.get("iss")
     if iss is None:
         return Reason.MISSING_CLAIM
@@ -93,7 +103,9 @@ def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
     for name in ("scope", "scp"):
         value = claims.get(name)
         if isinstance(value, str):
-            found.update(value.split())
+            # RFC 6749 §3.3: separated by single spaces only; str.split() would also
+            # split on \x1f, NBSP and others, minting scopes the IdP never granted.
+            found.update(v for v in value.split(" ") if v)
         elif isinstance(value, list):
             found.update(v for v in value if isinstance(v, str))
     return frozenset(found)

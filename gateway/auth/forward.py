@@ -4,8 +4,9 @@ Rendering rules (documented in README "Forwarded identity headers"):
 
 * strings as they are; numbers as JSON writes them; booleans `true`/`false`;
   objects as compact JSON; arrays as their rendered elements joined by `,`;
-* then `%` is written `%25`, `,` inside an array element `%2C`, a leading or trailing
-  space `%20`, and every non-ASCII character as its UTF-8 bytes in `%XX` form;
+* then `%` is written `%25`, `,` is written `%2C` (so `"a,b"` and `["a","b"]` differ),
+  a leading or trailing space `%20`, and every non-ASCII character as its UTF-8 bytes in
+  `%XX` form;
 * a value containing a control character (or a lone surrogate) is not forwarded and the
   request is refused: silently dropping or altering it could change who it names.
 """
@@ -24,14 +25,14 @@ class UnforwardableError(ValueError):
     """A claim value that cannot be written as a header without changing it."""
 
 
-def _escape(text: str, *, in_array: bool) -> str:
+def _escape(text: str) -> str:
     out: list[str] = []
     last = len(text) - 1
     for i, ch in enumerate(text):
         code = ord(ch)
         if code < 0x20 or code == 0x7F:
             raise UnforwardableError("control character")
-        if ch == "%" or (in_array and ch == ",") or (ch == " " and (i == 0 or i == last)):
+        if ch == "%" or ch == "," or (ch == " " and (i == 0 or i == last)):
             out.append(f"%{code:02X}")
         elif code < 0x7F:
             out.append(ch)
@@ -60,8 +61,8 @@ def _text(value: Any) -> str:
 def render_claim(value: Any) -> str:
     """The header value for a claim; raises UnforwardableError."""
     if isinstance(value, list):
-        return ",".join(_escape(_text(v), in_array=True) for v in value)
-    return _escape(_text(value), in_array=False)
+        return ",".join(_escape(_text(v)) for v in value)
+    return _escape(_text(value))
 
 
 _FOLD = str.maketrans({c: "-" for c in "!#$%&'*+.^_`|~"})

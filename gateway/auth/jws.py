@@ -1,8 +1,10 @@
 """Strict parsing of a compact JWS (RFC 7515) before any crypto.
 
 Stricter than PyJWT on purpose: non-canonical base64url (padding, stray characters,
-non-zero trailing bits) and JSON with repeated keys are refused, not normalised, so one
-token has exactly one spelling and one meaning. Header members that would let the token
+non-zero trailing bits) and JSON with repeated keys are refused, not normalised, so a
+token's header and claims have one spelling and one meaning. (An ECDSA signature has two
+valid forms, s and n-s, by the nature of ECDSA; many signers emit either, so both are
+accepted: identify tokens by `jti`, never by their string.) Header members that would let the token
 choose its own key (`jku`, `x5u`, `jwk`, `x5c`) are refused outright.
 """
 
@@ -64,7 +66,8 @@ def _refuse_constant(name: str) -> Any:
 def _json_object(data: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
-    except ValueError:  # includes UnicodeDecodeError and JSONDecodeError
+    except (ValueError, RecursionError):  # ValueError covers UnicodeDecodeError, JSONDecodeError
+        # RecursionError: a few thousand `[` nest deeper than the parser's stack.
         return None
     return value if isinstance(value, dict) else None
 
@@ -76,6 +79,10 @@ def parse_jws(token: str) -> Jws | Reason:
         return Reason.MALFORMED_TOKEN
     raw_header, raw_claims, raw_sig = (b64url_decode(p) for p in parts)
     if raw_header is None or raw_claims is None or raw_sig is None:
+        return Reason.MALFORMED_TOKEN
+    if not raw_header.startswith(b"{"):
+        # Every JOSE library writes `{"` first, so a token always starts `eyJ`: the
+        # access log's JWT redaction relies on that shape.
         return Reason.MALFORMED_TOKEN
     header = _json_object(raw_header)
     claims = _json_object(raw_claims)

@@ -22,7 +22,8 @@ class TokenRequirement:
     scopes: frozenset[str]
     scope_text: str  # for the 403 challenge's scope="…" (from config, never from tokens)
     claim_rules: tuple[ClaimRule, ...]
-    audiences: frozenset[str] | None
+    # Per provider: its audiences narrowed by the route's (absent: the provider's own).
+    audiences: Mapping[str, frozenset[str]]
     headers: ClaimHeaders
     allow_query_token: bool
 
@@ -45,7 +46,7 @@ class TokenRequirement:
         first: Reason | None = None
         principal: Principal | None = None
         for verifier in verifiers:
-            result = await verifier.verify(jws, self.audiences)
+            result = await verifier.verify(jws, self.audiences.get(verifier.name))
             if isinstance(result, Principal):
                 principal = result
                 break

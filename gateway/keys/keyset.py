@@ -118,7 +118,7 @@ def from_jwks_bytes(data: bytes, *, allow_oct: bool) -> tuple[list[VerifyKey], l
     """A JWKS (or a single JWK) document -> (usable keys, problems with the others)."""
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UnusableKeyError("not JSON (expected a JWK or a JWKS with a 'keys' array)") from None
     if isinstance(doc, dict) and "keys" in doc:
         items = doc["keys"]

@@ -24,8 +24,10 @@ import aiohttp
 from yarl import URL
 
 from gateway.keys.keyset import KeySet, UnusableKeyError, VerifyKey, from_jwks_bytes, from_pem
+from gateway.obs.redact import Redactor
 
 log = logging.getLogger("gateway.keys")
+_REDACT = Redactor()
 
 FILE_POLL_SECONDS = 2.0
 
@@ -131,11 +133,16 @@ class FileKeys:
 
 def insecure_url(url: str, allow_insecure_http: bool) -> str | None:
     """Why `url` may not be fetched, or None. Plain http only to loopback or by opt-in."""
-    parsed = URL(url)
+    shown = _REDACT.url(url)
+    try:
+        parsed = URL(url)
+        parsed.port  # noqa: B018 - validates the port (yarl raises ValueError when out of range)
+    except (ValueError, TypeError):
+        return f"not a URL: {shown!r}"
     if parsed.scheme == "https" and parsed.host:
         return None
     if parsed.scheme != "http" or not parsed.host:
-        return f"not an http(s) URL: {url!r}"
+        return f"not an http(s) URL: {shown!r}"
     if allow_insecure_http or parsed.host == "localhost":
         return None
     try:
@@ -143,7 +150,7 @@ def insecure_url(url: str, allow_insecure_http: bool) -> str | None:
             return None
     except ValueError:
         pass
-    return f"plain http to a non-loopback host: {url!r} (expected https, or remote.allow_insecure_http: true)"
+    return f"plain http to a non-loopback host: {shown!r} (expected https, or remote.allow_insecure_http: true)"
 
 
 _MAX_AGE = re.compile(r"(?:^|,)\s*(?:s-)?max-age\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
@@ -180,7 +187,8 @@ class RemoteJwks:
     """A JWKS URL, given directly or found by OIDC discovery from the issuer."""
 
     def __init__(self, provider: str, settings: RemoteSettings, *, jwks_url: str = "", issuer: str = "") -> None:
-        self.label = f"jwks_url {jwks_url}" if jwks_url else f"oidc_discovery {issuer}"
+        # Labels are logged: credentials or keys in a URL are redacted.
+        self.label = f"jwks_url {_REDACT.url(jwks_url)}" if jwks_url else f"oidc_discovery {_REDACT.url(issuer)}"
         self.provider = provider
         self.snapshot: KeySet | None = None
         self.settings = settings
@@ -219,7 +227,16 @@ class RemoteJwks:
             if now - self._last_kid_refetch < self.settings.unknown_kid_cooldown:
                 return False
             self._last_kid_refetch = now
-        await asyncio.shield(self._attempt())
+        fetch = self._attempt()
+        try:
+            await asyncio.shield(fetch)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if fetch.cancelled() and task is not None and not task.cancelling():
+                # The source was stopped (policy reload) under us: answer with the
+                # keys we have rather than dropping the request.
+                return False
+            raise
         return True
 
     def _attempt(self) -> asyncio.Future[float | None]:
@@ -245,6 +262,12 @@ class RemoteJwks:
             log.warning("provider %s: key fetch from %s failed: %s", self.provider, self.label, exc)
             self._on_fetch(False)
             return None
+        except Exception as exc:
+            # Whatever an IdP sends must not end the refresh loop: log the type (the
+            # message could quote the response) and retry like any failed fetch.
+            log.warning("provider %s: key fetch from %s failed: %s", self.provider, self.label, type(exc).__name__)
+            self._on_fetch(False)
+            return None
         for problem in problems:
             log.warning("provider %s: skipped a key from %s: %s", self.provider, self.label, problem)
         changed = self.snapshot is None or set(self.snapshot.by_kid) != {k.kid for k in keys if k.kid}
@@ -262,7 +285,7 @@ class RemoteJwks:
         body, _ = await self._get(url)
         try:
             doc = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise FetchError("discovery document is not JSON") from None
         if not isinstance(doc, dict) or doc.get("issuer") != self._issuer:
             # OIDC Discovery §4.3: the document must name exactly the issuer we asked.
@@ -302,6 +325,16 @@ class RemoteJwks:
             raise FetchError(type(exc).__name__) from None
 
     async def _run(self) -> None:
+        while True:
+            try:
+                await self._refresh_forever()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug here must not stop refreshing for good
+                log.error("provider %s: refresh loop error %s; restarting it", self.provider, type(exc).__name__)
+                await asyncio.sleep(self.settings.retry_interval)
+
+    async def _refresh_forever(self) -> None:
         s = self.settings
         failures = 0
         while True:
@@ -313,6 +346,9 @@ class RemoteJwks:
             else:
                 failures += 1
                 delay = min(s.retry_interval * 2 ** min(failures - 1, 10), s.refresh_interval)
+                if self.snapshot is None:
+                    # Without keys the provider refuses everything: keep trying often.
+                    delay = min(delay, max(s.retry_interval, 30.0))
                 if self.snapshot is not None:
                     stale_for = time.monotonic() - self._last_success_mono
                     if stale_for > s.max_stale:

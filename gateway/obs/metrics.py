@@ -77,7 +77,10 @@ class Metrics:
             registry=r,
         )
         self.revoked_tokens = Gauge(
-            "gateway_revoked_tokens", "Token ids on the revocation list in force, by provider.", ["provider"], registry=r
+            "gateway_revoked_tokens",
+            "Token ids on the revocation list in force, by provider.",
+            ["provider"],
+            registry=r,
         )
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
@@ -135,10 +138,11 @@ class RouteMetrics:
         self._auth: dict[Reason, Counter] = {}
 
     def request(self, method: str, status: int, outcome: str) -> None:
-        key = (method, status // 100, outcome)
+        # Keyed by the label, never the raw method: clients choose methods freely.
+        label = method if method in METHODS else "OTHER"
+        key = (label, status // 100, outcome)
         child = self._requests.get(key)
         if child is None:
-            label = method if method in METHODS else "OTHER"
             child = self._metrics.requests.labels(self._name, label, f"{status // 100}xx", outcome)
             self._requests[key] = child
         child.inc()

@@ -39,30 +39,60 @@ from gateway.tokens.revocation import RevocationError, RevocationWatcher
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MIN_HMAC_BYTES = 32
-# Headers the gateway owns or that frame the message: never a claim header.
+# Headers the gateway owns, that frame or encode the message, or that steer how a
+# backend routes or trusts it: never a claim header.
 _FORBIDDEN_CLAIM_HEADERS = frozenset(
     fold(h)
     for h in (
         "Host",
         "Authorization",
-        "Content-Length",
-        "Content-Type",
-        "Transfer-Encoding",
+        "Proxy-Authorization",
+        "Cookie",
         "Connection",
         "Keep-Alive",
+        "Proxy-Connection",
         "TE",
         "Trailer",
+        "Transfer-Encoding",
         "Upgrade",
-        "Proxy-Authorization",
-        "Proxy-Connection",
-        "Cookie",
         "Expect",
-        "X-Forwarded-For",
-        "X-Forwarded-Proto",
-        "X-Forwarded-Host",
+        "Range",
+        "If-Range",
         "Forwarded",
+        "X-Real-IP",
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "X-HTTP-Method-Override",
+        "X-Method-Override",
+        "X-HTTP-Method",
     )
 )
+_FORBIDDEN_CLAIM_PREFIXES = ("content-", "x-forwarded-")
+
+
+def _forbidden_claim_header(name: str) -> bool:
+    folded = fold(name)
+    return folded in _FORBIDDEN_CLAIM_HEADERS or folded.startswith(_FORBIDDEN_CLAIM_PREFIXES)
+
+
+def _collisions(headers: list[tuple[str, Path]]) -> list[Problem]:
+    """Two claims (or a claim and the provider header) in one header, in any spelling,
+    would let a backend read one where the other was meant."""
+    seen: dict[str, str] = {}
+    out = []
+    for header, path in headers:
+        folded = fold(header)
+        if folded in seen:
+            out.append(
+                Problem(
+                    path,
+                    f"{header!r} is the same header as {seen[folded]!r} "
+                    "(compared case-insensitively, with _ and . read as -)",
+                )
+            )
+        else:
+            seen[folded] = header
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +141,9 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
         path = provider.api_tokens.publish_jwks if provider.api_tokens else None
         if path is not None and name in verifiers:
             if path in published:
-                problems.append(Problem(("providers", name, "api_tokens", "publish_jwks"), f"{path} is published twice"))
+                problems.append(
+                    Problem(("providers", name, "api_tokens", "publish_jwks"), f"{path} is published twice")
+                )
             published[path] = verifiers[name].keys
     if problems:
         raise CompileError(problems)
@@ -151,8 +183,19 @@ def _claim_header_names(policy: Policy, problems: list[Problem]) -> set[str]:
                 if maybe is not None:
                     found.setdefault(maybe, ("routes", i, "auth", "forward_claims", claim))
     for header, path in found.items():
-        if fold(header) in _FORBIDDEN_CLAIM_HEADERS:
+        if _forbidden_claim_header(header):
             problems.append(Problem(path, f"{header!r} cannot carry a claim (expected a header such as X-Auth-Email)"))
+    identity = policy.identity
+    global_headers: list[tuple[str, Path]] = [(h, ("identity", "claims", c)) for c, h in identity.claims.items()]
+    if identity.provider_header:
+        global_headers.append((identity.provider_header, ("identity", "provider_header")))
+    problems.extend(_collisions(global_headers))
+    for i, route in enumerate(policy.routes):
+        if isinstance(route.auth, JwtAuth) and route.auth.forward_claims:
+            own = route.auth.forward_claims
+            effective = [(h, p) for h, p in global_headers if p[-1] not in own or p[1] == "provider_header"]
+            effective += [(h, ("routes", i, "auth", "forward_claims", c)) for c, h in own.items() if h is not None]
+            problems.extend(p for p in _collisions(effective) if p.path[0] == "routes")
     return set(found)
 
 
@@ -343,9 +386,13 @@ def _compile_requirement(
             ok = False  # the provider's own problem is already reported
     if not ok:
         return None
+    narrowed: dict[str, frozenset[str]] = {}
     if auth.audiences is not None:
+        # Narrowing is per provider: a route's audience list never lends one provider
+        # an audience configured only for another.
+        wanted = frozenset(auth.audiences)
         offered = set().union(*(v.audiences for v in chosen))
-        extra = sorted(set(auth.audiences) - offered)
+        extra = sorted(wanted - offered)
         if extra:
             problems.append(
                 Problem(
@@ -354,6 +401,17 @@ def _compile_requirement(
                 )
             )
             return None
+        for verifier in chosen:
+            narrowed[verifier.name] = verifier.audiences & wanted
+            if not narrowed[verifier.name]:
+                problems.append(
+                    Problem(
+                        (*where, "audiences"),
+                        f"provider {verifier.name!r} has none of these audiences "
+                        f"(its own: {sorted(verifier.audiences)}); remove it from any_of or add one",
+                    )
+                )
+                return None
     by_issuer: dict[str, list[ProviderVerifier]] = {}
     for verifier in chosen:
         by_issuer.setdefault(verifier.rules.issuer, []).append(verifier)
@@ -373,7 +431,7 @@ def _compile_requirement(
         scopes=frozenset(auth.scopes),
         scope_text=" ".join(auth.scopes),
         claim_rules=rules,
-        audiences=frozenset(auth.audiences) if auth.audiences is not None else None,
+        audiences=narrowed,
         headers=ClaimHeaders(tuple(mapping.items()), _provider_header(policy.identity)),
         allow_query_token=auth.allow_query_token,
     )

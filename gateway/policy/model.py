@@ -181,6 +181,11 @@ class Remote(Strict):
 
     @model_validator(mode="after")
     def _bounds(self) -> Remote:
+        # Floors: a zero here would turn the gateway into a load generator against the
+        # IdP (or, for fetch_timeout, mean "no timeout" to aiohttp).
+        for name in ("refresh_interval", "min_refresh", "unknown_kid_cooldown", "retry_interval", "fetch_timeout"):
+            if getattr(self, name) < 0.1:
+                raise invalid("remote", f"{name} is below the 100ms floor")
         if not self.min_refresh <= self.refresh_interval <= self.max_refresh:
             raise PydanticCustomError("remote", "expected min_refresh <= refresh_interval <= max_refresh")
         return self

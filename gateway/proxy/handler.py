@@ -24,9 +24,9 @@ from gateway.auth.forward import IdentityHeaders, UnforwardableError
 from gateway.auth.jws import parse_jws
 from gateway.auth.requirement import TokenRequirement
 from gateway.errors import AUTH_REASONS, Reason
-from gateway.obs.access import AccessLog, Exchange
 from gateway.keys.keyset import KeySet
 from gateway.keys.provider_keys import ProviderKeys
+from gateway.obs.access import AccessLog, Exchange
 from gateway.obs.metrics import PUBLISHED_JWKS, UNMATCHED, Metrics, RouteMetrics
 from gateway.pathnorm import Rejected, normalize_target
 from gateway.proxy.headers import (

@@ -65,7 +65,10 @@ def _keys_generate(args: argparse.Namespace) -> int:
     except (keystore.KeyStoreError, OSError) as exc:
         return _fail(str(exc))
     print(kid)
-    print(f"added {args.alg} key {kid}; it signs new tokens. Public keys: {args.dir / keystore.JWKS_FILE}", file=sys.stderr)
+    print(
+        f"added {args.alg} key {kid}; it signs new tokens. Public keys: {args.dir / keystore.JWKS_FILE}",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -165,9 +168,7 @@ def _tokens_revoke(args: argparse.Namespace) -> int:
             return _fail(f"no outstanding tokens for client {args.client!r} in the ledger")
     else:
         chosen = [r for r in records if r.get("jti") == args.jti] or [{"jti": args.jti}]
-    entries = [
-        {"jti": r["jti"], "client": r.get("client"), "exp": r.get("exp"), "revoked_at": now} for r in chosen
-    ]
+    entries = [{"jti": r["jti"], "client": r.get("client"), "exp": r.get("exp"), "revoked_at": now} for r in chosen]
     try:
         added = revocation.add(p.revocation_file, entries)  # type: ignore[attr-defined]
     except (revocation.RevocationError, OSError) as exc:

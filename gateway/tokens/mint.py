@@ -52,7 +52,9 @@ def api_token_provider(policy: Policy, config_file: str, name: str | None) -> Ap
         raise MintError(f"{config_file}: no provider has an 'api_tokens' section")
     if name is None:
         if len(candidates) > 1:
-            raise MintError(f"several API-token providers; choose one with --provider ({', '.join(sorted(candidates))})")
+            raise MintError(
+                f"several API-token providers; choose one with --provider ({', '.join(sorted(candidates))})"
+            )
         name = next(iter(candidates))
     provider = candidates.get(name)
     if provider is None or provider.api_tokens is None:
@@ -60,7 +62,8 @@ def api_token_provider(policy: Policy, config_file: str, name: str | None) -> Ap
     base = Path(config_file).resolve().parent
     tokens = provider.api_tokens
     key_dir = base / tokens.signing_keys
-    assert provider.max_lifetime is not None and provider.revocation_file is not None  # model rule
+    assert provider.max_lifetime is not None
+    assert provider.revocation_file is not None
     return ApiTokenProvider(
         name=name,
         issuer=provider.issuer,

@@ -85,6 +85,10 @@ def policy_text(idp: IdentityProvider, upstream: Upstream, pem_key: SigningKey, 
         match: {{prefix: /billing}}
         upstream: "{u}"
         auth: {{any_of: [corp], audiences: [billing-api]}}
+      - name: mixed
+        match: {{prefix: /mixed}}
+        upstream: "{u}"
+        auth: {{any_of: [corp, shared], audiences: [orders-api, billing-api]}}
       - {{name: maybe, match: {{prefix: /maybe}}, upstream: "{u}", auth: {{any_of: [corp], optional: true}}}}
       - {{name: query, match: {{prefix: /query}}, upstream: "{u}", auth: {{any_of: [corp], allow_query_token: true}}}}
       - name: passauth

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.errors import Reason
 from tests.factories import SigningKey, b64, claims, raw_token, sign
-from tests.functional.auth_env import HMAC_ISSUER, AuthEnv
+from tests.functional.auth_env import HMAC_ISSUER, HMAC_SECRET, AuthEnv
 from tests.rawhttp import RawResponse, get, raw_request
 
 
@@ -88,6 +88,9 @@ def _malformed(rsa: SigningKey, iss: str) -> dict[str, str]:
         "duplicate key in payload": raw_token(header, '{"sub":"alice","sub":"admin"}', b"sig"),
         "NaN in payload": raw_token(header, '{"exp": NaN}', b"sig"),
         "kid not a string": raw_token({"alg": "RS256", "kid": 7}, claims(iss), b"sig"),
+        "header not starting with {": raw_token(' {"alg":"RS256","kid":"rsa-1"}', claims(iss), b"sig"),
+        "deeply nested header": raw_token('{"alg":"RS256","x":' + "[" * 3000 + "]" * 3000 + "}", claims(iss), b"s"),
+        "deeply nested payload": raw_token(header, '{"sub":' + "[" * 3000 + "]" * 3000 + "}", b"sig"),
     }
 
 
@@ -261,3 +264,21 @@ async def test_claim_mismatch(env: AuthEnv, rsa: SigningKey) -> None:
     ):
         token = sign(rsa, payload)
         assert_refused(await env.call("/admin", token), Reason.CLAIM_MISMATCH, env, token)
+
+
+async def test_route_audiences_narrow_each_provider_separately(env: AuthEnv, rsa: SigningKey) -> None:
+    # `shared` only has orders-api; the route also lists billing-api, for `corp`. That
+    # must not lend billing-api to `shared`.
+    lent = jwt.encode(claims(HMAC_ISSUER, aud="billing-api"), HMAC_SECRET, algorithm="HS256")
+    assert_refused(await env.call("/mixed", lent), Reason.AUDIENCE_MISMATCH, env, lent)
+    own = jwt.encode(claims(HMAC_ISSUER, aud="orders-api"), HMAC_SECRET, algorithm="HS256")
+    assert (await env.call("/mixed", own)).status == 200
+    assert (await env.call("/mixed", sign(rsa, claims(env.idp.issuer, aud="billing-api")))).status == 200
+
+
+async def test_out_of_range_numbers_are_invalid_claims_not_errors(env: AuthEnv, rsa: SigningKey) -> None:
+    for name in ("exp", "nbf", "iat"):
+        payload = claims(env.idp.issuer)
+        payload[name] = 10**400
+        token = sign(rsa, payload)
+        assert_refused(await env.call("/orders", token), Reason.INVALID_CLAIM, env, token)

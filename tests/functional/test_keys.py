@@ -249,3 +249,30 @@ async def test_key_file_changes_are_picked_up_and_a_corrupt_file_keeps_the_last_
     write(jwks_path, jwks(new_key))  # retire the old key
     await eventually(lambda: _status_is(gw, old, 401), 6)
     assert await call(gw, new) == 200
+
+
+async def test_a_hostile_key_set_does_not_stop_refreshing(
+    make_gateway: GatewayFactory, upstream: Upstream, idp: IdentityProvider, rsa: SigningKey
+) -> None:
+    # Nested deeper than the JSON parser's stack, then a discovery document whose
+    # jwks_uri is not a URL at all: each is one failed fetch, never the end of the loop.
+    idp.body_override = b"[" * 50000 + b"]" * 50000
+    gw = await make_gateway(policy(idp, upstream, "{retry_interval: 100ms}"))
+    await asyncio.sleep(0.4)
+    assert idp.jwks_hits >= 2
+    idp.body_override = None
+    await wait_ready(gw)
+    assert await call(gw, sign(rsa, claims(idp.issuer))) == 200
+
+    other = IdentityProvider(keys=idp.keys)
+    await other.start()
+    try:
+        other.extra = {"jwks_uri": "http://127.0.0.1:99999/jwks"}
+        gw2 = await make_gateway(policy(other, upstream, "{retry_interval: 100ms}", source="{oidc_discovery: true}"))
+        await asyncio.sleep(0.4)
+        assert other.discovery_hits >= 2
+        other.extra = {}
+        await wait_ready(gw2)
+        assert await call(gw2, sign(rsa, claims(other.issuer))) == 200
+    finally:
+        await other.close()

@@ -154,3 +154,52 @@ def test_provider_fields(tmp_path: Path) -> None:
         "remote: {min_refresh: 1h}\n"
     )
     assert load(tmp_path, bounds) == ["providers.p.remote: expected min_refresh <= refresh_interval <= max_refresh"]
+
+
+def test_claim_header_collisions_and_forbidden_headers(tmp_path: Path) -> None:
+    provider = BASE + "algorithms: [RS256]\nkeys: [{jwks_url: 'https://idp.test/jwks'}]\n"
+    colliding = "identity:\n  claims: {sub: X-Auth-Subject, nick: X_Auth_Subject}\n"
+    found = load(tmp_path, provider, extra=colliding)
+    assert found == [
+        "identity.claims.nick: 'X_Auth_Subject' is the same header as 'X-Auth-Subject' "
+        "(compared case-insensitively, with _ and . read as -)"
+    ]
+    provider_clash = "identity:\n  claims: {who: x-auth-provider}\n"
+    assert load(tmp_path, provider, extra=provider_clash)[0].startswith("identity.provider_header: 'X-Auth-Provider'")
+    route = (
+        '  - {name: r, match: {prefix: /r}, upstream: "http://u", '
+        "auth: {any_of: [p], forward_claims: {nick: X.Auth.Subject}}}\n"
+    )
+    assert load(tmp_path, provider, route)[0].startswith("routes[0].auth.forward_claims.nick: 'X.Auth.Subject'")
+    for header in ("Content-Encoding", "X-Forwarded-Prefix", "X-Original-URL", "X_Real_IP"):
+        bad = f"identity:\n  claims: {{sub: {header}}}\n"
+        assert load(tmp_path, provider, extra=bad) == [
+            f"identity.claims.sub: '{header}' cannot carry a claim (expected a header such as X-Auth-Email)"
+        ]
+
+
+def test_remote_floors_and_redacted_urls(tmp_path: Path) -> None:
+    fast = (
+        BASE + "algorithms: [RS256]\nkeys: [{jwks_url: 'https://idp.test/jwks'}]\nremote: {unknown_kid_cooldown: 0s}\n"
+    )
+    assert load(tmp_path, fast) == ["providers.p.remote: unknown_kid_cooldown is below the 100ms floor"]
+    secret = BASE + "algorithms: [RS256]\nkeys: [{jwks_url: 'http://user:hunter2@idp.example/jwks?api_key=K1'}]\n"
+    [message] = load(tmp_path, secret)
+    assert "hunter2" not in message
+    assert "K1" not in message
+    bad_port = BASE + "algorithms: [RS256]\nkeys: [{jwks_url: 'https://idp.example:99999/jwks'}]\n"
+    assert load(tmp_path, bad_port)[0].startswith("providers.p.keys[0].jwks_url: not a URL")
+
+
+def test_a_route_audience_a_provider_lacks_is_refused(tmp_path: Path) -> None:
+    text = (
+        "providers:\n"
+        "  p: {issuer: https://p, audiences: [a], algorithms: [RS256], keys: [{jwks_url: 'https://p/j'}]}\n"
+        "  q: {issuer: https://q, audiences: [b], algorithms: [RS256], keys: [{jwks_url: 'https://q/j'}]}\n"
+        'routes:\n  - {name: r, match: {prefix: /r}, upstream: "http://u", auth: {any_of: [p, q], audiences: [a]}}\n'
+    )
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_policy(str(f))
+    assert "provider 'q' has none of these audiences (its own: ['b'])" in str(info.value)

@@ -20,4 +20,4 @@ def test_parse_rejects(text: str) -> None:
 
 
 def test_format() -> None:
-    assert [format_duration(s) for s in (0.25, 5, 120, 7200)] == ["250ms", "5s", "2m", "2h"]
+    assert [format_duration(s) for s in (0.25, 5, 120, 7200, 86400 * 90)] == ["250ms", "5s", "2m", "2h", "90d"]
