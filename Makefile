@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test tools check-config schema clean
+.PHONY: run test tools bench check-config schema clean
 
 # The virtualenv is rebuilt when pyproject.toml changes.
 $(BIN)/.installed: pyproject.toml
@@ -47,6 +47,10 @@ tools:
 	  else \
 	    echo "promtool is not installed and cannot be installed here (needs root and apt-get): the promtool test will skip"; \
 	  fi; }
+
+## Benchmark against nginx (installs wrk and nginx from Debian's packages if missing).
+bench: $(BIN)/.installed
+	$(BIN)/python bench/run.py
 
 check-config: $(BIN)/.installed
 	$(BIN)/gateway check --config config.example.yaml

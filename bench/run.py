@@ -1,0 +1,396 @@
+"""Benchmark the gateway against nginx as a plain reverse proxy, in one run.
+
+    python bench/run.py [--rounds 3] [--duration 4] [--connections 32] [--json out.json]
+
+Starts, on loopback only: an nginx backend (small 200, large upload/download), an nginx
+plain reverse proxy (the reference), and the gateway with one worker on a generated
+policy (plus a second gateway with 1 000 routes). The proxy under test is pinned to
+core 0, wrk and the backend to core 1, so figures read "per core". Every scenario runs
+as interleaved rounds (A B C … A B C …) and reports its median; each ratio is to the
+nginx proxy measured in the same run. Every process started is stopped, by PID, even
+on error. Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jwt  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa  # noqa: E402
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm  # noqa: E402
+
+STREAM_BYTES = 100 * 1024 * 1024
+ISSUER = "https://bench.test"
+PROXY_CORE, LOAD_CORE = "0", "1"
+
+
+def need(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if path:
+        return path
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"installing {tool} (Debian package {package})", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+        path = shutil.which(tool)
+    if not path:
+        sys.exit(f"bench: {tool} is required (Debian package {package})")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Procs:
+    """Every process we start, stopped by PID in reverse order."""
+
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, cmd: list[str], core: str, **kw: object) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(["taskset", "-c", core, *cmd], **kw)  # type: ignore[call-overload]
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in reversed(self.started):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_http(url: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 - loopback URL we built
+                if r.status < 500:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"bench: {url} did not come up")
+
+
+def nginx_conf(work: Path, name: str, body: str) -> Path:
+    conf = work / f"{name}.conf"
+    conf.write_text(
+        f"""
+daemon off;
+worker_processes 1;
+pid {work}/{name}.pid;
+error_log {work}/{name}.error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/{name}-body;
+  proxy_temp_path {work}/{name}-proxy;
+  fastcgi_temp_path {work}/{name}-fcgi;
+  uwsgi_temp_path {work}/{name}-uwsgi;
+  scgi_temp_path {work}/{name}-scgi;
+  keepalive_requests 1000000;
+  {body}
+}}
+"""
+    )
+    return conf
+
+
+def keys_and_tokens(work: Path) -> dict[str, object]:
+    private = {
+        "RS256": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        "ES256": ec.generate_private_key(ec.SECP256R1()),
+        "EdDSA": ed25519.Ed25519PrivateKey.generate(),
+    }
+    converters = {"RS256": RSAAlgorithm, "ES256": ECAlgorithm, "EdDSA": OKPAlgorithm}
+    jwks = []
+    for alg, key in private.items():
+        jwk = converters[alg].to_jwk(key.public_key(), as_dict=True)  # type: ignore[attr-defined]
+        jwks.append({**jwk, "kid": alg.lower(), "alg": alg, "use": "sig"})
+    (work / "jwks.json").write_text(json.dumps({"keys": jwks}))
+    now = int(time.time())
+
+    def mint(alg: str, sub: str) -> str:
+        claims = {"iss": ISSUER, "aud": "bench", "sub": sub, "iat": now, "exp": now + 3600, "scope": "read"}
+        return jwt.encode(claims, private[alg], algorithm=alg, headers={"kid": alg.lower()})
+
+    reused = {alg: mint(alg, "service-client") for alg in private}
+    unique = [mint("RS256", f"user-{i}") for i in range(2000)]
+    bad = []
+    for token in unique[:500]:
+        head, body, sig = token.split(".")
+        bad.append(f"{head}.{body}.{sig[:-8]}{'A' * 8 if not sig.endswith('A' * 8) else 'B' * 8}")
+    return {"reused": reused, "unique": unique, "bad": bad}
+
+
+def gateway_policy(work: Path, port: int, admin: int, backend: int, routes: int) -> Path:
+    lines = [
+        f"listen: 127.0.0.1:{port}",
+        f"admin: {{listen: 127.0.0.1:{admin}}}",
+        "access_log: {format: json}",
+        "providers:",
+        "  bench:",
+        f"    issuer: {ISSUER}",
+        "    audiences: [bench]",
+        "    algorithms: [RS256, ES256, EdDSA]",
+        f"    keys: [{{jwks_file: {work}/jwks.json}}]",
+        "routes:",
+    ]
+    up = f"http://127.0.0.1:{backend}"
+    for i in range(routes - 1):
+        lines.append(f"  - {{name: filler-{i}, match: {{prefix: /filler/{i}}}, upstream: '{up}', auth: public}}")
+    lines += [
+        f"  - {{name: public, match: {{prefix: /public}}, upstream: '{up}', auth: public}}",
+        f"  - {{name: jwt, match: {{prefix: /jwt}}, upstream: '{up}', auth: {{any_of: [bench], scopes: [read]}}}}",
+        f"  - {{name: stream, match: {{prefix: /stream}}, upstream: '{up}', auth: public}}",
+    ]
+    path = work / f"gateway-{routes}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def lua_header(work: Path, name: str, token: str) -> Path:
+    script = work / f"{name}.lua"
+    script.write_text(f'wrk.headers["Authorization"] = "Bearer {token}"\n')
+    return script
+
+
+def lua_pool(work: Path, name: str, tokens: list[str]) -> Path:
+    pool = work / f"{name}.txt"
+    pool.write_text("\n".join(tokens) + "\n")
+    script = work / f"{name}.lua"
+    script.write_text(
+        f"""
+local tokens = {{}}
+for line in io.lines("{pool}") do tokens[#tokens + 1] = line end
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format(nil, nil, {{["Authorization"] = "Bearer " .. tokens[(i % #tokens) + 1]}})
+end
+"""
+    )
+    return script
+
+
+_UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def run_wrk(wrk: str, url: str, duration: int, connections: int, script: Path | None) -> dict[str, float]:
+    cmd = ["taskset", "-c", LOAD_CORE, wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if script is not None:
+        cmd += ["-s", str(script)]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    lat = {}
+    for pct in ("50", "99"):
+        m = re.search(rf"\s{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)", out)
+        lat[pct] = float(m.group(1)) * _UNIT[m.group(2)] if m else float("nan")
+    return {"rps": rps, "p50": lat["50"], "p99": lat["99"], "non2xx": float(non2xx.group(1)) if non2xx else 0.0}
+
+
+def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def stream(curl: str, url: str, upload: Path | None) -> float:
+    """MB/s for one 100 MB transfer through `url`."""
+    cmd = ["taskset", "-c", LOAD_CORE, curl, "-s", "-o", "/dev/null", "-w", "%{http_code}"]
+    if upload is not None:
+        cmd += ["-H", "Expect:", "--data-binary", f"@{upload}"]
+    t0 = time.perf_counter()
+    code = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    elapsed = time.perf_counter() - t0
+    if code != "200":
+        raise SystemExit(f"bench: streaming through {url} answered {code}")
+    return STREAM_BYTES / elapsed / 1e6
+
+
+@contextmanager
+def workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as d:
+        # nginx workers may run as an unprivileged user: they must read the files here.
+        os.chmod(d, 0o755)
+        yield Path(d)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "3")))
+    ap.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", "4")))
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
+    args = ap.parse_args()
+    wrk = need("wrk", "wrk")
+    nginx = need("nginx", "nginx-light")
+    curl = need("curl", "curl")
+    need("taskset", "util-linux")
+    procs = Procs()
+    with workdir() as work:
+        try:
+            return _run(args, work, procs, wrk, nginx, curl)
+        finally:
+            procs.stop_all()
+
+
+def _run(args: argparse.Namespace, work: Path, procs: Procs, wrk: str, nginx: str, curl: str) -> int:
+    backend, proxy = free_port(), free_port()
+    big = work / "big.bin"
+    with big.open("wb") as f:
+        f.truncate(STREAM_BYTES)
+    big.chmod(0o644)
+    backend_conf = nginx_conf(
+        work,
+        "backend",
+        f"""server {{
+    listen 127.0.0.1:{backend} reuseport backlog=4096;
+    client_max_body_size 0;
+    location / {{ return 200 "ok\\n"; }}
+    location /stream/down {{ alias {big}; }}
+    location /stream/up {{ return 200 "ok\\n"; }}
+  }}""",
+    )
+    proxy_conf = nginx_conf(
+        work,
+        "proxy",
+        f"""upstream backend {{ server 127.0.0.1:{backend}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{proxy} reuseport backlog=4096;
+    client_max_body_size 0;
+    proxy_request_buffering off;
+    proxy_buffering off;
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}""",
+    )
+    procs.start([nginx, "-c", str(backend_conf), "-e", str(work / "backend.stderr")], LOAD_CORE)
+    procs.start([nginx, "-c", str(proxy_conf), "-e", str(work / "proxy.stderr")], PROXY_CORE)
+    tokens = keys_and_tokens(work)
+    gateways: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}
+    for routes in (1, 1000):
+        port, admin = free_port(), free_port()
+        policy = gateway_policy(work, port, admin, backend, routes)
+        log = (work / f"gateway-{routes}.log").open("wb")
+        proc = procs.start(
+            [sys.executable, "-m", "gateway", "run", "--config", str(policy), "--log-level", "warning"],
+            PROXY_CORE,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=str(ROOT),
+        )
+        gateways[routes] = (port, proc)
+        wait_http(f"http://127.0.0.1:{admin}/readyz")
+    wait_http(f"http://127.0.0.1:{proxy}/")
+    gw_port, gw = gateways[1]
+    many_port, _ = gateways[1000]
+    reused = tokens["reused"]
+    assert isinstance(reused, dict)
+    scenarios: dict[str, tuple[str, Path | None]] = {
+        "nginx proxy": (f"http://127.0.0.1:{proxy}/public", None),
+        "public route": (f"http://127.0.0.1:{gw_port}/public", None),
+        "RS256 reused": (f"http://127.0.0.1:{gw_port}/jwt", lua_header(work, "rs", reused["RS256"])),
+        "RS256 unique": (f"http://127.0.0.1:{gw_port}/jwt", lua_pool(work, "unique", tokens["unique"])),  # type: ignore[arg-type]
+        "ES256 reused": (f"http://127.0.0.1:{gw_port}/jwt", lua_header(work, "es", reused["ES256"])),
+        "EdDSA reused": (f"http://127.0.0.1:{gw_port}/jwt", lua_header(work, "ed", reused["EdDSA"])),
+        "bad signatures": (f"http://127.0.0.1:{gw_port}/jwt", lua_pool(work, "bad", tokens["bad"])),  # type: ignore[arg-type]
+        "1000 routes, last": (f"http://127.0.0.1:{many_port}/public", None),
+    }
+    # Warm up every path once (imports, pools, key parsing).
+    for url, script in scenarios.values():
+        run_wrk(wrk, url, 1, 8, script)
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in scenarios}
+    rss_peak_before = rss_kib(gw.pid, "VmHWM")
+    for r in range(args.rounds):
+        for name, (url, script) in scenarios.items():
+            samples[name].append(run_wrk(wrk, url, args.duration, args.connections, script))
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+
+    rss_before_stream = rss_kib(gw.pid)
+    streaming = {
+        "nginx upload MB/s": statistics.median(stream(curl, f"http://127.0.0.1:{proxy}/stream/up", big) for _ in range(3)),
+        "gateway upload MB/s": statistics.median(
+            stream(curl, f"http://127.0.0.1:{gw_port}/stream/up", big) for _ in range(3)
+        ),
+        "nginx download MB/s": statistics.median(
+            stream(curl, f"http://127.0.0.1:{proxy}/stream/down", None) for _ in range(3)
+        ),
+        "gateway download MB/s": statistics.median(
+            stream(curl, f"http://127.0.0.1:{gw_port}/stream/down", None) for _ in range(3)
+        ),
+    }
+    rss_after_stream = rss_kib(gw.pid)
+    peak = rss_kib(gw.pid, "VmHWM")
+
+    ref = statistics.median(s["rps"] for s in samples["nginx proxy"])
+    results = {}
+    print()
+    print(f"{'scenario':22} {'req/s':>9} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    for name, runs in samples.items():
+        rps = statistics.median(s["rps"] for s in runs)
+        p50 = statistics.median(s["p50"] for s in runs) * 1000
+        p99 = statistics.median(s["p99"] for s in runs) * 1000
+        non2xx = sum(s["non2xx"] for s in runs)
+        results[name] = {"rps": round(rps, 1), "ratio": round(rps / ref, 3), "p50_ms": round(p50, 3), "p99_ms": round(p99, 3),
+                         "non_2xx": int(non2xx), "rounds": [round(s["rps"], 1) for s in runs]}  # fmt: skip
+        print(f"{name:22} {rps:9.0f} {rps / ref:6.3f} {p50:8.2f} {p99:8.2f} {int(non2xx):8d}")
+    print()
+    for name, value in streaming.items():
+        print(f"{name:24} {value:8.1f}")
+    up_ratio = streaming["gateway upload MB/s"] / streaming["nginx upload MB/s"]
+    down_ratio = streaming["gateway download MB/s"] / streaming["nginx download MB/s"]
+    print(f"streaming ratio to nginx: upload {up_ratio:.2f}, download {down_ratio:.2f}")
+    print(
+        f"gateway RSS: before streaming {rss_before_stream / 1024:.1f} MiB, after {rss_after_stream / 1024:.1f} MiB, "
+        f"peak {peak / 1024:.1f} MiB (peak before streaming {rss_peak_before / 1024:.1f} MiB)"
+    )
+    report = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "settings": {"rounds": args.rounds, "duration_s": args.duration, "connections": args.connections},
+        "scenarios": results,
+        "streaming": {**{k: round(v, 1) for k, v in streaming.items()}, "upload_ratio": round(up_ratio, 3),
+                      "download_ratio": round(down_ratio, 3)},  # fmt: skip
+        "rss_kib": {"before_stream": rss_before_stream, "after_stream": rss_after_stream, "peak": peak},
+    }
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nJSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
