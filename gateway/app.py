@@ -90,7 +90,15 @@ class Gateway:
         self.admin_port = 0
 
     def _runtime(self, policy: CompiledPolicy) -> Runtime:
-        return Runtime.build(policy.table, _settings(policy), policy.access_log, self.metrics, policy.published)
+        return Runtime.build(
+            policy.table,
+            _settings(policy),
+            policy.access_log,
+            self.metrics,
+            policy.published,
+            cache_entries=policy.cache_entries,
+            cache_ttl=policy.cache_ttl,
+        )
 
     async def _start_providers(self, policy: CompiledPolicy) -> None:
         assert self._session is not None

@@ -7,8 +7,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import logging.handlers
-import queue
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +14,7 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.duration import format_duration
+from gateway.obs.access import LineWriter, set_sink
 from gateway.policy import ConfigError, load_policy
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.model import Listen, Policy
@@ -108,32 +107,21 @@ def _schema(_: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _configure_logging(level: str) -> logging.handlers.QueueListener:
-    """Operational logs to stderr; the access log, one line per request, to stdout.
-
-    The access log goes through a queue to a writer thread, so a slow stdout (a full
-    pipe, a slow log shipper) never blocks the event loop."""
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    out = logging.StreamHandler(sys.stdout)
-    out.setFormatter(logging.Formatter("%(message)s"))
-    access = logging.getLogger("gateway.access")
-    access.setLevel(logging.INFO)
-    access.propagate = False
-    access.addHandler(logging.handlers.QueueHandler(records))
-    listener = logging.handlers.QueueListener(records, out)
-    listener.start()
-    return listener
-
-
 def _run(args: argparse.Namespace) -> int:
-    listener = _configure_logging(args.log_level)
+    """Operational logs go to stderr; the access log, one line per request, to stdout
+    through a writer thread, so a slow stdout never blocks the event loop."""
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    writer = LineWriter(sys.stdout)
+    set_sink(writer.write)
     try:
         return _serve(args)
     finally:
-        listener.stop()
+        set_sink(None)
+        writer.close()
+        if writer.dropped:
+            print(f"gateway: {writer.dropped} access log lines were dropped (stdout too slow)", file=sys.stderr)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from yarl import URL
@@ -109,6 +109,10 @@ def _under(path: str, prefix: str) -> bool:
     return path == prefix or (path.startswith(prefix) and path[len(prefix)] == "/")
 
 
+def _index(route: CompiledRoute) -> int:
+    return route.index
+
+
 def request_host(header: str) -> str:
     """The Host header's name, lower-cased, without the port."""
     if header.startswith("["):
@@ -119,12 +123,46 @@ def request_host(header: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RouteTable:
-    """Ordered routes; the first that matches wins."""
+    """Ordered routes; the first that matches wins.
+
+    Matching walks the path's segment prefixes (`/`, `/a`, `/a/b`, …) through two
+    dicts built once, so its cost follows the path's depth, not the number of routes;
+    candidates are then tried in table order, which keeps first-match semantics."""
 
     routes: tuple[CompiledRoute, ...]
+    _exact: dict[str, tuple[CompiledRoute, ...]] = field(init=False, repr=False, compare=False)
+    _prefix: dict[str, tuple[CompiledRoute, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        exact: dict[str, list[CompiledRoute]] = {}
+        prefix: dict[str, list[CompiledRoute]] = {}
+        for route in self.routes:
+            if route.exact is not None:
+                exact.setdefault(route.exact, []).append(route)
+            else:
+                prefix.setdefault(route.prefix or "/", []).append(route)
+        object.__setattr__(self, "_exact", {k: tuple(v) for k, v in exact.items()})
+        object.__setattr__(self, "_prefix", {k: tuple(v) for k, v in prefix.items()})
 
     def match(self, method: str, host: str, path: str) -> CompiledRoute | None:
-        for route in self.routes:
+        candidates: list[CompiledRoute] = list(self._exact.get(path, ()))
+        prefixes = self._prefix
+        found = prefixes.get("/")
+        if found:
+            candidates.extend(found)
+        end = path.find("/", 1)
+        while True:
+            key = path if end < 0 else path[:end]
+            if key != "/":
+                found = prefixes.get(key)
+                if found:
+                    candidates.extend(found)
+            if end < 0:
+                break
+            end = path.find("/", end + 1)
+        if len(candidates) > 1:
+            candidates.sort(key=_index)
+        for route in candidates:
             if route.matches(method, host, path):
                 return route
         return None

@@ -13,9 +13,11 @@ Rendering rules (documented in README "Forwarded identity headers"):
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.auth.claims import claim_at
@@ -68,6 +70,7 @@ def render_claim(value: Any) -> str:
 _FOLD = str.maketrans({c: "-" for c in "!#$%&'*+.^_`|~"})
 
 
+@functools.lru_cache(maxsize=4096)
 def fold(name: str) -> str:
     """A header name as lenient backends may compare it: case-insensitive, with every
     punctuation character that may appear in a name (`_`, `.`, `~`, …) read as `-`."""
@@ -90,12 +93,17 @@ class IdentityHeaders:
         return folded.startswith(self.prefix) or folded in self.names
 
 
+_SERIAL = itertools.count()
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimHeaders:
     """The (claim path, header) pairs a route forwards, plus the provider header."""
 
     pairs: tuple[tuple[str, str], ...]
     provider_header: str | None
+    # Unique for the process lifetime: keys rendered headers in the token cache.
+    serial: int = field(default_factory=lambda: next(_SERIAL), compare=False)
 
     def render(self, provider: str, claims: Mapping[str, Any]) -> list[tuple[str, str]]:
         """Headers for a verified principal; raises UnforwardableError."""

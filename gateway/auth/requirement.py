@@ -10,6 +10,7 @@ from gateway.auth.forward import ClaimHeaders
 from gateway.auth.jws import Jws
 from gateway.auth.verifier import Principal, ProviderVerifier
 from gateway.errors import Reason
+from gateway.keys.keyset import KeySet
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +34,27 @@ class TokenRequirement:
         extra = f" scopes={self.scope_text}" if self.scopes else ""
         return f"jwt {mode} any_of={names}{extra}"
 
-    async def authenticate(self, jws: Jws) -> Principal | Reason:
-        """Verify with the provider(s) for the token's issuer, then authorise."""
+    def accepts(self, verifier: ProviderVerifier) -> bool:
+        return any(v is verifier for v in self.providers)
+
+    def authorize(self, verifier: ProviderVerifier, principal: Principal) -> Reason | None:
+        """The route's own checks on a verified principal: run on every request."""
+        narrowed = self.audiences.get(verifier.name)
+        if narrowed is not None:
+            aud = principal.claims["aud"]  # checked: a string or a list of strings
+            if (aud not in narrowed) if isinstance(aud, str) else narrowed.isdisjoint(aud):
+                return Reason.AUDIENCE_MISMATCH
+        if not self.scopes <= principal.scopes:
+            return Reason.INSUFFICIENT_SCOPE
+        for rule in self.claim_rules:
+            if not rule.matches(principal.claims):
+                return Reason.CLAIM_MISMATCH
+        return None
+
+    async def authenticate(self, jws: Jws) -> tuple[ProviderVerifier, Principal, KeySet] | Reason:
+        """Verify with the provider(s) for the token's issuer, then authorise.
+
+        Returns the verifier, principal and key set (for the cache), or the reason."""
         iss = jws.claims.get("iss")
         if not isinstance(iss, str):
             return Reason.MISSING_CLAIM if iss is None else Reason.INVALID_CLAIM
@@ -44,18 +64,14 @@ class TokenRequirement:
         if verifiers is None:
             return Reason.ISSUER_MISMATCH
         first: Reason | None = None
-        principal: Principal | None = None
         for verifier in verifiers:
-            result = await verifier.verify(jws, self.audiences.get(verifier.name))
-            if isinstance(result, Principal):
-                principal = result
-                break
-            first = first or result
-        if principal is None:
-            return first or Reason.INTERNAL
-        if not self.scopes <= principal.scopes:
-            return Reason.INSUFFICIENT_SCOPE
-        for rule in self.claim_rules:
-            if not rule.matches(principal.claims):
-                return Reason.CLAIM_MISMATCH
-        return principal
+            result = await verifier.verify(jws)
+            if isinstance(result, Reason):
+                first = first or result
+                continue
+            principal, keys = result
+            refusal = self.authorize(verifier, principal)
+            if refusal is None:
+                return verifier, principal, keys
+            first = first or refusal
+        return first or Reason.INTERNAL

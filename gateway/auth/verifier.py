@@ -18,7 +18,7 @@ from jwt.algorithms import Algorithm, get_default_algorithms
 from gateway.auth.claims import ClaimRules, check_claims, scopes_of, typ_matches
 from gateway.auth.jws import Jws
 from gateway.errors import Reason
-from gateway.keys.keyset import VerifyKey
+from gateway.keys.keyset import KeySet, VerifyKey
 from gateway.keys.provider_keys import ProviderKeys
 from gateway.tokens.revocation import RevocationWatcher
 
@@ -54,8 +54,9 @@ class ProviderVerifier:
     keys: ProviderKeys
     revocations: RevocationWatcher | None = None
 
-    async def verify(self, jws: Jws, audiences: frozenset[str] | None = None) -> Principal | Reason:
-        """The principal, or the first reason the token is refused."""
+    async def verify(self, jws: Jws) -> tuple[Principal, KeySet] | Reason:
+        """The principal and the key set that verified it, or the first reason the
+        token is refused. Audiences are the provider's own; routes narrow them after."""
         if jws.alg not in self.algorithms:
             # Covers `none` in any casing and HS256-with-the-RSA-public-key confusion:
             # neither is ever on a provider's list.
@@ -72,9 +73,9 @@ class ProviderVerifier:
             return Reason.UNKNOWN_KID
         if not any(_signature_ok(jws, key) for key in candidates):
             return Reason.BAD_SIGNATURE
-        reason = check_claims(jws.claims, self.rules, audiences or self.audiences, time.time())
+        reason = check_claims(jws.claims, self.rules, self.audiences, time.time())
         if reason is not None:
             return reason
         if self.revocations is not None and jws.claims.get("jti") in self.revocations.revoked:
             return Reason.REVOKED
-        return Principal(self.name, jws.claims, scopes_of(jws.claims))
+        return Principal(self.name, jws.claims, scopes_of(jws.claims)), keys

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 from aiohttp import web
 
@@ -19,6 +22,67 @@ from gateway.obs.redact import Redactor
 
 log = logging.getLogger("gateway.access")
 _MAX_FIELD = 512
+
+
+def _log_line(line: str) -> None:
+    log.info(line)
+
+
+# Where lines go. By default the `gateway.access` logger (for embedding and tests); the
+# CLI installs a LineWriter on stdout, which skips the logging machinery entirely.
+_sink: Callable[[str], None] = _log_line
+
+
+def set_sink(sink: Callable[[str], None] | None) -> None:
+    global _sink
+    _sink = sink or _log_line
+
+
+class LineWriter:
+    """Writes access lines to a stream from a background thread, in batches.
+
+    The event loop only appends to a deque; a slow or blocked stdout (a full pipe, a
+    stalled log shipper) never stalls request handling. If the writer falls far behind,
+    lines are dropped and counted rather than growing memory without bound."""
+
+    MAX_PENDING = 100_000
+
+    def __init__(self, stream: TextIO, interval: float = 0.05) -> None:
+        self._stream = stream
+        self._interval = interval
+        self._pending: deque[str] = deque()
+        self.dropped = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
+        self._thread.start()
+
+    def write(self, line: str) -> None:
+        if len(self._pending) >= self.MAX_PENDING:
+            self.dropped += 1
+            return
+        self._pending.append(line)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.flush()
+
+    def flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        batch = []
+        while pending:
+            batch.append(pending.popleft())
+        try:
+            self._stream.write("\n".join(batch) + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            self.dropped += len(batch)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.flush()
 
 
 @dataclass(slots=True)
@@ -33,6 +97,19 @@ class Exchange:
     subject: str | None = None
     upstream_seconds: float | None = None
     bytes_out: int = 0
+
+
+_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+_second: list[Any] = [0, ""]
+
+
+def _timestamp() -> str:
+    """ISO 8601 UTC with milliseconds; the seconds part is formatted once per second."""
+    now = time.time()
+    whole = int(now)
+    if whole != _second[0]:
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
 
 
 def _clip(value: str) -> str:
@@ -55,11 +132,11 @@ class AccessLog:
     enabled: bool = True
 
     def emit(self, request: web.BaseRequest, ex: Exchange, status: int, total: float) -> None:
-        if not self.enabled or not log.isEnabledFor(logging.INFO):
+        if not self.enabled:
             return
         content = request.content
         record: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+            "ts": _timestamp(),
             "client": request.remote or "-",
             "method": request.method,
             "path": _clip(self.redactor.target(request.raw_path)),
@@ -81,6 +158,6 @@ class AccessLog:
         if agent is not None:
             record["user_agent"] = _clip(agent)
         if self.fmt == "json":
-            log.info(json.dumps(record, ensure_ascii=True, separators=(",", ":")))
+            _sink(_JSON(record))
         else:
-            log.info(" ".join(f"{k}={_text_escape(v) if isinstance(v, str) else v}" for k, v in record.items()))
+            _sink(" ".join(f"{k}={_text_escape(v) if isinstance(v, str) else v}" for k, v in record.items()))

@@ -82,6 +82,9 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.cache_hits = Counter("gateway_token_cache_hits", "Verified-token cache hits.", registry=r)
+        self.cache_misses = Counter("gateway_token_cache_misses", "Verified-token cache misses.", registry=r)
+        self.cache_entries = Gauge("gateway_token_cache_entries", "Tokens in the verified-token cache.", registry=r)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
 

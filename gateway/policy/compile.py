@@ -110,6 +110,8 @@ class CompiledPolicy:
     realm: str
     max_token_bytes: int
     access_log: AccessLog
+    cache_entries: int = 10_000
+    cache_ttl: float = 300.0
     revocations: tuple[RevocationWatcher, ...] = ()
     # Public JWKS documents served on the public listener: path -> provider keys.
     published: Mapping[str, ProviderKeys] = dataclasses.field(default_factory=dict)
@@ -159,6 +161,8 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
         identity=IdentityHeaders.of(identity.reserved_prefix, claim_headers),
         realm=identity.realm,
         max_token_bytes=identity.max_token_bytes,
+        cache_entries=policy.token_cache.max_entries,
+        cache_ttl=policy.token_cache.max_ttl,
         revocations=tuple(v.revocations for v in verifiers.values() if v.revocations is not None),
         published=published,
         access_log=AccessLog(

@@ -275,6 +275,13 @@ class AccessLogSettings(Strict):
     redact_params: tuple[StrictStr, ...] = ()
 
 
+class TokenCacheSettings(Strict):
+    """Verified tokens remembered across requests (route checks still run every time)."""
+
+    max_entries: int = Field(default=10_000, ge=0, le=1_000_000)  # 0 disables the cache
+    max_ttl: Duration = 300.0
+
+
 class Identity(Strict):
     """How verified identity reaches the upstream, and how tokens are taken from requests."""
 
@@ -455,6 +462,7 @@ class Policy(Strict):
     admin: Admin = Field(default_factory=Admin)
     server: Server = Field(default_factory=Server)
     access_log: AccessLogSettings = Field(default_factory=AccessLogSettings)
+    token_cache: TokenCacheSettings = Field(default_factory=TokenCacheSettings)
     identity: Identity = Field(default_factory=Identity)
     providers: dict[ProviderName, Provider] = Field(default_factory=dict)
     routes: tuple[Route, ...] = Field(min_length=1)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
+from gateway.auth.cache import TokenCache
 from gateway.auth.extract import extract_token
 from gateway.auth.forward import IdentityHeaders, UnforwardableError
 from gateway.auth.jws import parse_jws
@@ -78,6 +79,7 @@ class Runtime:
     unmatched: RouteMetrics
     published: Mapping[str, ProviderKeys]
     jwks_metrics: RouteMetrics
+    cache: TokenCache
 
     @classmethod
     def build(
@@ -87,7 +89,11 @@ class Runtime:
         access_log: AccessLog,
         metrics: Metrics,
         published: Mapping[str, ProviderKeys] | None = None,
+        cache_entries: int = 10_000,
+        cache_ttl: float = 300.0,
     ) -> Runtime:
+        cache = TokenCache(cache_entries, cache_ttl, metrics.cache_hits, metrics.cache_misses)
+        metrics.cache_entries.set_function(lambda: len(cache))
         unmatched = metrics.route(UNMATCHED)
         return cls(
             table=table,
@@ -98,6 +104,7 @@ class Runtime:
             published=published or {},
             # Bound only where a key set is published, so no empty series appears.
             jwks_metrics=metrics.route(PUBLISHED_JWKS) if published else unmatched,
+            cache=cache,
         )
 
 
@@ -191,20 +198,35 @@ class ProxyHandler:
         )
         if isinstance(found, Reason):
             return found
-        if found.token is None:
+        token = found.token
+        if token is None:
             return (found.query, []) if requirement.optional else Reason.TOKEN_MISSING
-        jws = parse_jws(found.token)
-        if isinstance(jws, Reason):
-            return jws
-        principal = await requirement.authenticate(jws)
-        if isinstance(principal, Reason):
-            return principal
+        entry = runtime.cache.get(token)
+        if entry is None or not requirement.accepts(entry.verifier):
+            jws = parse_jws(token)
+            if isinstance(jws, Reason):
+                return jws
+            result = await requirement.authenticate(jws)
+            if isinstance(result, Reason):
+                return result
+            verifier, principal, keys = result
+            entry = runtime.cache.put(token, verifier, principal, keys)
+        else:
+            verifier, principal = entry.verifier, entry.principal
+            refusal = requirement.authorize(verifier, principal)
+            if refusal is not None:
+                return refusal
         sub = principal.claims.get("sub")
         ex.subject = sub if isinstance(sub, str) else None
-        try:
-            return found.query, requirement.headers.render(principal.provider, principal.claims)
-        except UnforwardableError:
-            return Reason.UNFORWARDABLE_CLAIM
+        rendered = entry.headers.get(requirement.headers.serial) if entry is not None else None
+        if rendered is None:
+            try:
+                rendered = requirement.headers.render(principal.provider, principal.claims)
+            except UnforwardableError:
+                return Reason.UNFORWARDABLE_CLAIM
+            if entry is not None:
+                entry.headers[requirement.headers.serial] = rendered
+        return found.query, rendered
 
     def _jwks(self, keys: ProviderKeys) -> web.Response:
         """The provider's public keys as a JWKS, so partners can verify tokens themselves."""

@@ -51,8 +51,13 @@ _RESPONSE_DROP = HOP_BY_HOP
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     """Header names listed in `Connection` (RFC 9110 §7.6.1), folded: hop-by-hop by declaration."""
+    if "Connection" not in headers:
+        return _NONE
     values = headers.getall("Connection", ())
     return frozenset(fold(t.strip()) for v in values for t in v.split(",") if t.strip())
 

@@ -69,6 +69,7 @@ def policy_text(idp: IdentityProvider, upstream: Upstream, pem_key: SigningKey, 
         issuer: {HMAC_ISSUER}
         audiences: [orders-api]
         algorithms: [HS256]
+        leeway: 1s
         keys: [{{hmac_secret: {{env: GATEWAY_TEST_HMAC}}}}]
       pem:
         issuer: {PEM_ISSUER}

@@ -88,3 +88,26 @@ def test_shadowing(tmp_path: Path) -> None:
     )
     pairs = [(later.name, earlier.name) for later, earlier in t.shadowed()]
     assert pairs == [("under", "all"), ("exact", "all"), ("getsub", "getonly")]
+
+
+def test_indexed_matching_agrees_with_a_linear_scan(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(7)  # noqa: S311 - a reproducible test sequence, not a secret
+    segments = ["a", "b", "c", "ab"]
+    lines = []
+    for i in range(200):
+        path = "/" + "/".join(rng.choice(segments) for _ in range(rng.randint(0, 3)))
+        kind = "prefix" if rng.random() < 0.6 else "path"
+        methods = rng.choice(["", ", methods: [GET]", ", methods: [POST, PUT]"])
+        host = rng.choice(["", "", ", host: h.example"])
+        lines.append(
+            f'- {{name: r{i}, match: {{{kind}: "{path}"{methods}{host}}}, upstream: "http://u", auth: public}}'
+        )
+    t = table(tmp_path, "\n".join(lines) + "\n")
+    for _ in range(2000):
+        path = "/" + "/".join(rng.choice([*segments, "x"]) for _ in range(rng.randint(0, 4)))
+        method = rng.choice(["GET", "POST", "PUT", "DELETE"])
+        host = rng.choice(["", "h.example", "other"])
+        linear = next((r for r in t.routes if r.matches(method, host, path)), None)
+        assert t.match(method, host, path) is linear, (method, host, path)
