@@ -42,6 +42,7 @@ from gateway.routing import CompiledRoute, RouteTable, request_host
 log = logging.getLogger("gateway.proxy")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+SMALL_BODY = 64 * 1024
 _JSON = "application/json"
 
 
@@ -314,16 +315,35 @@ class ProxyHandler:
             return self._refuse(runtime, ex, route, Reason.UPSTREAM_ERROR, type(exc).__name__)
         ex.upstream_seconds = time.perf_counter() - sent
         async with upstream:
-            return await self._relay(request, ex, route, upstream)
+            return await self._relay(request, runtime, ex, route, upstream)
 
     async def _relay(
-        self, request: web.BaseRequest, ex: Exchange, route: CompiledRoute, upstream: aiohttp.ClientResponse
+        self,
+        request: web.BaseRequest,
+        runtime: Runtime,
+        ex: Exchange,
+        route: CompiledRoute,
+        upstream: aiohttp.ClientResponse,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=downstream_response_headers(upstream.headers.items(), connection_tokens(upstream.headers)),
-        )
+        headers = downstream_response_headers(upstream.headers.items(), connection_tokens(upstream.headers))
+        length = upstream.content_length
+        if (
+            length is not None
+            and length <= SMALL_BODY
+            and request.method != "HEAD"
+            and upstream.status not in (204, 304)
+        ):
+            # A small body of declared length is read whole and sent with its headers in
+            # one write: far fewer syscalls and objects than streaming it, and memory
+            # stays bounded by SMALL_BODY per request. Larger bodies always stream.
+            try:
+                body = await upstream.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                reason = Reason.UPSTREAM_TIMEOUT if isinstance(exc, TimeoutError) else Reason.UPSTREAM_ERROR
+                return self._refuse(runtime, ex, route, reason, f"body: {type(exc).__name__}")
+            ex.bytes_out = len(body)
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():

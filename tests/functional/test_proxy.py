@@ -412,3 +412,30 @@ async def test_unexpected_error_fails_closed_without_leaking(
     assert upstream.seen == []
     assert "internal error RuntimeError" in caplog.text
     assert "SECRET123" not in caplog.text
+
+
+async def test_small_bodies_failing_before_the_end_get_a_clean_error(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    async def stalls(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": "1000"})
+        await resp.prepare(request)
+        await resp.write(b"x" * 10)
+        await asyncio.sleep(2)
+        return resp
+
+    async def aborts(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": "1000"})
+        await resp.prepare(request)
+        await resp.write(b"x" * 10)
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    upstream.routes |= {"/slow/stalls": stalls, "/v1/aborts": aborts}
+    gw = await make_gateway(policy(upstream))
+    resp = await raw_request(gw.public_port, get("/slow/stalls"))
+    assert resp.status == 504
+    resp = await raw_request(gw.public_port, get("/catalog/aborts"))
+    assert resp.status == 502
+    assert b"x" * 10 not in resp.body
