@@ -37,6 +37,9 @@ def client_session() -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(total=None),
         # Never let the gateway's own environment (HTTP_PROXY, .netrc) alter upstream calls.
         trust_env=False,
+        # No aiohttp default headers (Accept, User-Agent, Accept-Encoding): the upstream
+        # sees what the client sent. Set once here rather than on every request.
+        skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
     )
 
 

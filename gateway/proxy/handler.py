@@ -299,9 +299,6 @@ class ProxyHandler:
                 data=request.content if has_body else None,
                 timeout=route.timeout,
                 allow_redirects=False,
-                # No aiohttp default headers (Accept, User-Agent, Accept-Encoding):
-                # the upstream sees what the client sent.
-                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
             )
         except aiohttp.ConnectionTimeoutError:
             return self._refuse(runtime, ex, route, Reason.UPSTREAM_UNREACHABLE, "connect timeout")
