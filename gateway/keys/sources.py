@@ -12,7 +12,6 @@ import asyncio
 import ipaddress
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from typing import Protocol
 import aiohttp
 from yarl import URL
 
+from gateway.filestamp import file_stamp
 from gateway.keys.keyset import KeySet, UnusableKeyError, VerifyKey, from_jwks_bytes, from_pem
 from gateway.obs.redact import Redactor
 
@@ -89,15 +89,8 @@ class FileKeys:
         self._path = path
         self._kind = kind
         self.snapshot: KeySet | None = KeySet.of(keys)
-        self._stamp = self._stat()
+        self._stamp = file_stamp(self._path)
         self._task: asyncio.Task[None] | None = None
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self._path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     async def start(
         self, session: aiohttp.ClientSession, on_change: Callable[[bool], None], on_fetch: Callable[[bool], None]
@@ -115,7 +108,7 @@ class FileKeys:
     async def _watch(self, on_change: Callable[[bool], None]) -> None:
         while True:
             await asyncio.sleep(FILE_POLL_SECONDS)
-            stamp = await asyncio.to_thread(self._stat)
+            stamp = await asyncio.to_thread(file_stamp, self._path)
             if stamp == self._stamp or stamp is None:
                 continue
             try:

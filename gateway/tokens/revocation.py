@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from gateway.filestamp import file_stamp
 from gateway.tokens.files import locked, write_atomic
 
 log = logging.getLogger("gateway.tokens")
@@ -72,16 +72,9 @@ class RevocationWatcher:
         self.revoked: frozenset[str] = frozenset(e["jti"] for e in read(path))  # raises at load
         if not path.exists():
             log.info("provider %s: revocation file %s does not exist yet: no tokens revoked", provider, path)
-        self._stamp = self._stat()
+        self._stamp = file_stamp(self.path)
         self._task: asyncio.Task[None] | None = None
         self.on_reload: Callable[[bool, int], None] = lambda ok, count: None
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def start(self, on_reload: Callable[[bool, int], None]) -> None:
         self.on_reload = on_reload
@@ -96,7 +89,7 @@ class RevocationWatcher:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(POLL_SECONDS)
-            stamp = await asyncio.to_thread(self._stat)
+            stamp = await asyncio.to_thread(file_stamp, self.path)
             if stamp == self._stamp:
                 continue
             self._stamp = stamp
