@@ -149,6 +149,9 @@ class Gateway:
         except ConfigError as exc:
             log.error("reload refused; the running policy stays in force:\n%s", exc)
             return False
+        except Exception as exc:  # a reload must never take the running gateway down
+            log.error("reload refused (%s); the running policy stays in force", type(exc).__name__)
+            return False
         await self._start_providers(new)
         deadline = time.monotonic() + self.reload_ready_timeout
         while not all(p.ready for p in new.providers):

@@ -34,8 +34,12 @@ class TokenRequirement:
         extra = f" scopes={self.scope_text}" if self.scopes else ""
         return f"jwt {mode} any_of={names}{extra}"
 
-    def accepts(self, verifier: ProviderVerifier) -> bool:
-        return any(v is verifier for v in self.providers)
+    def sole_verifier(self, verifier: ProviderVerifier) -> bool:
+        """True when `verifier` is the only provider this route would try for its
+        issuer: then a cached verification by it gives the same answer as a fresh one.
+        (With several providers for one issuer, the fresh path decides, in route order.)"""
+        chosen = self.by_issuer.get(verifier.rules.issuer)
+        return chosen is not None and len(chosen) == 1 and chosen[0] is verifier
 
     def authorize(self, verifier: ProviderVerifier, principal: Principal) -> Reason | None:
         """The route's own checks on a verified principal: run on every request."""

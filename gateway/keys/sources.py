@@ -68,15 +68,18 @@ class StaticKeys:
         return False
 
 
-def read_key_file(path: str, kind: str) -> list[VerifyKey]:
-    """Parse a PEM or JWK/JWKS file; raise UnusableKeyError (with no key material) when unusable."""
+def read_key_file(path: str, kind: str, *, allow_empty: bool = False) -> list[VerifyKey]:
+    """Parse a PEM or JWK/JWKS file; raise UnusableKeyError (with no key material) when unusable.
+
+    `allow_empty`: an empty key set is valid (all keys retired at runtime: refuse every
+    token rather than keep trusting retired keys)."""
     data = Path(path).read_bytes()
     if kind == "pem":
         return [from_pem(data)]
     keys, problems = from_jwks_bytes(data, allow_oct=True)
     if problems:
         raise UnusableKeyError("; ".join(problems))
-    if not keys:
+    if not keys and not allow_empty:
         raise UnusableKeyError("no signature keys in the file")
     return keys
 
@@ -112,15 +115,18 @@ class FileKeys:
             if stamp == self._stamp or stamp is None:
                 continue
             try:
-                keys = await asyncio.to_thread(read_key_file, self._path, self._kind)
-            except (OSError, UnusableKeyError) as exc:
+                keys = await asyncio.to_thread(read_key_file, self._path, self._kind, allow_empty=True)
+            except (OSError, UnusableKeyError, RecursionError) as exc:
                 # Loud, and the last good keys stay in force.
                 log.error("key file %s is unusable, keeping the last good keys: %s", self._path, exc)
                 self._stamp = stamp
                 continue
             self._stamp = stamp
             self.snapshot = KeySet.of(keys)
-            log.info("reloaded %d key(s) from %s", len(keys), self._path)
+            if keys:
+                log.info("reloaded %d key(s) from %s", len(keys), self._path)
+            else:
+                log.warning("%s now holds no keys: every token of this provider is refused", self._path)
             on_change(True)
 
 

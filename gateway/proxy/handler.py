@@ -203,7 +203,7 @@ class ProxyHandler:
         if token is None:
             return (found.query, []) if requirement.optional else Reason.TOKEN_MISSING
         entry = runtime.cache.get(token)
-        if entry is None or not requirement.accepts(entry.verifier):
+        if entry is None or not requirement.sole_verifier(entry.verifier):
             jws = parse_jws(token)
             if isinstance(jws, Reason):
                 return jws

@@ -24,6 +24,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     gen.set_defaults(handler=_keys_generate)
     retire = keys.add_parser("retire", help="remove a key: tokens it signed stop verifying")
     retire.add_argument("kid")
+    retire.add_argument("--force", action="store_true", help="allow retiring the last key (all tokens then fail)")
     retire.add_argument("--dir", required=True, type=Path)
     retire.set_defaults(handler=_keys_retire)
     listing = keys.add_parser("list", help="list keys, oldest first (the last signs new tokens)")
@@ -74,7 +75,7 @@ def _keys_generate(args: argparse.Namespace) -> int:
 
 def _keys_retire(args: argparse.Namespace) -> int:
     try:
-        left = keystore.retire(args.dir, args.kid)
+        left = keystore.retire(args.dir, args.kid, allow_last=args.force)
     except (keystore.KeyStoreError, OSError) as exc:
         return _fail(str(exc))
     print(f"retired {args.kid}; {left} key(s) remain. Tokens it signed stop verifying within seconds.", file=sys.stderr)
@@ -84,7 +85,7 @@ def _keys_retire(args: argparse.Namespace) -> int:
 def _keys_list(args: argparse.Namespace) -> int:
     try:
         keys = keystore.read_jwks(args.dir)
-    except keystore.KeyStoreError as exc:
+    except (keystore.KeyStoreError, OSError) as exc:
         return _fail(str(exc))
     for jwk in keys:
         private = (args.dir / f"{jwk.get('kid')}.key").exists()
@@ -115,6 +116,8 @@ def _tokens_issue(args: argparse.Namespace) -> int:
         ttl = parse_duration(args.ttl) if args.ttl else None
     except ValueError as exc:
         return _fail(f"--ttl: {exc}", EXIT_USAGE)
+    if ttl is not None and ttl < 1:
+        return _fail("--ttl must be at least 1s", EXIT_USAGE)
     try:
         token, record = issue(
             p,  # type: ignore[arg-type]
@@ -149,7 +152,8 @@ def _tokens_list(args: argparse.Namespace) -> int:
         if status != "active" and not args.all:
             continue
         scopes = ",".join(r.get("scopes", [])) or "-"
-        print(f"{r['jti']}  {r['client']}  {scopes}  {r['audience']}  {r['issued']}  {r['expires']}  {status}")
+        fields = (r["jti"], r.get("client"), scopes, r.get("audience"), r.get("issued"), r.get("expires"), status)
+        print("  ".join(str(f) for f in fields))
     return EXIT_OK
 
 
@@ -159,15 +163,22 @@ def _tokens_revoke(args: argparse.Namespace) -> int:
         return code
     try:
         records = ledger(p)  # type: ignore[arg-type]
-    except MintError as exc:
+    except (MintError, OSError) as exc:
         return _fail(str(exc))
     now = int(time.time())
     if args.client:
-        chosen = [r for r in records if r.get("client") == args.client and r.get("exp", 0) > now]
+        # Tokens a verifier may still accept (exp + leeway) are outstanding too.
+        chosen = [
+            r for r in records if r.get("client") == args.client and r.get("exp", 0) + revocation.PRUNE_MARGIN > now
+        ]
         if not chosen:
             return _fail(f"no outstanding tokens for client {args.client!r} in the ledger")
     else:
-        chosen = [r for r in records if r.get("jti") == args.jti] or [{"jti": args.jti}]
+        chosen = [r for r in records if r.get("jti") == args.jti]
+        if not chosen:
+            # Possibly a token issued from another ledger: revoke it, but say so.
+            print(f"warning: {args.jti} is not in the ledger {p.ledger}; revoking it anyway", file=sys.stderr)  # type: ignore[attr-defined]
+            chosen = [{"jti": args.jti}]
     entries = [{"jti": r["jti"], "client": r.get("client"), "exp": r.get("exp"), "revoked_at": now} for r in chosen]
     try:
         added = revocation.add(p.revocation_file, entries)  # type: ignore[attr-defined]

@@ -65,10 +65,10 @@ def read_jwks(directory: Path) -> list[dict[str, Any]]:
         return []
     try:
         keys = json.loads(path.read_text())["keys"]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError, OSError) as exc:
         raise KeyStoreError(f"{path} is not a JWKS ({type(exc).__name__})") from None
-    if not isinstance(keys, list):
-        raise KeyStoreError(f"{path}: 'keys' is not a list")
+    if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
+        raise KeyStoreError(f"{path}: 'keys' is not a list of JWK objects")
     return keys
 
 
@@ -85,8 +85,11 @@ def generate(directory: Path, alg: str = "EdDSA") -> str:
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    # The directory stays readable: the gateway reads jwks.json; private keys are 0600.
+    # The directory stays readable (the gateway reads jwks.json; private keys are 0600)
+    # but never writable by others, whatever the umask: whoever can swap jwks.json can
+    # mint accepted tokens.
     directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(directory.stat().st_mode & ~0o022)
     with locked(directory):
         keys = read_jwks(directory)
         # O_EXCL and mode 0600 from the first byte: the key is never world-readable.
@@ -99,14 +102,21 @@ def generate(directory: Path, alg: str = "EdDSA") -> str:
     return kid
 
 
-def retire(directory: Path, kid: str) -> int:
+def retire(directory: Path, kid: str, *, allow_last: bool = False) -> int:
     """Remove a key from the JWKS and delete its private key; return how many remain."""
+    if not (directory / JWKS_FILE).exists():
+        raise KeyStoreError(f"no key store in {directory} ({JWKS_FILE} is missing)")
     with locked(directory):
         keys = read_jwks(directory)
         remaining = [k for k in keys if k.get("kid") != kid]
         if len(remaining) == len(keys):
             known = ", ".join(str(k.get("kid")) for k in keys) or "none"
             raise KeyStoreError(f"no key {kid!r} in {directory / JWKS_FILE} (known: {known})")
+        if not remaining and not allow_last:
+            raise KeyStoreError(
+                f"{kid} is the last key: retiring it makes every token of this provider fail "
+                "(generate a new key first, or pass --force)"
+            )
         _write_jwks(directory, remaining)
         (directory / f"{kid}.key").unlink(missing_ok=True)
     return len(remaining)
@@ -125,6 +135,9 @@ def newest(directory: Path) -> SigningKey:
         kid = jwk.get("kid")
         path = directory / f"{kid}.key"
         if isinstance(kid, str) and path.exists():
-            private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            try:
+                private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            except (ValueError, TypeError, OSError):
+                raise KeyStoreError(f"{path} is not a readable private key") from None
             return SigningKey(kid, str(jwk.get("alg")), private)
     raise KeyStoreError(f"no signing key in {directory} (run: gateway keys generate --dir {directory})")

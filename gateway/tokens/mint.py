@@ -141,16 +141,20 @@ def issue(
 def ledger(p: ApiTokenProvider) -> list[dict[str, Any]]:
     """Every issuance record, oldest first."""
     try:
-        lines = p.ledger.read_text().splitlines()
+        lines = p.ledger.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MintError(f"cannot read the ledger {p.ledger}: {type(exc).__name__}") from None
     out = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except ValueError:
-            raise MintError(f"{p.ledger}:{n}: not a ledger record") from None
+        except (ValueError, RecursionError):
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("jti"), str):
+            raise MintError(f"{p.ledger}:{n}: not a ledger record")
         out.append(record)
     return out

@@ -22,6 +22,9 @@ from gateway.tokens.files import locked, write_atomic
 log = logging.getLogger("gateway.tokens")
 
 POLL_SECONDS = 1.0
+# Entries are kept this long past a token's `exp`: longer than any leeway, so pruning
+# can never revive a token a verifier would still accept.
+PRUNE_MARGIN = 86400.0
 
 
 class RevocationError(ValueError):
@@ -31,7 +34,7 @@ class RevocationError(ValueError):
 def parse(data: bytes) -> list[dict[str, Any]]:
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RevocationError("not JSON") from None
     entries = doc.get("revoked") if isinstance(doc, dict) else None
     if not isinstance(entries, list):
@@ -58,7 +61,7 @@ def add(path: Path, entries: Iterable[dict[str, Any]]) -> int:
         now = time.time()
         known = {e["jti"] for e in current}
         fresh = [e for e in entries if e["jti"] not in known]
-        kept = [e for e in current if not isinstance(e.get("exp"), int | float) or e["exp"] > now]
+        kept = [e for e in current if not isinstance(e.get("exp"), int | float) or e["exp"] + PRUNE_MARGIN > now]
         write_atomic(path, (json.dumps({"revoked": kept + fresh}, indent=1) + "\n").encode(), 0o644)
     return len(fresh)
 
@@ -73,6 +76,7 @@ class RevocationWatcher:
         if not path.exists():
             log.info("provider %s: revocation file %s does not exist yet: no tokens revoked", provider, path)
         self._stamp = file_stamp(self.path)
+        self._seen = self._stamp is not None
         self._task: asyncio.Task[None] | None = None
         self.on_reload: Callable[[bool, int], None] = lambda ok, count: None
 
@@ -94,17 +98,23 @@ class RevocationWatcher:
                 continue
             self._stamp = stamp
             try:
+                if stamp is None and self._seen:
+                    # Once a list existed, its disappearance is an accident to report,
+                    # never a reason to un-revoke every token.
+                    raise RevocationError("the file has disappeared")
                 entries = await asyncio.to_thread(read, self.path)
-            except (OSError, RevocationError) as exc:
+            except Exception as exc:  # anything: keep the last good list and say so
+                detail = str(exc) if isinstance(exc, RevocationError | OSError) else type(exc).__name__
                 log.error(
                     "provider %s: revocation file %s is unusable (%s): the last good list (%d tokens) stays in force",
                     self.provider,
                     self.path,
-                    exc,
+                    detail,
                     len(self.revoked),
                 )
                 self.on_reload(False, len(self.revoked))
                 continue
             self.revoked = frozenset(e["jti"] for e in entries)
+            self._seen = self._seen or stamp is not None
             log.info("provider %s: %d revoked token(s) loaded from %s", self.provider, len(self.revoked), self.path)
             self.on_reload(True, len(self.revoked))
