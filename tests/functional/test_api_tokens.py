@@ -237,3 +237,55 @@ def _header(token: str) -> str:
 
 def _payload(token: str) -> str:
     return _segment(token, 1)
+
+
+async def test_retiring_the_last_key_and_losing_the_revocation_file(tmp_path: Path, upstream: Upstream) -> None:
+    kid = cli("keys", "generate", "--dir", "keys", cwd=tmp_path).stdout.strip()
+    async with running_gateway(tmp_path, routes(upstream), provider()) as gw:
+        token, revoked = issue(tmp_path), issue(tmp_path, client="gone")
+        jti = json.loads(_payload(revoked))["jti"]
+        assert cli("tokens", "revoke", "--config", "gateway.yaml", jti, cwd=tmp_path).returncode == 0
+        await until_status(gw, revoked, 401)
+        # Deleting the list, or filling it with JSON nested past the parser's depth, is
+        # an accident to report: revoked tokens stay revoked and the watcher carries on.
+        revoked_file = tmp_path / "keys" / "revoked.json"
+        revoked_file.unlink()
+        await asyncio.sleep(2.5)
+        assert await status(gw, revoked) == 401
+        revoked_file.write_text("[" * 100000)
+        await asyncio.sleep(2.5)
+        assert await status(gw, revoked) == 401
+        other = issue(tmp_path, client="later")
+        assert cli("tokens", "revoke", "--config", "gateway.yaml", "--client", "later", cwd=tmp_path).returncode != 0
+        revoked_file.unlink()
+        other_jti = json.loads(_payload(other))["jti"]
+        assert cli("tokens", "revoke", "--config", "gateway.yaml", other_jti, cwd=tmp_path).returncode == 0
+        await until_status(gw, other, 401)  # still watching after the bad file
+
+        last = cli("keys", "retire", kid, "--dir", "keys", cwd=tmp_path)
+        assert last.returncode == 1
+        assert "last key" in last.stderr
+        assert await status(gw, token) == 200
+        assert cli("keys", "retire", kid, "--dir", "keys", "--force", cwd=tmp_path).returncode == 0
+        await until_status(gw, token, 503)  # no keys at all: every token refused
+
+
+def test_cli_reports_bad_files_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "gateway.yaml").write_text(
+        provider() + "routes:\n  - {name: x, match: {prefix: /x}, upstream: 'http://u', auth: public}\n"
+    )
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "jwks.json").write_text('{"keys": ["x"]}')
+    for args in (("keys", "list", "--dir", "keys"), ("tokens", "issue", "--config", "gateway.yaml",
+                 "--client", "c", "--audience", "orders-api")):  # fmt: skip
+        result = cli(*args, cwd=tmp_path)
+        assert result.returncode == 1, args
+        assert result.stderr.startswith("gateway: ")
+        assert "Traceback" not in result.stderr
+    assert cli("keys", "generate", "--dir", "keys2", cwd=tmp_path).returncode == 0
+    (keys / "ledger.jsonl").write_text("[1]\n")
+    result = cli("tokens", "revoke", "--config", "gateway.yaml", "--client", "c", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "not a ledger record" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -6,11 +6,15 @@ import asyncio
 import time
 
 import jwt
+import pytest
 
+from gateway.app import Gateway
 from gateway.errors import Reason
+from tests.conftest import GatewayFactory, Upstream
 from tests.factories import SigningKey, claims, sign
 from tests.functional.auth_env import HMAC_ISSUER, HMAC_SECRET, AuthEnv
 from tests.metrics_parse import scrape
+from tests.rawhttp import get, raw_request
 
 
 async def test_reused_token_hits_the_cache(env: AuthEnv, rsa: SigningKey) -> None:
@@ -55,3 +59,39 @@ async def test_a_key_change_drops_cached_tokens(env: AuthEnv, rsa: SigningKey, e
     assert (await env.call("/orders", refetch)).status == 401
     assert env.idp.jwks_hits == hits + 1
     assert (await env.call("/orders", old)).status == 401  # not served from the cache
+
+
+async def test_shared_issuer_providers_answer_as_a_fresh_verification_would(
+    make_gateway: GatewayFactory, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GW_CACHE_SECRET", HMAC_SECRET.decode())
+    hs = "algorithms: [HS256], keys: [{hmac_secret: {env: GW_CACHE_SECRET}}]"
+    gw = await make_gateway(
+        f"""
+        providers:
+          a: {{issuer: https://same.test, audiences: [a1, shared], {hs}}}
+          b: {{issuer: https://same.test, audiences: [b1], {hs}}}
+        routes:
+          - {{name: r1, match: {{prefix: /r1}}, upstream: "{upstream.url}", auth: {{any_of: [a]}}}}
+          - name: r2
+            match: {{prefix: /r2}}
+            upstream: "{upstream.url}"
+            auth: {{any_of: [a, b], audiences: [shared, b1]}}
+          - {{name: r3, match: {{prefix: /r3}}, upstream: "{upstream.url}", auth: {{any_of: [b, a]}}}}
+        """
+    )
+    token = jwt.encode(claims("https://same.test", aud=["a1", "b1"]), HMAC_SECRET, algorithm="HS256")
+    env = AuthEnvLite(gw)
+    assert await env.status("/r1", token) == 200  # cached as verified by `a`
+    assert await env.status("/r2", token) == 200  # `a` fails the narrowing, `b` passes
+    assert await env.status("/r3", token) == 200
+    assert upstream.last.headers["x-auth-provider"] == ["b"]  # r3 tries b first
+
+
+class AuthEnvLite:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    async def status(self, path: str, token: str) -> int:
+        resp = await raw_request(self.gw.public_port, get(path, f"Authorization: Bearer {token}"))
+        return resp.status

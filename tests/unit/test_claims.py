@@ -88,3 +88,16 @@ def test_method_label_cache_is_bounded() -> None:
     for i in range(500):
         route.request(f"M{i:04d}X", 404, "denied")
     assert len(route._requests) == 1
+
+
+def test_revocation_entries_outlive_any_leeway(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from gateway.tokens import revocation
+
+    path = Path(str(tmp_path)) / "revoked.json"
+    now = time.time()
+    revocation.add(path, [{"jti": "recently-expired", "exp": now - 60}])
+    revocation.add(path, [{"jti": "long-gone", "exp": now - 3 * 86400}, {"jti": "other", "exp": now + 60}])
+    revocation.add(path, [{"jti": "third", "exp": now + 60}])
+    assert {e["jti"] for e in revocation.read(path)} == {"recently-expired", "other", "third"}
