@@ -1,4 +1,4 @@
-# Small image, non-root. Mount your policy at /etc/gateway/config.yaml.
+# Small image, non-root. Mount your policy at /etc/gateway/config.yaml (and its keys).
 FROM python:3.12-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -10,7 +10,9 @@ RUN useradd --system --uid 10001 --no-create-home gateway
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
 COPY config.example.yaml /etc/gateway/config.yaml
+COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+RUN mkdir -p /etc/gateway/demo-keys && chown 10001 /etc/gateway/demo-keys
 USER 10001
 EXPOSE 8080 9901
-ENTRYPOINT ["gateway"]
+ENTRYPOINT ["docker-entrypoint.sh"]
 CMD ["run", "--config", "/etc/gateway/config.yaml", "--listen", "0.0.0.0:8080", "--admin-listen", "0.0.0.0:9901"]
