@@ -15,4 +15,6 @@ RUN mkdir -p /etc/gateway/demo-keys && chown 10001 /etc/gateway/demo-keys
 USER 10001
 EXPOSE 8080 9901
 ENTRYPOINT ["docker-entrypoint.sh"]
-CMD ["run", "--config", "/etc/gateway/config.yaml", "--listen", "0.0.0.0:8080", "--admin-listen", "0.0.0.0:9901"]
+# The default command serves the example policy with its demo upstream; pass your own
+# `run --config …` (without --demo-upstream) for real use.
+CMD ["run", "--config", "/etc/gateway/config.yaml", "--listen", "0.0.0.0:8080", "--admin-listen", "0.0.0.0:9901", "--demo-upstream"]
