@@ -22,12 +22,13 @@ from gateway.policy.model import Listen
 from gateway.proxy.handler import HandlerSettings, ProxyHandler, Runtime
 from gateway.proxy.headers import ForwardedFor
 from gateway.proxy.server import make_server
+from gateway.proxy.upstream import UpstreamPool
 
 log = logging.getLogger("gateway")
 
 
 def client_session() -> aiohttp.ClientSession:
-    """The one upstream session: keep-alive pool, no cookies, bytes passed through."""
+    """The session for key fetches (JWKS, OIDC discovery): no cookies, no environment."""
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, enable_cleanup_closed=True),
         # SECURITY: the default jar would replay one client's upstream Set-Cookie to the next.
@@ -88,6 +89,7 @@ class Gateway:
         self.metrics = Metrics()
         self._runners: list[web.BaseRunner] = []
         self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
         self._handler: ProxyHandler | None = None
         self._reload_lock = asyncio.Lock()
         self.public_port = 0
@@ -124,7 +126,8 @@ class Gateway:
             await self._serve(web.AppRunner(demo_app(), access_log=None), self.demo_upstream)
         self._session = client_session()
         await self._start_providers(policy)
-        self._handler = ProxyHandler(self._runtime(policy), self._session, self.metrics)
+        self._pool = UpstreamPool()
+        self._handler = ProxyHandler(self._runtime(policy), self._pool, self.metrics)
         server = make_server(self._handler, policy.max_token_bytes)
         public = web.ServerRunner(server, shutdown_timeout=policy.shutdown_timeout, handle_signals=False)
         self.public_port = await self._serve(public, policy.listen)
@@ -192,6 +195,9 @@ class Gateway:
             await runner.cleanup()
         self._runners.clear()
         await self._stop_providers(self.policy)
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None

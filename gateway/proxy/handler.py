@@ -37,6 +37,7 @@ from gateway.proxy.headers import (
     upstream_request_headers,
 )
 from gateway.proxy.requestcheck import request_problem
+from gateway.proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse
 from gateway.routing import CompiledRoute, RouteTable, request_host
 
 log = logging.getLogger("gateway.proxy")
@@ -125,9 +126,9 @@ def _reset(request: web.BaseRequest) -> None:
 class ProxyHandler:
     """Callable for aiohttp's low-level server."""
 
-    def __init__(self, runtime: Runtime, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+    def __init__(self, runtime: Runtime, pool: UpstreamPool, metrics: Metrics) -> None:
         self.runtime = runtime
-        self._session = session
+        self._pool = pool
         self._in_flight = metrics.in_flight
         self._jwks_cache: dict[str, tuple[KeySet, bytes]] = {}
 
@@ -292,24 +293,22 @@ class ProxyHandler:
                 await request.writer.write(_CONTINUE)
         sent = time.perf_counter()
         try:
-            upstream = await self._session.request(
+            upstream = await self._pool.request(
                 request.method,
-                route.upstream.url(path, query),
-                headers=headers,
-                data=request.content if has_body else None,
-                timeout=route.timeout,
-                allow_redirects=False,
+                route.upstream,
+                f"{path}?{query}" if query else path,
+                headers.items(),
+                request.content if has_body else None,
+                headers.pop("Content-Length", None) if has_body else None,
+                route.timeout.connect,
+                route.timeout.sock_read,
             )
-        except aiohttp.ConnectionTimeoutError:
-            return self._refuse(runtime, ex, route, Reason.UPSTREAM_UNREACHABLE, "connect timeout")
-        except aiohttp.ServerTimeoutError:
-            return self._refuse(runtime, ex, route, Reason.UPSTREAM_TIMEOUT, "no response in time")
-        except TimeoutError:
-            return self._refuse(runtime, ex, route, Reason.UPSTREAM_TIMEOUT, "timeout")
-        except aiohttp.ClientConnectorError:
-            return self._refuse(runtime, ex, route, Reason.UPSTREAM_UNREACHABLE, "connection refused or failed")
-        except aiohttp.ClientError as exc:
-            return self._refuse(runtime, ex, route, Reason.UPSTREAM_ERROR, type(exc).__name__)
+        except UpstreamError as exc:
+            reason = {
+                "unreachable": Reason.UPSTREAM_UNREACHABLE,
+                "timeout": Reason.UPSTREAM_TIMEOUT,
+            }.get(exc.kind, Reason.UPSTREAM_ERROR)
+            return self._refuse(runtime, ex, route, reason, exc.detail)
         ex.upstream_seconds = time.perf_counter() - sent
         async with upstream:
             return await self._relay(request, runtime, ex, route, upstream)
@@ -320,7 +319,7 @@ class ProxyHandler:
         runtime: Runtime,
         ex: Exchange,
         route: CompiledRoute,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
     ) -> web.StreamResponse:
         headers = downstream_response_headers(upstream.headers.items(), connection_tokens(upstream.headers))
         length = upstream.content_length

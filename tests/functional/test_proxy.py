@@ -18,6 +18,7 @@ from gateway.obs.metrics import Metrics
 from gateway.obs.redact import Redactor
 from gateway.proxy.handler import HandlerSettings, ProxyHandler, Runtime
 from gateway.proxy.headers import ForwardedFor
+from gateway.proxy.upstream import UpstreamPool
 from gateway.routing import CompiledRoute, RouteTable
 from tests.conftest import GatewayFactory, Upstream
 from tests.rawhttp import get, raw_request
@@ -396,7 +397,8 @@ class _BrokenTable(RouteTable):
 async def test_unexpected_error_fails_closed_without_leaking(
     upstream: Upstream, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with aiohttp.ClientSession() as session:
+    session = UpstreamPool()
+    if session:
         settings = HandlerSettings(ForwardedFor(()), IdentityHeaders.of("X-Auth-", ()), "gateway", 8192)
         metrics = Metrics()
         runtime = Runtime.build(_BrokenTable(()), settings, AccessLog("json", True, Redactor()), metrics)

@@ -1,0 +1,377 @@
+"""A lean HTTP/1.1 client for the upstream hop.
+
+aiohttp's ClientSession builds a request object, a response object, trace contexts,
+cookie and redirect machinery for every call; the profile put that at about a third of
+the gateway's CPU. This client keeps only what a reverse proxy needs: a keep-alive pool
+of asyncio protocols per origin, the request head written as one byte string, responses
+parsed by aiohttp's own C parser (strict framing, the same one the server side trusts),
+a read timeout reset on every byte, no redirects, no cookies, no decompression.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.client_exceptions import ClientPayloadError
+from aiohttp.helpers import set_exception
+from aiohttp.http_parser import HttpResponseParser
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from multidict import CIMultiDictProxy
+
+from gateway.routing import Upstream
+
+_MAX_IDLE = 256
+_READ_LIMIT = 2**16
+
+
+class UpstreamError(Exception):
+    """The upstream hop failed; `kind` is `unreachable`, `timeout` or `bad_response`."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+class _DisconnectedError(Exception):
+    """The connection closed before a response started."""
+
+
+class _Conn(BaseProtocol):
+    """One upstream connection, serving one request at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.response_parser: Any = None
+        self.waiter: asyncio.Future[tuple[Any, StreamReader]] | None = None
+        self.payload: StreamReader | None = None
+        self.should_close = False
+        self.got_data = False
+        self.closed = False
+        self.read_timeout: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._skip_body = False
+
+    def begin(self, skip_body: bool, read_timeout: float | None) -> asyncio.Future[tuple[Any, StreamReader]]:
+        self.response_parser = HttpResponseParser(
+            self,
+            self._loop,
+            _READ_LIMIT,
+            payload_exception=ClientPayloadError,
+            response_with_body=not skip_body,
+            # RFC 9112 §6.3: a response with neither length nor chunking ends at close.
+            read_until_eof=True,
+            auto_decompress=False,
+        )
+        # BaseProtocol's flow control pauses and resumes the parser through `_parser`
+        # when a body arrives faster than the client takes it.
+        self._parser = self.response_parser
+        self._skip_body = skip_body
+        self.waiter = self._loop.create_future()
+        self.payload = None
+        self.got_data = False
+        self.should_close = False
+        self.read_timeout = read_timeout
+        return self.waiter
+
+    # -- timers: armed once the request is sent, reset by every byte received
+    def start_timer(self) -> None:
+        self._reset_timer()
+
+    def _reset_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.read_timeout:
+            self._timer = self._loop.call_later(self.read_timeout, self._on_timeout)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        self._fail(TimeoutError("upstream read timeout"))
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+        payload = self.payload
+        if payload is not None and payload is not EMPTY_PAYLOAD and not payload.is_eof():
+            # A stall stays a timeout (504 while nothing was sent); anything else is a
+            # broken body.
+            failure = exc if isinstance(exc, TimeoutError) else ClientPayloadError(str(exc))
+            set_exception(payload, failure, exc)
+
+    # -- asyncio.Protocol
+    def data_received(self, data: bytes) -> None:
+        parser = self.response_parser
+        if parser is None:
+            # Bytes nobody asked for (a response to no request): the connection is unusable.
+            if data and self.transport is not None:
+                self.transport.close()
+            return
+        if data:
+            self.got_data = True
+            if self._timer is not None:
+                self._reset_timer()
+        try:
+            messages, upgraded, _ = parser.feed_data(data)
+        except Exception as exc:
+            self.should_close = True
+            self._fail(UpstreamError("bad_response", type(exc).__name__))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for message, payload in messages:
+            if 100 <= message.code < 200:
+                continue  # interim responses (100 Continue, 103 Early Hints) are not relayed
+            if message.should_close or upgraded:
+                self.should_close = True
+            if self._skip_body or message.code in (204, 304):
+                payload = EMPTY_PAYLOAD
+            self.payload = payload
+            if payload is EMPTY_PAYLOAD:
+                self._stop_timer()
+            else:
+                payload.on_eof(self._stop_timer)
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result((message, payload))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self.closed = True
+        self._stop_timer()
+        parser = self.response_parser
+        if parser is not None:
+            with contextlib.suppress(Exception):  # the failure is reported just below
+                parser.feed_eof()
+        self._fail(_DisconnectedError("upstream closed the connection"))
+
+    def reusable(self) -> bool:
+        payload = self.payload
+        return (
+            not self.closed
+            and not self.should_close
+            and self.transport is not None
+            and not self.transport.is_closing()
+            and payload is not None
+            and payload.is_eof()
+            and not payload.exception()
+        )
+
+    def close(self) -> None:
+        self.response_parser = None
+        if self.transport is not None:
+            self.transport.close()
+
+
+class UpstreamResponse:
+    """The upstream's answer: status, headers and a streamed body. Release or close it."""
+
+    __slots__ = ("_body_task", "_conn", "_key", "_pool", "content", "headers", "reason", "status")
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        key: tuple[str, str, int],
+        conn: _Conn,
+        message: Any,
+        payload: StreamReader,
+        body_task: asyncio.Task[None] | None,
+    ) -> None:
+        self._pool = pool
+        self._key = key
+        self._conn = conn
+        self._body_task = body_task
+        self.status: int = message.code
+        self.reason: str = message.reason
+        self.headers: CIMultiDictProxy[str] = message.headers
+        self.content = payload
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("Content-Length")
+        return int(value) if value is not None and value.isdigit() else None
+
+    async def read(self) -> bytes:
+        return await self.content.read()
+
+    def close(self) -> None:
+        """Drop the connection (the body was not consumed, or something failed)."""
+        if self._body_task is not None and not self._body_task.done():
+            self._body_task.cancel()
+        self._conn.close()
+
+    def release(self) -> None:
+        """Return the connection to the pool if it is clean, else close it."""
+        task = self._body_task
+        clean = task is None or (task.done() and not task.cancelled() and task.exception() is None)
+        conn = self._conn
+        if clean and conn.reusable():
+            conn.response_parser = conn._parser = None
+            self._pool.put_back(self._key, conn)
+        else:
+            self.close()
+
+    async def __aenter__(self) -> UpstreamResponse:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.release()
+        else:
+            self.close()
+
+
+def _head(method: str, target: str, authority: str, headers: Iterable[tuple[str, str]], framing: str) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\n"]
+    for name, value in headers:
+        # Inbound values come from aiohttp's parser, claim values from our renderer,
+        # neither can hold CR/LF/NUL; this stays the last line of defence.
+        if "\r" in value or "\n" in value or "\x00" in value:
+            raise UpstreamError("bad_response", "header value with a control character")
+        lines.append(f"{name}: {value}\r\n")
+    lines.append(framing)
+    lines.append("\r\n")
+    return "".join(lines).encode("utf-8")
+
+
+class UpstreamPool:
+    """Keep-alive connections per origin; one request per connection at a time."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
+        self._ssl = ssl.create_default_context()
+        self._closed = False
+
+    def put_back(self, key: tuple[str, str, int], conn: _Conn) -> None:
+        idle = self._idle.setdefault(key, [])
+        if self._closed or len(idle) >= _MAX_IDLE:
+            conn.close()
+        else:
+            idle.append(conn)
+
+    def _take(self, key: tuple[str, str, int]) -> _Conn | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    async def _connect(self, up: Upstream, connect_timeout: float | None) -> _Conn:
+        loop = asyncio.get_running_loop()
+        tls = up.scheme == "https"
+        try:
+            async with asyncio.timeout(connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Conn(loop),
+                    up.host,
+                    up.port,
+                    ssl=self._ssl if tls else None,
+                    server_hostname=up.host if tls else None,
+                )
+        except TimeoutError:
+            raise UpstreamError("unreachable", "connect timeout") from None
+        except OSError as exc:
+            raise UpstreamError("unreachable", type(exc).__name__) from None
+        return conn
+
+    async def request(
+        self,
+        method: str,
+        up: Upstream,
+        target: str,
+        headers: Iterable[tuple[str, str]],
+        body: StreamReader | None,
+        length: str | None,
+        connect_timeout: float | None,
+        read_timeout: float | None,
+    ) -> UpstreamResponse:
+        key = (up.scheme, up.host, up.port)
+        default = 443 if up.scheme == "https" else 80
+        host = f"[{up.host}]" if ":" in up.host else up.host
+        authority = host if up.port == default else f"{host}:{up.port}"
+        if body is None:
+            framing = ""
+        elif length is not None:
+            framing = f"Content-Length: {length}\r\n"
+        else:
+            framing = "Transfer-Encoding: chunked\r\n"
+        head = _head(method, target, authority, headers, framing)
+        for attempt in (0, 1):
+            conn = self._take(key)
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(up, connect_timeout)
+            waiter = conn.begin(method == "HEAD", read_timeout)
+            assert conn.transport is not None
+            conn.transport.write(head)
+            task: asyncio.Task[None] | None = None
+            if body is None:
+                conn.start_timer()
+            else:
+                task = asyncio.ensure_future(_send_body(conn, body, chunked=length is None))
+                task.add_done_callback(functools.partial(_body_done, conn=conn))
+            try:
+                message, payload = await waiter
+            except _DisconnectedError:
+                conn.close()
+                # A reused connection the upstream had already closed: nothing of this
+                # request reached it, so one retry on a fresh connection is safe when
+                # there is no body to replay.
+                if reused and attempt == 0 and body is None and not conn.got_data:
+                    continue
+                raise UpstreamError("bad_response", "connection closed before a response") from None
+            except TimeoutError:
+                conn.close()
+                if task is not None:
+                    task.cancel()
+                raise UpstreamError("timeout", "no response in time") from None
+            except UpstreamError:
+                conn.close()
+                if task is not None:
+                    task.cancel()
+                raise
+            return UpstreamResponse(self, key, conn, message, payload, task)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+
+
+def _body_done(task: asyncio.Task[None], *, conn: _Conn) -> None:
+    if task.cancelled() or task.exception() is not None:
+        # The client's body failed or was abandoned: the upstream is mid-request.
+        conn.should_close = True
+        conn.close()
+
+
+async def _send_body(conn: _Conn, body: StreamReader, *, chunked: bool) -> None:
+    async for chunk in body.iter_any():
+        transport = conn.transport
+        if transport is None:
+            raise ConnectionResetError("upstream closed while sending the body")
+        if chunked:
+            transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            transport.write(chunk)
+        await conn._drain_helper()
+    if conn.transport is None:
+        raise ConnectionResetError("upstream closed while sending the body")
+    if chunked:
+        conn.transport.write(b"0\r\n\r\n")
+    conn.start_timer()
