@@ -282,15 +282,14 @@ class ProxyHandler:
             claims=claims,
         )
         has_body = request.body_exists
-        if has_body:
-            length = request.headers.get("Content-Length")
-            if length is not None:
-                # Keep the client's framing: upstreams that refuse chunked uploads stay happy.
-                headers["Content-Length"] = length
-            if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
-                # The low-level server does not answer Expect; we do, only once the
-                # request is allowed, so a refused upload is never read.
-                await request.writer.write(_CONTINUE)
+        # The client's framing is kept: a declared length (even 0) goes upstream as a
+        # length, so upstreams that refuse chunked uploads, or a bodiless POST without
+        # one, stay happy; a chunked upload stays chunked.
+        length = request.headers.get("Content-Length")
+        if has_body and request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+            # The low-level server does not answer Expect; we do, only once the request
+            # is allowed, so a refused upload is never read.
+            await request.writer.write(_CONTINUE)
         sent = time.perf_counter()
         try:
             upstream = await self._pool.request(
@@ -299,7 +298,7 @@ class ProxyHandler:
                 f"{path}?{query}" if query else path,
                 headers.items(),
                 request.content if has_body else None,
-                headers.pop("Content-Length", None) if has_body else None,
+                length,
                 route.timeout.connect,
                 route.timeout.sock_read,
             )

@@ -301,12 +301,12 @@ class UpstreamPool:
         default = 443 if up.scheme == "https" else 80
         host = f"[{up.host}]" if ":" in up.host else up.host
         authority = host if up.port == default else f"{host}:{up.port}"
-        if body is None:
-            framing = ""
-        elif length is not None:
+        if length is not None:
             framing = f"Content-Length: {length}\r\n"
-        else:
+        elif body is not None:
             framing = "Transfer-Encoding: chunked\r\n"
+        else:
+            framing = ""
         head = _head(method, target, authority, headers, framing)
         for attempt in (0, 1):
             conn = self._take(key)

@@ -159,3 +159,11 @@ async def test_request_framing_reaches_the_upstream_intact(
     assert head.startswith("POST /up?x=1 HTTP/1.1\r\n")
     assert "Content-Length: 5\r\n" in head
     assert "Transfer-Encoding" not in head
+
+
+async def test_an_empty_post_keeps_its_zero_length(make_gateway: GatewayFactory, raw_upstream: RawUpstream) -> None:
+    raw_upstream.script = [b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]
+    port = await gateway_for(make_gateway, raw_upstream)
+    request = b"POST /empty HTTP/1.1\r\nHost: g\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    assert (await raw_request(port, request)).status == 200
+    assert "Content-Length: 0\r\n" in raw_upstream.requests[0].decode()
