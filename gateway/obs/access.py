@@ -99,7 +99,27 @@ class Exchange:
     bytes_out: int = 0
 
 
-_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+_QUOTE: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    """The record as one JSON object. Same output as json.dumps(separators=(",", ":"),
+    ensure_ascii=True) for these value types, without the encoder's per-call setup:
+    strings go through the C escaper, numbers through repr."""
+    parts = []
+    for key, value in record.items():
+        if isinstance(value, str):
+            text = _QUOTE(value)
+        elif value is None:
+            text = "null"
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            text = repr(value)
+        parts.append(f'"{key}":{text}')
+    return "{" + ",".join(parts) + "}"
+
+
 _second: list[Any] = [0, ""]
 
 
@@ -158,6 +178,6 @@ class AccessLog:
         if agent is not None:
             record["user_agent"] = _clip(agent)
         if self.fmt == "json":
-            _sink(_JSON(record))
+            _sink(_json_line(record))
         else:
             _sink(" ".join(f"{k}={_text_escape(v) if isinstance(v, str) else v}" for k, v in record.items()))

@@ -41,3 +41,23 @@ def test_target_and_url() -> None:
     assert R.url(f"https://user:pw@h.example/cb?code=abc&state=s#access_token={JWT}&x=1") == (
         f"https://{MARKER}@h.example/cb?code={MARKER}&state=s#access_token={MARKER}&x=1"
     )
+
+
+def test_access_log_json_lines_match_the_json_module() -> None:
+    import json
+
+    from gateway.obs.access import _json_line
+
+    record = {
+        "ts": "2026-01-01T00:00:00.000Z",
+        "path": '/a?b="c"\\\n\u00e9\ud800',
+        "status": 200,
+        "subject": None,
+        "upstream_seconds": 0.001577,
+        "duration_seconds": 1e-06,
+        "flag": True,
+        "bytes_in": 0,
+    }
+    line = _json_line(record)
+    assert line == json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+    assert json.loads(line) == record
