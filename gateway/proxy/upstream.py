@@ -27,6 +27,10 @@ from multidict import CIMultiDictProxy
 from gateway.routing import Upstream
 
 _MAX_IDLE = 256
+_MAX_INTERIM = 8
+# Retried once on a stale kept-alive connection: only methods that are safe to repeat
+# (RFC 9110 §9.2.1), since a close with no response does not prove nothing happened.
+_RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
 _READ_LIMIT = 2**16
 
 
@@ -57,6 +61,7 @@ class _Conn(BaseProtocol):
         self.read_timeout: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._skip_body = False
+        self.interim = 0
 
     def begin(self, skip_body: bool, read_timeout: float | None) -> asyncio.Future[tuple[Any, StreamReader]]:
         self.response_parser = HttpResponseParser(
@@ -73,6 +78,8 @@ class _Conn(BaseProtocol):
         # when a body arrives faster than the client takes it.
         self._parser = self.response_parser
         self._skip_body = skip_body
+        self._stop_timer()  # never inherit a timer from this connection's last request
+        self.interim = 0
         self.waiter = self._loop.create_future()
         self.payload = None
         self.got_data = False
@@ -80,9 +87,27 @@ class _Conn(BaseProtocol):
         self.read_timeout = read_timeout
         return self.waiter
 
-    # -- timers: armed once the request is sent, reset by every byte received
+    # -- the read timer runs only while we wait on the upstream: to take a body chunk,
+    # to answer once the request is sent, to send the next bytes of its response. It is
+    # reset by every byte received, stopped while *we* pause reading or wait on the
+    # client (a slow client is not a slow upstream), and when the response ends.
     def start_timer(self) -> None:
         self._reset_timer()
+
+    def in_progress(self) -> bool:
+        payload = self.payload
+        return self.waiter is not None and (
+            not self.waiter.done() or (payload is not None and payload is not EMPTY_PAYLOAD and not payload.is_eof())
+        )
+
+    def pause_reading(self) -> None:
+        super().pause_reading()
+        self._stop_timer()
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        super().resume_reading(resume_parser)
+        if self.in_progress() and not self._reading_paused:
+            self._reset_timer()
 
     def _reset_timer(self) -> None:
         if self._timer is not None:
@@ -133,7 +158,15 @@ class _Conn(BaseProtocol):
             return
         for message, payload in messages:
             if 100 <= message.code < 200:
-                continue  # interim responses (100 Continue, 103 Early Hints) are not relayed
+                # Interim responses (100, 102, 103) are not relayed; an endless stream of
+                # them would keep the request open forever, so only a few are allowed.
+                self.interim += 1
+                if self.interim > _MAX_INTERIM:
+                    self._fail(UpstreamError("bad_response", "too many interim responses"))
+                    if self.transport is not None:
+                        self.transport.close()
+                    return
+                continue
             if message.should_close or upgraded:
                 self.should_close = True
             if self._skip_body or message.code in (204, 304):
@@ -218,6 +251,7 @@ class UpstreamResponse:
         conn = self._conn
         if clean and conn.reusable():
             conn.response_parser = conn._parser = None
+            conn._stop_timer()  # an idle pooled connection has no deadline
             self._pool.put_back(self._key, conn)
         else:
             self.close()
@@ -326,21 +360,18 @@ class UpstreamPool:
                 message, payload = await waiter
             except _DisconnectedError:
                 conn.close()
-                # A reused connection the upstream had already closed: nothing of this
-                # request reached it, so one retry on a fresh connection is safe when
-                # there is no body to replay.
-                if reused and attempt == 0 and body is None and not conn.got_data:
+                # Probably a kept-alive connection the upstream had already closed; a
+                # safe method with no body may be sent once more on a fresh connection.
+                if reused and attempt == 0 and body is None and method in _RETRYABLE and not conn.got_data:
                     continue
                 raise UpstreamError("bad_response", "connection closed before a response") from None
             except TimeoutError:
-                conn.close()
-                if task is not None:
-                    task.cancel()
+                _abandon(conn, task)
                 raise UpstreamError("timeout", "no response in time") from None
-            except UpstreamError:
-                conn.close()
-                if task is not None:
-                    task.cancel()
+            except BaseException:
+                # UpstreamError, and cancellation (client gone, shutdown): the connection
+                # is mid-request and can never be reused.
+                _abandon(conn, task)
                 raise
             return UpstreamResponse(self, key, conn, message, payload, task)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -351,6 +382,12 @@ class UpstreamPool:
             for conn in idle:
                 conn.close()
         self._idle.clear()
+
+
+def _abandon(conn: _Conn, task: asyncio.Task[None] | None) -> None:
+    conn.close()
+    if task is not None:
+        task.cancel()
 
 
 def _body_done(task: asyncio.Task[None], *, conn: _Conn) -> None:
@@ -369,9 +406,17 @@ async def _send_body(conn: _Conn, body: StreamReader, *, chunked: bool) -> None:
             transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
         else:
             transport.write(chunk)
+        # The timer runs while we wait on the upstream (to take this chunk), never while
+        # we wait on the client for the next one: a slow client is not a slow upstream.
+        waiting = conn.waiter is not None and not conn.waiter.done()
+        if waiting:
+            conn.start_timer()
         await conn._drain_helper()
+        if waiting and conn.waiter is not None and not conn.waiter.done():
+            conn._stop_timer()
     if conn.transport is None:
         raise ConnectionResetError("upstream closed while sending the body")
     if chunked:
         conn.transport.write(b"0\r\n\r\n")
-    conn.start_timer()
+    if conn.in_progress():
+        conn.start_timer()

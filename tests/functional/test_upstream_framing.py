@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -167,3 +169,141 @@ async def test_an_empty_post_keeps_its_zero_length(make_gateway: GatewayFactory,
     request = b"POST /empty HTTP/1.1\r\nHost: g\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     assert (await raw_request(port, request)).status == 200
     assert "Content-Length: 0\r\n" in raw_upstream.requests[0].decode()
+
+
+class _Served:
+    """A raw upstream whose handler tasks and sockets are all cleaned up at the end."""
+
+    def __init__(self, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]) -> None:
+        self._handler = handler
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.append(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await self._handler(reader, writer)
+
+    async def __aenter__(self) -> asyncio.Server:
+        self.server = await asyncio.start_server(self._run, "127.0.0.1", 0)
+        return self.server
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        await self.server.wait_closed()
+
+
+async def _gateway(make_gateway: GatewayFactory, server: asyncio.Server, read: str = "1s") -> int:
+    port = server.sockets[0].getsockname()[1]
+    gw = await make_gateway(
+        f"""
+        server: {{shutdown_timeout: 500ms}}
+        routes:
+          - name: r
+            match: {{prefix: /}}
+            upstream: "http://127.0.0.1:{port}"
+            timeouts: {{read: {read}}}
+            auth: public
+        """
+    )
+    return gw.public_port
+
+
+async def test_an_upstream_that_never_reads_the_upload_times_out(make_gateway: GatewayFactory) -> None:
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(10)  # accepts, never reads, never answers
+        writer.close()
+
+    async with _Served(deaf) as server:
+        port = await _gateway(make_gateway, server)
+        size = 32 * 1024 * 1024
+        head = f"POST /up HTTP/1.1\r\nHost: g\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n".encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head)
+
+        async def upload() -> None:
+            block = b"u" * 65536
+            with contextlib.suppress(ConnectionError):
+                for _ in range(size // len(block)):
+                    writer.write(block)
+                    await writer.drain()
+
+        uploading = asyncio.ensure_future(upload())
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n"), 6)
+        assert answer.startswith(b"HTTP/1.1 504")
+        uploading.cancel()
+        await asyncio.gather(uploading, return_exceptions=True)
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_a_slow_client_is_not_a_slow_upstream(make_gateway: GatewayFactory) -> None:
+    size = 16 * 1024 * 1024
+
+    async def steady(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+        block = b"d" * 65536
+        with contextlib.suppress(ConnectionError):
+            for _ in range(size // len(block)):
+                writer.write(block)
+                await writer.drain()
+        writer.close()
+
+    async with _Served(steady) as server:
+        port = await _gateway(make_gateway, server, read="500ms")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        received = 0
+        paused = False
+        while received < size:
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            if not chunk:
+                break
+            received += len(chunk)
+            if not paused and received > 2 * 1024 * 1024:
+                paused = True
+                await asyncio.sleep(1.5)  # three read timeouts without reading
+        writer.close()
+        await writer.wait_closed()
+        assert received == size
+
+
+async def test_a_bodiless_post_is_never_replayed(make_gateway: GatewayFactory, raw_upstream: RawUpstream) -> None:
+    raw_upstream.close_after = True
+    raw_upstream.script = [b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1"]  # then: reads, closes, no answer
+    port = await gateway_for(make_gateway, raw_upstream)
+    assert (await raw_request(port, get("/warm"))).status == 200
+    await asyncio.sleep(0.05)
+    request = b"POST /charge HTTP/1.1\r\nHost: g\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    assert (await raw_request(port, request)).status == 502
+    assert sum(r.startswith(b"POST /charge") for r in raw_upstream.requests) <= 1
+
+
+async def test_endless_interim_responses_are_cut_off(make_gateway: GatewayFactory) -> None:
+    async def processing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(50):
+                writer.write(b"HTTP/1.1 102 Processing\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        writer.close()
+
+    async with _Served(processing) as server:
+        port = await _gateway(make_gateway, server)
+        resp = await raw_request(port, get("/slow"), wait=5)
+        assert resp.status == 502
