@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
+from gateway.obs.metrics import RouteMetrics
 from gateway.obs.redact import Redactor
 
 log = logging.getLogger("gateway.access")
@@ -91,7 +92,7 @@ class Exchange:
 
     started: float = field(default_factory=time.perf_counter)
     route: str = "-"
-    metrics: Any = None  # the matched route's RouteMetrics; None when none matched
+    metrics: RouteMetrics | None = None  # the matched route's; None when none matched
     outcome: str = "allowed"
     reason: str = "-"
     subject: str | None = None

@@ -11,7 +11,7 @@ from gateway.duration import parse_duration
 from gateway.policy import ConfigError
 from gateway.policy.load import load_model
 from gateway.tokens import keystore, revocation
-from gateway.tokens.mint import MintError, api_token_provider, issue, ledger
+from gateway.tokens.mint import ApiTokenProvider, MintError, api_token_provider, issue, ledger
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -93,7 +93,7 @@ def _keys_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _provider(args: argparse.Namespace) -> tuple[object, int]:
+def _provider(args: argparse.Namespace) -> tuple[ApiTokenProvider | None, int]:
     try:
         return api_token_provider(load_model(args.config), args.config, args.provider), EXIT_OK
     except ConfigError as exc:
@@ -120,7 +120,7 @@ def _tokens_issue(args: argparse.Namespace) -> int:
         return _fail("--ttl must be at least 1s", EXIT_USAGE)
     try:
         token, record = issue(
-            p,  # type: ignore[arg-type]
+            p,
             client=args.client,
             scopes=args.scopes.split(),
             audience=args.audience,
@@ -139,8 +139,8 @@ def _tokens_list(args: argparse.Namespace) -> int:
     if p is None:
         return code
     try:
-        records = ledger(p)  # type: ignore[arg-type]
-        revoked = {e["jti"] for e in revocation.read(p.revocation_file)}  # type: ignore[attr-defined]
+        records = ledger(p)
+        revoked = {e["jti"] for e in revocation.read(p.revocation_file)}
     except (MintError, revocation.RevocationError, OSError) as exc:
         return _fail(str(exc))
     now = time.time()
@@ -162,7 +162,7 @@ def _tokens_revoke(args: argparse.Namespace) -> int:
     if p is None:
         return code
     try:
-        records = ledger(p)  # type: ignore[arg-type]
+        records = ledger(p)
     except (MintError, OSError) as exc:
         return _fail(str(exc))
     now = int(time.time())
@@ -177,11 +177,11 @@ def _tokens_revoke(args: argparse.Namespace) -> int:
         chosen = [r for r in records if r.get("jti") == args.jti]
         if not chosen:
             # Possibly a token issued from another ledger: revoke it, but say so.
-            print(f"warning: {args.jti} is not in the ledger {p.ledger}; revoking it anyway", file=sys.stderr)  # type: ignore[attr-defined]
+            print(f"warning: {args.jti} is not in the ledger {p.ledger}; revoking it anyway", file=sys.stderr)
             chosen = [{"jti": args.jti}]
     entries = [{"jti": r["jti"], "client": r.get("client"), "exp": r.get("exp"), "revoked_at": now} for r in chosen]
     try:
-        added = revocation.add(p.revocation_file, entries)  # type: ignore[attr-defined]
+        added = revocation.add(p.revocation_file, entries)
     except (revocation.RevocationError, OSError) as exc:
         return _fail(f"cannot update the revocation list: {exc}")
     print(f"revoked {added} token(s) (already revoked: {len(entries) - added}); the gateway applies it within seconds",
