@@ -19,6 +19,7 @@ from gateway.obs.metrics import Metrics
 from gateway.policy import ConfigError, load_policy
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.model import Listen
+from gateway.proxy.downstream import Server
 from gateway.proxy.handler import HandlerSettings, ProxyHandler, Runtime
 from gateway.proxy.headers import ForwardedFor
 from gateway.proxy.server import make_server
@@ -91,6 +92,8 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._pool: UpstreamPool | None = None
         self._handler: ProxyHandler | None = None
+        self._server: Server | None = None
+        self._listener: asyncio.Server | None = None
         self._reload_lock = asyncio.Lock()
         self.public_port = 0
         self.admin_port = 0
@@ -128,9 +131,13 @@ class Gateway:
         await self._start_providers(policy)
         self._pool = UpstreamPool()
         self._handler = ProxyHandler(self._runtime(policy), self._pool, self.metrics)
-        server = make_server(self._handler, policy.max_token_bytes)
-        public = web.ServerRunner(server, shutdown_timeout=policy.shutdown_timeout, handle_signals=False)
-        self.public_port = await self._serve(public, policy.listen)
+        self._server = make_server(self._handler, policy.max_token_bytes, policy.keepalive_timeout)
+        listener = await asyncio.get_running_loop().create_server(
+            self._server, policy.listen.host, policy.listen.port, reuse_address=True, backlog=1024
+        )
+        self._listener = listener
+        # The bound port (differs from the configured one when that is 0, as in tests).
+        self.public_port = int(listener.sockets[0].getsockname()[1])
         admin = web.AppRunner(admin_app(self), access_log=None, shutdown_timeout=1.0)
         self.admin_port = await self._serve(admin, policy.admin_listen)
         self.listening = True
@@ -191,6 +198,11 @@ class Gateway:
         """Stop accepting, let in-flight requests finish (up to shutdown_timeout), close."""
         self.listening = False
         # Public listener first, so health checks keep answering while we drain.
+        if self._listener is not None and self._server is not None:
+            self._listener.close()
+            await self._server.shutdown(self.policy.shutdown_timeout)
+            await self._listener.wait_closed()
+            self._listener = None
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -70,10 +70,21 @@ def render_claim(value: Any) -> str:
 _FOLD = str.maketrans({c: "-" for c in "!#$%&'*+.^_`|~"})
 
 
-@functools.lru_cache(maxsize=4096)
+# Clients choose header names: only short ones are memoised, so the cache stays small
+# (4 096 entries of 64 characters at most) however long the names an attacker sends.
+_FOLD_CACHED_LEN = 64
+
+
 def fold(name: str) -> str:
     """A header name as lenient backends may compare it: case-insensitive, with every
     punctuation character that may appear in a name (`_`, `.`, `~`, …) read as `-`."""
+    if len(name) > _FOLD_CACHED_LEN:
+        return name.lower().translate(_FOLD)
+    return _fold_short(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _fold_short(name: str) -> str:
     return name.lower().translate(_FOLD)
 
 

@@ -16,10 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from aiohttp import web
-
 from gateway.obs.metrics import RouteMetrics
 from gateway.obs.redact import Redactor
+from gateway.proxy.downstream import Request
 
 log = logging.getLogger("gateway.access")
 _MAX_FIELD = 512
@@ -152,7 +151,7 @@ class AccessLog:
     redactor: Redactor
     enabled: bool = True
 
-    def emit(self, request: web.BaseRequest, ex: Exchange, status: int, total: float) -> None:
+    def emit(self, request: Request, ex: Exchange, status: int, total: float) -> None:
         if not self.enabled:
             return
         content = request.content

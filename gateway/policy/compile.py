@@ -104,6 +104,7 @@ class CompiledPolicy:
     admin_listen: Listen
     trusted_proxies: tuple[Network, ...]
     shutdown_timeout: float
+    keepalive_timeout: float
     table: RouteTable
     providers: tuple[ProviderKeys, ...]
     identity: IdentityHeaders
@@ -156,6 +157,7 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
         admin_listen=policy.admin.listen,
         trusted_proxies=tuple(ipaddress.ip_network(n, strict=False) for n in policy.server.trusted_proxies),
         shutdown_timeout=policy.server.shutdown_timeout,
+        keepalive_timeout=policy.server.keepalive_timeout,
         table=RouteTable(tuple(routes)),
         providers=tuple(v.keys for v in verifiers.values()),
         identity=IdentityHeaders.of(identity.reserved_prefix, claim_headers),

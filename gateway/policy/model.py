@@ -140,6 +140,9 @@ class Server(Strict):
 
     trusted_proxies: tuple[Network, ...] = ()
     shutdown_timeout: Duration = 30.0
+    # nginx's default. It also bounds how long a client may take to send a request's
+    # head, so a connection trickling header bytes is closed.
+    keepalive_timeout: Duration = 75.0
 
 
 _ALGORITHMS = (

@@ -6,18 +6,15 @@ swapped whole on reload, so a request sees one policy from start to end.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import socket
-import struct
 import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import aiohttp
-from aiohttp import web
 
 from gateway.auth.cache import TokenCache
 from gateway.auth.extract import extract_token
@@ -30,6 +27,7 @@ from gateway.keys.provider_keys import ProviderKeys
 from gateway.obs.access import AccessLog, Exchange
 from gateway.obs.metrics import PUBLISHED_JWKS, UNMATCHED, Metrics, RouteMetrics
 from gateway.pathnorm import Rejected, normalize_target
+from gateway.proxy.downstream import Request
 from gateway.proxy.headers import (
     ForwardedFor,
     connection_tokens,
@@ -42,22 +40,27 @@ from gateway.routing import CompiledRoute, RouteTable, request_host
 
 log = logging.getLogger("gateway.proxy")
 
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 SMALL_BODY = 64 * 1024
-_JSON = "application/json"
+_PHRASES = {s.value: s.phrase for s in HTTPStatus}
+# A client that left before its response head could be written (nginx's convention).
+CLIENT_CLOSED = 499
 
 
-def error_response(reason: Reason, realm: str = "gateway", scope: str = "") -> web.Response:
+def phrase(status: int) -> str:
+    return _PHRASES.get(status, "Unknown")
+
+
+def send_refusal(request: Request, reason: Reason, realm: str = "gateway", scope: str = "") -> None:
     """The small JSON body every refusal carries, plus its RFC 6750 challenge.
 
     Never echoes request data: the body is fixed per reason."""
-    headers = {"Cache-Control": "no-store"}
+    headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
     challenge = reason.www_authenticate(realm, scope)
     if challenge is not None:
-        headers["WWW-Authenticate"] = challenge
+        headers.append(("WWW-Authenticate", challenge))
     if reason is Reason.KEYS_UNAVAILABLE:
-        headers["Retry-After"] = "5"
-    return web.Response(status=reason.status, body=reason.body, content_type=_JSON, headers=headers)
+        headers.append(("Retry-After", "5"))
+    request.send(reason.status, phrase(reason.status), headers, reason.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,21 +113,8 @@ class Runtime:
         )
 
 
-def _reset(request: web.BaseRequest) -> None:
-    """Abort the client connection with a TCP reset, not a FIN: for an HTTP/1.0 body
-    delimited by close, a clean close would make a truncated body look complete."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
-
-
 class ProxyHandler:
-    """Callable for aiohttp's low-level server."""
+    """The request handler of the proxy listener (`downstream.Server`)."""
 
     def __init__(self, runtime: Runtime, pool: UpstreamPool, metrics: Metrics) -> None:
         self.runtime = runtime
@@ -132,29 +122,34 @@ class ProxyHandler:
         self._in_flight = metrics.in_flight
         self._jwks_cache: dict[str, tuple[KeySet, bytes]] = {}
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, request: Request) -> None:
         runtime = self.runtime
         ex = Exchange()
-        status = 500
         self._in_flight.inc()
         try:
-            response = await self._handle(request, runtime, ex)
-            status = response.status
-            return response
+            await self._handle(request, runtime, ex)
+        except ConnectionError:
+            # The client went away; nothing is left to answer. Not our failure.
+            if not request.started:
+                ex.outcome, ex.reason = "error", "client_closed"
+            raise
         except Exception as exc:
             # Fail closed: a bug must never turn into a forwarded request or a traceback
-            # page. The message is left out of the log: aiohttp puts URLs (and so query
-            # secrets) into exception text; the frames say where it broke.
+            # page. The message is left out of the log: exception text can quote URLs
+            # (and so query secrets); the frames say where it broke.
             log.error(
                 "internal error %s\n%s", type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)).rstrip()
             )
             ex.outcome, ex.reason, ex.bytes_out = "error", Reason.INTERNAL.ident, len(Reason.INTERNAL.body)
-            return error_response(Reason.INTERNAL)
+            if request.started:
+                request.reset()
+            else:
+                send_refusal(request, Reason.INTERNAL)
         finally:
             self._in_flight.dec()
-            self._finish(request, runtime, ex, status)
+            self._finish(request, runtime, ex, request.status or CLIENT_CLOSED)
 
-    def _finish(self, request: web.BaseRequest, runtime: Runtime, ex: Exchange, status: int) -> None:
+    def _finish(self, request: Request, runtime: Runtime, ex: Exchange, status: int) -> None:
         total = time.perf_counter() - ex.started
         route: RouteMetrics = ex.metrics or runtime.unmatched
         route.request(request.method, status, ex.outcome)
@@ -163,33 +158,33 @@ class ProxyHandler:
             route.upstream.observe(ex.upstream_seconds)
         runtime.access_log.emit(request, ex, status, total)
 
-    async def _handle(self, request: web.BaseRequest, runtime: Runtime, ex: Exchange) -> web.StreamResponse:
+    async def _handle(self, request: Request, runtime: Runtime, ex: Exchange) -> None:
         problem = request_problem(request.method, request.headers)
         if problem is not None:
-            return self._refuse(runtime, ex, None, *problem)
+            return self._refuse(request, runtime, ex, None, *problem)
         normal = normalize_target(request.raw_path)
         if isinstance(normal, Rejected):
-            return self._refuse(runtime, ex, None, Reason.BAD_PATH, normal.detail)
+            return self._refuse(request, runtime, ex, None, Reason.BAD_PATH, normal.detail)
         path, query = normal
         if path in runtime.published and request.method in ("GET", "HEAD"):
             ex.route, ex.metrics = PUBLISHED_JWKS, runtime.jwks_metrics
-            return self._jwks(runtime.published[path])
+            return self._jwks(request, ex, runtime.published[path])
         host = request.headers.get("Host", "")
         route = runtime.table.match(request.method, request_host(host), path)
         if route is None:
-            return self._refuse(runtime, ex, None, Reason.NO_ROUTE, "")
+            return self._refuse(request, runtime, ex, None, Reason.NO_ROUTE, "")
         ex.route, ex.metrics = route.name, runtime.route_metrics[route.index]
         claims: list[tuple[str, str]] = []
         auth = route.auth
         if isinstance(auth, TokenRequirement):
             outcome = await self._authenticate(request, runtime, auth, query, ex)
             if isinstance(outcome, Reason):
-                return self._refuse(runtime, ex, route, outcome, "")
+                return self._refuse(request, runtime, ex, route, outcome, "")
             query, claims = outcome
         return await self._forward(request, runtime, ex, route, route.upstream_path(path), query, host, claims)
 
     async def _authenticate(
-        self, request: web.BaseRequest, runtime: Runtime, requirement: TokenRequirement, query: str, ex: Exchange
+        self, request: Request, runtime: Runtime, requirement: TokenRequirement, query: str, ex: Exchange
     ) -> tuple[str, list[tuple[str, str]]] | Reason:
         """(query to forward, identity headers), or why the request is refused."""
         found = extract_token(
@@ -230,7 +225,7 @@ class ProxyHandler:
                 entry.headers[requirement.headers.serial] = rendered
         return found.query, rendered
 
-    def _jwks(self, keys: ProviderKeys) -> web.Response:
+    def _jwks(self, request: Request, ex: Exchange, keys: ProviderKeys) -> None:
         """The provider's public keys as a JWKS, so partners can verify tokens themselves."""
         snapshot = keys.snapshot
         cached = self._jwks_cache.get(keys.provider)
@@ -238,15 +233,23 @@ class ProxyHandler:
             doc = {"keys": [dict(k.jwk) for k in snapshot.all() if k.jwk is not None]}
             cached = (snapshot, json.dumps(doc, separators=(",", ":")).encode())
             self._jwks_cache[keys.provider] = cached
-        return web.Response(
-            body=cached[1],
-            content_type="application/jwk-set+json",
-            headers={"Cache-Control": "public, max-age=300"},
+        ex.bytes_out = len(cached[1])
+        request.send(
+            200,
+            "OK",
+            (("Content-Type", "application/jwk-set+json"), ("Cache-Control", "public, max-age=300")),
+            cached[1],
         )
 
     def _refuse(
-        self, runtime: Runtime, ex: Exchange, route: CompiledRoute | None, reason: Reason, detail: str
-    ) -> web.Response:
+        self,
+        request: Request,
+        runtime: Runtime,
+        ex: Exchange,
+        route: CompiledRoute | None,
+        reason: Reason,
+        detail: str,
+    ) -> None:
         ex.outcome = "error" if reason.status >= 500 else "denied"
         ex.reason = reason.ident
         ex.bytes_out = len(reason.body)
@@ -257,11 +260,11 @@ class ProxyHandler:
             # Never request data: the detail strings are fixed in code.
             log.info("refused route=%s reason=%s detail=%s", ex.route, reason.ident, detail)
         scope = route.auth.scope_text if route and isinstance(route.auth, TokenRequirement) else ""
-        return error_response(reason, runtime.settings.realm, scope)
+        send_refusal(request, reason, runtime.settings.realm, scope)
 
     async def _forward(
         self,
-        request: web.BaseRequest,
+        request: Request,
         runtime: Runtime,
         ex: Exchange,
         route: CompiledRoute,
@@ -269,7 +272,7 @@ class ProxyHandler:
         query: str,
         host: str,
         claims: list[tuple[str, str]],
-    ) -> web.StreamResponse:
+    ) -> None:
         settings = runtime.settings
         headers = upstream_request_headers(
             request.headers,
@@ -289,7 +292,7 @@ class ProxyHandler:
         if has_body and request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
             # The low-level server does not answer Expect; we do, only once the request
             # is allowed, so a refused upload is never read.
-            await request.writer.write(_CONTINUE)
+            request.send_continue()
         sent = time.perf_counter()
         try:
             upstream = await self._pool.request(
@@ -307,19 +310,19 @@ class ProxyHandler:
                 "unreachable": Reason.UPSTREAM_UNREACHABLE,
                 "timeout": Reason.UPSTREAM_TIMEOUT,
             }.get(exc.kind, Reason.UPSTREAM_ERROR)
-            return self._refuse(runtime, ex, route, reason, exc.detail)
+            return self._refuse(request, runtime, ex, route, reason, exc.detail)
         ex.upstream_seconds = time.perf_counter() - sent
         async with upstream:
             return await self._relay(request, runtime, ex, route, upstream)
 
     async def _relay(
         self,
-        request: web.BaseRequest,
+        request: Request,
         runtime: Runtime,
         ex: Exchange,
         route: CompiledRoute,
         upstream: UpstreamResponse,
-    ) -> web.StreamResponse:
+    ) -> None:
         headers = downstream_response_headers(upstream.headers.items(), connection_tokens(upstream.headers))
         length = upstream.content_length
         if (
@@ -335,16 +338,15 @@ class ProxyHandler:
                 body = await upstream.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 reason = Reason.UPSTREAM_TIMEOUT if isinstance(exc, TimeoutError) else Reason.UPSTREAM_ERROR
-                return self._refuse(runtime, ex, route, reason, f"body: {type(exc).__name__}")
+                return self._refuse(request, runtime, ex, route, reason, f"body: {type(exc).__name__}")
             ex.bytes_out = len(body)
-            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-        await response.prepare(request)
+            return request.send(upstream.status, upstream.reason, headers, body)
+        request.start(upstream.status, upstream.reason, headers, length)
         try:
             async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
+                await request.write(chunk)
                 ex.bytes_out += len(chunk)
-            await response.write_eof()
+            await request.write_eof()
         except Exception as exc:
             # Status and headers are gone already (or the client is): the only honest
             # signal left is to cut the client's connection, so that a truncated body
@@ -352,5 +354,4 @@ class ProxyHandler:
             ex.outcome, ex.reason = "error", "relay_failed"
             log.warning("response relay failed route=%s error=%s", route.name, type(exc).__name__)
             upstream.close()
-            _reset(request)
-        return response
+            request.reset()

@@ -7,6 +7,7 @@ that only knows one spelling is a rule with a hole in it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,8 +46,9 @@ _REQUEST_DROP = HOP_BY_HOP | {
 # Only a trusted proxy in front of us may tell us who the client is, and only in the
 # standard (hyphenated) spellings.
 _FORWARDING = frozenset({"forwarded", "x-real-ip"})
-# The upstream's framing does not apply to our hop; aiohttp re-frames.
-_RESPONSE_DROP = HOP_BY_HOP
+# The upstream's framing does not apply to our hop: the response is re-framed
+# (`downstream.Request` writes Content-Length or chunked itself).
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -59,7 +61,19 @@ def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     if "Connection" not in headers:
         return _NONE
     values = headers.getall("Connection", ())
+    if len(values) == 1 and len(values[0]) <= _TOKENS_CACHED_LEN:
+        return _tokens(values[0])
     return frozenset(fold(t.strip()) for v in values for t in v.split(",") if t.strip())
+
+
+# Only short values are memoised: clients choose them, and the cache must stay small.
+_TOKENS_CACHED_LEN = 64
+
+
+@functools.lru_cache(maxsize=1024)
+def _tokens(value: str) -> frozenset[str]:
+    # Nearly every response says `Connection: keep-alive`; parse each spelling once.
+    return frozenset(fold(t.strip()) for t in value.split(",") if t.strip())
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +139,12 @@ def upstream_request_headers(
     return out
 
 
-def downstream_response_headers(upstream: Iterable[tuple[str, str]], connection: frozenset[str]) -> CIMultiDict[str]:
-    """The upstream's response headers minus hop-by-hop and Connection-named ones."""
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream:
-        folded = fold(name)
-        if folded in _RESPONSE_DROP or folded in connection:
-            continue
-        out.add(name, value)
-    return out
+def downstream_response_headers(
+    upstream: Iterable[tuple[str, str]], connection: frozenset[str]
+) -> list[tuple[str, str]]:
+    """The upstream's response headers minus framing, hop-by-hop and Connection-named ones."""
+    return [
+        (name, value)
+        for name, value in upstream
+        if (folded := fold(name)) not in _RESPONSE_DROP and folded not in connection
+    ]

@@ -1,41 +1,20 @@
-"""aiohttp's low-level server, with its error page replaced.
+"""The proxy listener's server, and aiohttp's loggers kept from echoing requests.
 
-SECURITY: for a request it cannot parse, aiohttp answers with a page that quotes the
-offending line and logs it with a traceback. An over-long or malformed
-`Authorization` line would put a token in both. Here the client gets the gateway's
-fixed JSON refusal and the log gets the error's type only.
+SECURITY: for a request it cannot parse, aiohttp's own server answers with a page that
+quotes the offending line and logs it with a traceback; an over-long or malformed
+`Authorization` line would put a token in both. The proxy listener is our own
+(`downstream.py`: fixed JSON refusal, the error's type only in the log); the admin
+listener and the key-fetch client still use aiohttp, so its loggers are filtered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
 
-from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
-
-from gateway.errors import Reason
+from gateway.proxy.downstream import Handler, Server
 
 log = logging.getLogger("gateway.proxy")
-
-
-class _Handler(RequestHandler):
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        log.info("unparseable request status=%d error=%s", status, type(exc).__name__ if exc else "-")
-        if request.writer.output_size > 0:
-            raise ConnectionError("response already started; closing the connection")
-        reason = Reason.INTERNAL if status >= 500 else Reason.BAD_REQUEST
-        resp = web.Response(
-            status=status, body=reason.body, content_type="application/json", headers={"Cache-Control": "no-store"}
-        )
-        resp.force_close()
-        return resp
 
 
 class _NoEcho(logging.Filter):
@@ -62,21 +41,12 @@ def silence_aiohttp_echo() -> None:
             logger.addFilter(_FILTER)
 
 
-class GatewayServer(web.Server):
-    """`web.Server` whose connections use the quiet error page above."""
-
-    def __call__(self) -> RequestHandler:
-        return _Handler(self, loop=self._loop, **self._kwargs)
-
-
-def make_server(handler: Any, max_token_bytes: int) -> GatewayServer:
+def make_server(handler: Handler, max_token_bytes: int, keepalive_timeout: float = 75.0) -> Server:
     silence_aiohttp_echo()
-    return GatewayServer(
+    return Server(
         handler,
-        # Replaced by the gateway's redacting access log: aiohttp's prints the raw query.
-        access_log=None,
-        # Request bodies are relayed as bytes; never inflate them on the way through.
-        auto_decompress=False,
+        asyncio.get_running_loop(),
+        keepalive_timeout=keepalive_timeout,
         # Twice the largest token we accept, so that our own size check answers an
         # oversized token (401 token_too_large); beyond that the parser refuses (400).
         max_field_size=max(8190, 2 * max_token_bytes + 1024),

@@ -60,6 +60,7 @@ class _Conn(BaseProtocol):
         self.closed = False
         self.read_timeout: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
         self._skip_body = False
         self.interim = 0
 
@@ -109,19 +110,29 @@ class _Conn(BaseProtocol):
         if self.in_progress() and not self._reading_paused:
             self._reset_timer()
 
+    # The timer is lazy: resetting or stopping it only moves `_deadline`; the one
+    # scheduled handle re-arms itself for the current deadline when it fires. Creating
+    # and cancelling a timer handle for every chunk cost more than the rest of the
+    # timer logic together.
     def _reset_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self.read_timeout:
-            self._timer = self._loop.call_later(self.read_timeout, self._on_timeout)
+        if not self.read_timeout:
+            return
+        self._deadline = self._loop.time() + self.read_timeout
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
 
     def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = None
 
-    def _on_timeout(self) -> None:
+    def _on_timer(self) -> None:
         self._timer = None
+        deadline = self._deadline
+        if deadline is None or self.closed:
+            return
+        if self._loop.time() < deadline:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            return
+        self._deadline = None
         self._fail(TimeoutError("upstream read timeout"))
         if self.transport is not None:
             self.transport.close()
@@ -146,7 +157,7 @@ class _Conn(BaseProtocol):
             return
         if data:
             self.got_data = True
-            if self._timer is not None:
+            if self._deadline is not None:
                 self._reset_timer()
         try:
             messages, upgraded, _ = parser.feed_data(data)
@@ -183,6 +194,9 @@ class _Conn(BaseProtocol):
         super().connection_lost(exc)
         self.closed = True
         self._stop_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         parser = self.response_parser
         if parser is not None:
             with contextlib.suppress(Exception):  # the failure is reported just below

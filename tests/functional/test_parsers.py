@@ -47,6 +47,18 @@ async def test_hostile_targets_under_each_parser(tmp_path: Path, upstream: Upstr
             assert resp.status == 400, (parser, framing)
         assert upstream.seen == []
 
+        # Nothing after an Upgrade request is read as HTTP, and a refused request's
+        # body is never parsed as a request (the two parsers differ on the first).
+        inner = b"GET /public/smuggled HTTP/1.1\r\nHost: g\r\n\r\n"
+        resp = await raw_request(
+            gw.port, b"GET /public/up HTTP/1.1\r\nHost: g\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n" + inner
+        )
+        assert resp.status == 200
+        head = b"POST /%%2e%%2e HTTP/1.1\r\nHost: g\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(inner)
+        resp = await raw_request(gw.port, head + inner)
+        assert resp.status == 400
+        assert [s.raw_path for s in upstream.seen] == ["/public/up"]
+
         resp = await raw_request(gw.port, get("/public/%2e/x//y", "X_Auth_Subject: admin", "X-Auth-Role: root"))
         assert resp.status == 200
         assert upstream.last.raw_path == "/public/x/y"

@@ -9,7 +9,6 @@ import socket
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import RawTestServer
 
 from gateway.app import Gateway
 from gateway.auth.forward import IdentityHeaders
@@ -18,6 +17,7 @@ from gateway.obs.metrics import Metrics
 from gateway.obs.redact import Redactor
 from gateway.proxy.handler import HandlerSettings, ProxyHandler, Runtime
 from gateway.proxy.headers import ForwardedFor
+from gateway.proxy.server import make_server
 from gateway.proxy.upstream import UpstreamPool
 from gateway.routing import CompiledRoute, RouteTable
 from tests.conftest import GatewayFactory, Upstream
@@ -397,18 +397,22 @@ class _BrokenTable(RouteTable):
 async def test_unexpected_error_fails_closed_without_leaking(
     upstream: Upstream, caplog: pytest.LogCaptureFixture
 ) -> None:
-    session = UpstreamPool()
-    if session:
-        settings = HandlerSettings(ForwardedFor(()), IdentityHeaders.of("X-Auth-", ()), "gateway", 8192)
-        metrics = Metrics()
-        runtime = Runtime.build(_BrokenTable(()), settings, AccessLog("json", True, Redactor()), metrics)
-        handler = ProxyHandler(runtime, session, metrics)
-        server = RawTestServer(handler, host="127.0.0.1")
-        await server.start_server()
-        try:
-            resp = await raw_request(server.port or 0, get("/x?api_key=SECRET123"))
-        finally:
-            await server.close()
+    pool = UpstreamPool()
+    settings = HandlerSettings(ForwardedFor(()), IdentityHeaders.of("X-Auth-", ()), "gateway", 8192)
+    metrics = Metrics()
+    runtime = Runtime.build(_BrokenTable(()), settings, AccessLog("json", True, Redactor()), metrics)
+    server = make_server(ProxyHandler(runtime, pool, metrics), 8192)
+    listener = await asyncio.get_running_loop().create_server(server, "127.0.0.1", 0)
+    try:
+        resp = await raw_request(listener.sockets[0].getsockname()[1], get("/x?api_key=SECRET123"))
+        # The listener keeps serving after our bug.
+        again = await raw_request(listener.sockets[0].getsockname()[1], get("/y"))
+    finally:
+        listener.close()
+        await server.shutdown(1.0)
+        await listener.wait_closed()
+        pool.close()
+    assert again.status == 500
     assert resp.status == 500
     assert resp.body == b'{"error": "internal_error", "error_description": "the gateway failed to handle this request"}'
     assert upstream.seen == []

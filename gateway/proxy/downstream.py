@@ -1,0 +1,422 @@
+"""The client side of the proxy: a lean HTTP/1.1 server on aiohttp's C request parser.
+
+The mirror of `upstream.py`. aiohttp's low-level server builds, for every request, a
+waiter future, a task, a `BaseRequest`, a `StreamWriter` and a `Response`, and formats
+headers through several layers; the profile put that at about a quarter of the
+gateway's CPU. Here a connection is one protocol object: the parser (aiohttp's own,
+strict, the same one the server used before) emits messages, one task per burst of
+requests runs the handler on them in order, and the handler writes its response head
+and body as byte strings on the transport.
+
+What it keeps from aiohttp's server, because a proxy needs it: pipelined requests
+answered in order with a bounded queue, request bodies streamed with flow control,
+write back-pressure, a keep-alive idle timeout, lingering close for unread uploads,
+and a fixed refusal for anything the parser rejects (never an echo of the input).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from email.utils import formatdate
+from typing import Any
+
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_exceptions import HTTPBadRequest
+from multidict import CIMultiDictProxy
+
+from gateway.errors import Reason
+
+log = logging.getLogger("gateway.proxy")
+
+_QUEUE = 32  # pipelined requests parsed ahead of the one being answered
+_READ_LIMIT = 2**16
+_LINGER = 5.0  # seconds we keep reading (and discarding) an upload we did not want
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+
+Handler = Callable[["Request"], Awaitable[None]]
+
+_date: list[Any] = [0, ""]
+
+
+def _http_date() -> str:
+    """RFC 9110 Date, formatted once per second."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[0], _date[1] = now, formatdate(now, usegmt=True)
+    return str(_date[1])
+
+
+class Request:
+    """One parsed request and the means to answer it, exactly once.
+
+    Attribute names follow aiohttp's `BaseRequest` where they mean the same thing."""
+
+    __slots__ = (
+        "_chunked",
+        "_conn",
+        "_message",
+        "content",
+        "headers",
+        "keep_alive",
+        "method",
+        "raw_path",
+        "remote",
+        "status",
+        "version",
+    )
+    scheme = "http"
+
+    def __init__(self, conn: ClientConnection, message: RawRequestMessage, payload: StreamReader) -> None:
+        self._conn = conn
+        self._message = message
+        self._chunked = False
+        self.method: str = message.method
+        self.raw_path: str = message.path
+        self.version = message.version
+        self.headers: CIMultiDictProxy[str] = message.headers
+        self.content = payload
+        self.remote = conn.peer
+        self.keep_alive = not message.should_close
+        self.status = 0  # 0 until a response head is written
+
+    @property
+    def body_exists(self) -> bool:
+        return self.content is not EMPTY_PAYLOAD
+
+    @property
+    def started(self) -> bool:
+        return self.status != 0
+
+    def send_continue(self) -> None:
+        self._conn.write(_CONTINUE)
+
+    def _head(self, status: int, reason: str, headers: Iterable[tuple[str, str]], framing: str) -> bytes:
+        if self._conn.closing:
+            self.keep_alive = False  # the server is draining
+        elif self.keep_alive and self.body_exists and not self.content.is_eof():
+            # An upload we have not read to its end: its remaining bytes would be
+            # parsed as the next request. Answer, then close (lingering).
+            self.keep_alive = False
+        lines = [f"HTTP/1.1 {status} {reason}\r\n"]
+        has_date = False
+        for name, value in headers:
+            if "\r" in value or "\n" in value or "\x00" in value:
+                # The upstream's parser refuses these already; last line of defence.
+                raise ValueError("header value with a control character")
+            lines.append(f"{name}: {value}\r\n")
+            if not has_date and len(name) == 4 and name.lower() == "date":
+                has_date = True
+        if not has_date:
+            lines.append(f"Date: {_http_date()}\r\n")
+        lines.append(framing)
+        if not self.keep_alive:
+            lines.append("Connection: close\r\n")
+        elif self.version < (1, 1):
+            lines.append("Connection: keep-alive\r\n")
+        lines.append("\r\n")
+        # surrogateescape gives back the exact bytes an upstream sent in obs-text.
+        return "".join(lines).encode("utf-8", "surrogateescape")
+
+    def send(self, status: int, reason: str, headers: Iterable[tuple[str, str]], body: bytes) -> None:
+        """A whole response, head and body in one write. `headers` holds no framing."""
+        if status == 204 or status < 200:
+            self._conn.write(self._head(status, reason, headers, ""))
+        elif self.method == "HEAD" or status == 304:
+            # The length the body would have (RFC 9110 §8.6), and no body.
+            self._conn.write(self._head(status, reason, headers, f"Content-Length: {len(body)}\r\n"))
+        else:
+            self._conn.write(self._head(status, reason, headers, f"Content-Length: {len(body)}\r\n") + body)
+        self.status = status  # only once written: a client that left gets no status
+
+    def start(self, status: int, reason: str, headers: Iterable[tuple[str, str]], length: int | None) -> None:
+        """Begin a streamed response. `length` None means the length is unknown: chunked
+        for HTTP/1.1 clients, delimited by close for HTTP/1.0 ones. A HEAD, 204 or 304
+        answer carries no body; `length` is then the one the upstream declared."""
+        if status == 204:
+            framing = ""
+        elif self.method == "HEAD" or status == 304:
+            framing = "" if length is None else f"Content-Length: {length}\r\n"
+        elif length is not None:
+            framing = f"Content-Length: {length}\r\n"
+        elif self.version >= (1, 1):
+            framing, self._chunked = "Transfer-Encoding: chunked\r\n", True
+        else:
+            framing, self.keep_alive = "", False
+        self._conn.write(self._head(status, reason, headers, framing))
+        self.status = status
+
+    async def write(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if self._chunked:
+            self._conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        else:
+            self._conn.write(chunk)
+        await self._conn.drain()
+
+    async def write_eof(self) -> None:
+        if self._chunked:
+            self._conn.write(_LAST_CHUNK)
+        await self._conn.drain()
+
+    def reset(self) -> None:
+        """Abort the client connection with a TCP reset, not a FIN: for a body delimited
+        by close, a clean close would make a truncated body look complete."""
+        self._conn.reset()
+
+
+class ClientConnection(BaseProtocol):
+    """One client connection: parse, queue, answer in order."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._requests = HttpRequestParser(
+            self,
+            server.loop,
+            _READ_LIMIT,
+            max_line_size=8190,
+            max_field_size=server.max_field_size,
+            payload_exception=ConnectionResetError,
+            auto_decompress=False,
+            max_msg_queue_size=_QUEUE,
+        )
+        # BaseProtocol pauses this parser along with the transport (request body flow control).
+        super().__init__(server.loop, self._requests)
+        self._queue: deque[tuple[RawRequestMessage | int, StreamReader]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        self._idle_deadline: float | None = None
+        self._closing = False  # close after the response being written
+        self._broken = False  # parse no more: a parse error or an Upgrade request was queued last
+        self._lingering = False  # reading only to discard an unwanted upload
+        self._current: StreamReader | None = None
+        self.peer: str | None = None
+
+    # -- transport events --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # also sets TCP_NODELAY
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else None
+        self._server.connections.add(self)
+        self._arm_idle()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self._server.connections.discard(self)
+        self.transport = None
+        self._closing = True
+        self._disarm_idle()
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        # An upload still being relayed must fail, not hang or look complete.
+        for _, payload in self._queue:
+            payload.set_exception(ConnectionResetError("client disconnected"))
+        if self._current is not None and not self._current.is_eof():
+            self._current.set_exception(ConnectionResetError("client disconnected"))
+        self._queue.clear()
+        with contextlib.suppress(Exception):
+            self._requests.feed_eof()
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering or self._closing or self._broken:
+            return
+        messages: list[tuple[RawRequestMessage | int, StreamReader]]
+        try:
+            parsed, upgraded, _ = self._requests.feed_data(data)
+            messages = list(parsed)
+            for i, (message, _) in enumerate(parsed):
+                # The flag on the message, not the parser's return value: the two
+                # aiohttp parsers disagree on the latter (the pure-Python one goes on
+                # parsing the bytes after an Upgrade request as HTTP).
+                if message.upgrade:
+                    messages, upgraded = messages[: i + 1], True
+                    break
+        except HttpProcessingError as exc:
+            # Answered in turn after any request already queued, then the connection
+            # closes: the parser's position in the stream is no longer trustworthy.
+            code = exc.code if 400 <= exc.code < 500 else HTTPBadRequest.status_code
+            log.info("unparseable request status=%d error=%s", code, type(exc).__name__)
+            messages, upgraded = [(code, EMPTY_PAYLOAD)], True
+        if upgraded:
+            # We never switch protocols (Upgrade is hop-by-hop and dropped): answer the
+            # request as plain HTTP, then close, so no byte after it is read as HTTP.
+            self._broken = True
+            self._pause_transport_reading()
+        if messages:
+            self._disarm_idle()
+            self._queue.extend(messages)
+            if len(self._queue) >= _QUEUE:
+                self._pause_reading_for_buffer()
+            if self._task is None:
+                self._task = self._loop.create_task(self._serve())
+
+    # -- writing -----------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client disconnected")
+        transport.write(data)
+
+    async def drain(self) -> None:
+        if self.transport is None:
+            raise ConnectionResetError("client disconnected")
+        if self._paused:
+            await self._drain_helper()
+
+    def reset(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+
+    # -- the request loop --------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        try:
+            while self._queue and self.transport is not None:
+                message, payload = self._queue.popleft()
+                self._requests.message_consumed()
+                if self._buffer_paused and len(self._queue) < _QUEUE // 2:
+                    self._resume_reading_for_buffer()
+                    self.data_received(b"")  # parse what was held back
+                if isinstance(message, int):
+                    self._refuse_unparseable(message)
+                    return
+                self._current = payload
+                request = Request(self, message, payload)
+                await self._server.handler(request)
+                self._current = None
+                if not request.started or not request.keep_alive or self._closing or (self._broken and not self._queue):
+                    self._finish(payload)
+                    return
+        except ConnectionError:
+            self._close()
+        except Exception:
+            # The handler fails closed itself; this is the last line for our own bugs.
+            log.exception("connection error")
+            self.reset()
+        finally:
+            self._task = None
+            if self.transport is not None and not (self._closing or self._broken):
+                self._arm_idle()
+
+    def _refuse_unparseable(self, status: int) -> None:
+        reason = Reason.BAD_REQUEST
+        with contextlib.suppress(ConnectionError):
+            self.write(
+                f"HTTP/1.1 {status} Bad Request\r\nContent-Type: application/json\r\n"
+                f"Cache-Control: no-store\r\nContent-Length: {len(reason.body)}\r\n"
+                f"Date: {_http_date()}\r\nConnection: close\r\n\r\n".encode()
+                + reason.body
+            )
+        self._close()
+
+    def _finish(self, payload: StreamReader) -> None:
+        """Close after this response, reading (and dropping) an unread upload for a
+        while first: closing with unread bytes would reset the connection, and the
+        client could lose the answer we just wrote."""
+        self._closing = True
+        transport = self.transport
+        if transport is None:
+            return
+        if payload is EMPTY_PAYLOAD or payload.is_eof():
+            transport.close()
+            return
+        self._lingering = True
+        if transport.can_write_eof():
+            with contextlib.suppress(OSError, RuntimeError):
+                transport.write_eof()
+        self._resume_transport_reading()
+        self._loop.call_later(_LINGER, self._close)
+
+    def _close(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- idle timeout ------------------------------------------------------------------
+
+    # Lazy, like the upstream read timer: arming moves the deadline, and the one
+    # scheduled handle re-arms itself when it fires early.
+    def _arm_idle(self) -> None:
+        self._idle_deadline = self._loop.time() + self._server.keepalive_timeout
+        if self._idle is None:
+            self._idle = self._loop.call_at(self._idle_deadline, self._on_idle)
+
+    def _disarm_idle(self) -> None:
+        self._idle_deadline = None
+
+    def _on_idle(self) -> None:
+        self._idle = None
+        deadline = self._idle_deadline
+        if deadline is None or self.transport is None:
+            return
+        if self._loop.time() < deadline:
+            self._idle = self._loop.call_at(deadline, self._on_idle)
+        elif self._task is None:
+            self._close()
+
+    @property
+    def busy(self) -> bool:
+        return self._task is not None
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def drain_and_close(self) -> None:
+        """Close now if idle; otherwise after the response in progress (`Connection: close`)."""
+        if self._task is None:
+            self._close()
+        else:
+            self._closing = True
+
+
+class Server:
+    """Protocol factory plus the set of live connections, for a draining shutdown."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        loop: asyncio.AbstractEventLoop,
+        max_field_size: int,
+        keepalive_timeout: float = 75.0,
+    ) -> None:
+        self.handler = handler
+        self.loop = loop
+        self.max_field_size = max_field_size
+        self.keepalive_timeout = keepalive_timeout
+        self.connections: set[ClientConnection] = set()
+
+    def __call__(self) -> ClientConnection:
+        return ClientConnection(self)
+
+    async def shutdown(self, grace: float) -> None:
+        """Close idle connections now; give busy ones `grace` seconds, then cut them."""
+        deadline = self.loop.time() + grace
+        while True:
+            for conn in list(self.connections):
+                conn.drain_and_close()
+            if not self.connections or self.loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.reset()
