@@ -125,7 +125,7 @@ class ProxyHandler:
     async def __call__(self, request: Request) -> None:
         runtime = self.runtime
         ex = Exchange()
-        self._in_flight.inc()
+        self._in_flight(1)
         try:
             await self._handle(request, runtime, ex)
         except ConnectionError:
@@ -146,7 +146,7 @@ class ProxyHandler:
             else:
                 send_refusal(request, Reason.INTERNAL)
         finally:
-            self._in_flight.dec()
+            self._in_flight(-1)
             self._finish(request, runtime, ex, request.status or CLIENT_CLOSED)
 
     def _finish(self, request: Request, runtime: Runtime, ex: Exchange, status: int) -> None:

@@ -250,7 +250,12 @@ class UpstreamResponse:
         return int(value) if value is not None and value.isdigit() else None
 
     async def read(self) -> bytes:
-        return await self.content.read()
+        content = self.content
+        if content.is_eof() and content.exception() is None:
+            # The whole body is already buffered (the common case for a small
+            # response): take it without the read loop's awaits.
+            return content.read_nowait()
+        return await content.read()
 
     def close(self) -> None:
         """Drop the connection (the body was not consumed, or something failed)."""

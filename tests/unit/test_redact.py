@@ -43,21 +43,33 @@ def test_target_and_url() -> None:
     )
 
 
-def test_access_log_json_lines_match_the_json_module() -> None:
+async def test_access_log_json_lines_match_the_json_module() -> None:
+    """The hand-built JSON line says exactly what json.dumps of the record says."""
+    import asyncio
     import json
 
-    from gateway.obs.access import _json_line
+    from gateway.obs.access import AccessLog, Exchange
+    from gateway.proxy.downstream import Request, Server
 
-    record = {
-        "ts": "2026-01-01T00:00:00.000Z",
-        "path": '/a?b="c"\\\n\u00e9\ud800',
-        "status": 200,
-        "subject": None,
-        "upstream_seconds": 0.001577,
-        "duration_seconds": 1e-06,
-        "flag": True,
-        "bytes_in": 0,
-    }
-    line = _json_line(record)
-    assert line == json.dumps(record, ensure_ascii=True, separators=(",", ":"))
-    assert json.loads(line) == record
+    async def nothing(_: Request) -> None:
+        return None
+
+    conn = Server(nothing, asyncio.get_running_loop(), 8190)()
+    conn.peer = "10.0.0.1"
+    raw = (
+        b'GET /a?b="c"&token=SECRET HTTP/1.1\r\nHost: h\r\nUser-Agent: q"\\ \xc3\xa9 \xff\tx\r\n'
+        b"Referer: https://u:p@r.example/?code=SECRET2\r\n\r\n"
+    )
+    messages, _, _ = conn._requests.feed_data(raw)
+    request = Request(conn, *messages[0])
+    for subject, upstream in ((None, None), ('s"\u00e9\ud800', 0.001577)):
+        ex = Exchange(route="r", outcome="denied", reason="token_invalid", subject=subject, upstream_seconds=upstream)
+        for log in (AccessLog("json", True, Redactor()), AccessLog("json", False, Redactor())):
+            line = log.json_line(request, ex, 401, 1e-06)
+            record = log.record(request, ex, 401, 1e-06)
+            assert line == json.dumps(json.loads(line), separators=(",", ":"))
+            parsed = json.loads(line)
+            assert parsed.pop("ts")
+            assert record.pop("ts")
+            assert parsed == record
+            assert "SECRET" not in line
