@@ -22,9 +22,11 @@ import logging
 import socket
 import struct
 import time
+import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp.base_protocol import BaseProtocol
@@ -46,6 +48,7 @@ _LAST_CHUNK = b"0\r\n\r\n"
 
 Handler = Callable[["Request"], Awaitable[None]]
 
+_PHRASES = {s.value: s.phrase for s in HTTPStatus}
 _date: list[Any] = [0, ""]
 
 
@@ -195,6 +198,8 @@ class ClientConnection(BaseProtocol):
         super().__init__(server.loop, self._requests)
         self._queue: deque[tuple[RawRequestMessage | int, StreamReader]] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None  # set while the task waits for a request
+        self._handling = False
         self._idle: asyncio.TimerHandle | None = None
         self._idle_deadline: float | None = None
         self._closing = False  # close after the response being written
@@ -229,6 +234,10 @@ class ClientConnection(BaseProtocol):
         self._queue.clear()
         with contextlib.suppress(Exception):
             self._requests.feed_eof()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set_result(None)  # the task sees the transport gone and ends
 
     def data_received(self, data: bytes) -> None:
         if self._lingering or self._closing or self._broken:
@@ -260,7 +269,11 @@ class ClientConnection(BaseProtocol):
             self._queue.extend(messages)
             if len(self._queue) >= _QUEUE:
                 self._pause_reading_for_buffer()
-            if self._task is None:
+            waiter = self._waiter
+            if waiter is not None:
+                self._waiter = None
+                waiter.set_result(None)
+            elif self._task is None:
                 self._task = self._loop.create_task(self._serve())
 
     # -- writing -----------------------------------------------------------------------
@@ -290,8 +303,17 @@ class ClientConnection(BaseProtocol):
     # -- the request loop --------------------------------------------------------------
 
     async def _serve(self) -> None:
+        """The connection's one task, for its whole life: waking it for the next
+        request costs less than starting a task per request."""
         try:
-            while self._queue and self.transport is not None:
+            while self.transport is not None:
+                if not self._queue:
+                    if self._closing or self._broken:
+                        return
+                    self._arm_idle()
+                    self._waiter = self._loop.create_future()
+                    await self._waiter  # data_received or connection_lost
+                    continue
                 message, payload = self._queue.popleft()
                 self._requests.message_consumed()
                 if self._buffer_paused and len(self._queue) < _QUEUE // 2:
@@ -302,27 +324,33 @@ class ClientConnection(BaseProtocol):
                     return
                 self._current = payload
                 request = Request(self, message, payload)
-                await self._server.handler(request)
-                self._current = None
+                self._handling = True
+                try:
+                    await self._server.handler(request)
+                finally:
+                    self._handling = False
+                    self._current = None
                 if not request.started or not request.keep_alive or self._closing or (self._broken and not self._queue):
                     self._finish(payload)
                     return
         except ConnectionError:
             self._close()
-        except Exception:
+        except Exception as exc:
             # The handler fails closed itself; this is the last line for our own bugs.
-            log.exception("connection error")
+            # The type and frames only: exception text can quote request data.
+            log.error(
+                "connection error %s\n%s", type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+            )
             self.reset()
         finally:
             self._task = None
-            if self.transport is not None and not (self._closing or self._broken):
-                self._arm_idle()
+            self._waiter = None
 
     def _refuse_unparseable(self, status: int) -> None:
         reason = Reason.BAD_REQUEST
         with contextlib.suppress(ConnectionError):
             self.write(
-                f"HTTP/1.1 {status} Bad Request\r\nContent-Type: application/json\r\n"
+                f"HTTP/1.1 {status} {_PHRASES.get(status, 'Bad Request')}\r\nContent-Type: application/json\r\n"
                 f"Cache-Control: no-store\r\nContent-Length: {len(reason.body)}\r\n"
                 f"Date: {_http_date()}\r\nConnection: close\r\n\r\n".encode()
                 + reason.body
@@ -371,12 +399,12 @@ class ClientConnection(BaseProtocol):
             return
         if self._loop.time() < deadline:
             self._idle = self._loop.call_at(deadline, self._on_idle)
-        elif self._task is None:
+        elif not self._handling:
             self._close()
 
     @property
     def busy(self) -> bool:
-        return self._task is not None
+        return self._handling
 
     @property
     def closing(self) -> bool:
@@ -384,7 +412,7 @@ class ClientConnection(BaseProtocol):
 
     def drain_and_close(self) -> None:
         """Close now if idle; otherwise after the response in progress (`Connection: close`)."""
-        if self._task is None:
+        if not self._handling:
             self._close()
         else:
             self._closing = True
