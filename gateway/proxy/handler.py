@@ -6,6 +6,7 @@ swapped whole on reload, so a request sees one policy from start to end.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -54,13 +55,20 @@ def send_refusal(request: Request, reason: Reason, realm: str = "gateway", scope
     """The small JSON body every refusal carries, plus its RFC 6750 challenge.
 
     Never echoes request data: the body is fixed per reason."""
+    request.send(reason.status, phrase(reason.status), _refusal_headers(reason, realm, scope), reason.body)
+
+
+@functools.lru_cache(maxsize=1024)
+def _refusal_headers(reason: Reason, realm: str, scope: str) -> tuple[tuple[str, str], ...]:
+    # Every argument comes from the policy or the closed Reason set, never from a
+    # request, so the cache stays small; a refusal flood formats nothing.
     headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
     challenge = reason.www_authenticate(realm, scope)
     if challenge is not None:
         headers.append(("WWW-Authenticate", challenge))
     if reason is Reason.KEYS_UNAVAILABLE:
         headers.append(("Retry-After", "5"))
-    request.send(reason.status, phrase(reason.status), headers, reason.body)
+    return tuple(headers)
 
 
 @dataclass(frozen=True, slots=True)
