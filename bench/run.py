@@ -209,6 +209,18 @@ end
 _UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
+def match_cost(policy: Path) -> float:
+    """Microseconds per route lookup of the measured path, in this process."""
+    from gateway.policy import load_policy  # only this figure needs the package
+
+    table = load_policy(str(policy)).table
+    n = 20_000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        table.match("GET", "127.0.0.1", "/public/x")
+    return (time.perf_counter() - t0) / n * 1e6
+
+
 def run_wrk(wrk: str, url: str, duration: int, connections: int, script: Path | None) -> dict[str, float]:
     cmd = ["taskset", "-c", LOAD_CORE, wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
     if script is not None:
@@ -324,12 +336,13 @@ def _run(args: argparse.Namespace, work: Path, procs: Procs, wrk: str, nginx: st
     scenarios: dict[str, tuple[str, Path | None]] = {
         "nginx proxy": (f"http://127.0.0.1:{proxy}/public", None),
         "public route": (f"http://127.0.0.1:{gw_port}/public", None),
+        # Right after the 1-route run, so each round gives a paired comparison.
+        "1000 routes, last": (f"http://127.0.0.1:{many_port}/public", None),
         "RS256 reused": (f"http://127.0.0.1:{gw_port}/jwt", lua_header(work, "rs", reused["RS256"])),
         "RS256 unique": (f"http://127.0.0.1:{gw_port}/jwt", lua_pool(work, "unique", tokens["unique"])),  # type: ignore[arg-type]
         "ES256 reused": (f"http://127.0.0.1:{gw_port}/jwt", lua_header(work, "es", reused["ES256"])),
         "EdDSA reused": (f"http://127.0.0.1:{gw_port}/jwt", lua_header(work, "ed", reused["EdDSA"])),
         "bad signatures": (f"http://127.0.0.1:{gw_port}/jwt", lua_pool(work, "bad", tokens["bad"])),  # type: ignore[arg-type]
-        "1000 routes, last": (f"http://127.0.0.1:{many_port}/public", None),
     }
     # Warm up every path once (imports, pools, key parsing).
     for url, script in scenarios.values():
@@ -343,7 +356,9 @@ def _run(args: argparse.Namespace, work: Path, procs: Procs, wrk: str, nginx: st
 
     rss_before_stream = rss_kib(gw.pid)
     streaming = {
-        "nginx upload MB/s": statistics.median(stream(curl, f"http://127.0.0.1:{proxy}/stream/up", big) for _ in range(3)),
+        "nginx upload MB/s": statistics.median(
+            stream(curl, f"http://127.0.0.1:{proxy}/stream/up", big) for _ in range(3)
+        ),
         "gateway upload MB/s": statistics.median(
             stream(curl, f"http://127.0.0.1:{gw_port}/stream/up", big) for _ in range(3)
         ),
@@ -369,6 +384,14 @@ def _run(args: argparse.Namespace, work: Path, procs: Procs, wrk: str, nginx: st
         results[name] = {"rps": round(rps, 1), "ratio": round(rps / ref, 3), "p50_ms": round(p50, 3), "p99_ms": round(p99, 3),
                          "non_2xx": int(non2xx), "rounds": [round(s["rps"], 1) for s in runs]}  # fmt: skip
         print(f"{name:22} {rps:9.0f} {rps / ref:6.3f} {p50:8.2f} {p99:8.2f} {int(non2xx):8d}")
+    paired = statistics.median(
+        m["rps"] / p["rps"] for m, p in zip(samples["1000 routes, last"], samples["public route"], strict=True)
+    )
+    match_us = {n: match_cost(work / f"gateway-{n}.yaml") for n in (1, 1000)}
+    print(
+        f"\n1 000 routes vs 1 route: {paired:.3f} (median of per-round ratios; each pair run back to back); "
+        f"route matching alone: {match_us[1]:.2f} us vs {match_us[1000]:.2f} us per request"
+    )
     print()
     for name, value in streaming.items():
         print(f"{name:24} {value:8.1f}")
@@ -383,8 +406,15 @@ def _run(args: argparse.Namespace, work: Path, procs: Procs, wrk: str, nginx: st
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "settings": {"rounds": args.rounds, "duration_s": args.duration, "connections": args.connections},
         "scenarios": results,
-        "streaming": {**{k: round(v, 1) for k, v in streaming.items()}, "upload_ratio": round(up_ratio, 3),
-                      "download_ratio": round(down_ratio, 3)},  # fmt: skip
+        "routes_1000_vs_1": {
+            "paired_ratio": round(paired, 3),
+            "match_us": {str(k): round(v, 3) for k, v in match_us.items()},
+        },
+        "streaming": {
+            **{k: round(v, 1) for k, v in streaming.items()},
+            "upload_ratio": round(up_ratio, 3),
+            "download_ratio": round(down_ratio, 3),
+        },  # fmt: skip
         "rss_kib": {"before_stream": rss_before_stream, "after_stream": rss_after_stream, "peak": peak},
     }
     args.json.write_text(json.dumps(report, indent=2) + "\n")
