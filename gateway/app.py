@@ -131,7 +131,7 @@ class Gateway:
         await self._start_providers(policy)
         self._pool = UpstreamPool()
         self._handler = ProxyHandler(self._runtime(policy), self._pool, self.metrics)
-        self._server = make_server(self._handler, policy.max_token_bytes, policy.keepalive_timeout)
+        self._server = make_server(self._handler, policy.max_token_bytes, policy.keepalive_timeout, policy.send_timeout)
         listener = await asyncio.get_running_loop().create_server(
             self._server, policy.listen.host, policy.listen.port, reuse_address=True, backlog=1024
         )

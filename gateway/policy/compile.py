@@ -105,6 +105,7 @@ class CompiledPolicy:
     trusted_proxies: tuple[Network, ...]
     shutdown_timeout: float
     keepalive_timeout: float
+    send_timeout: float
     table: RouteTable
     providers: tuple[ProviderKeys, ...]
     identity: IdentityHeaders
@@ -158,6 +159,7 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
         trusted_proxies=tuple(ipaddress.ip_network(n, strict=False) for n in policy.server.trusted_proxies),
         shutdown_timeout=policy.server.shutdown_timeout,
         keepalive_timeout=policy.server.keepalive_timeout,
+        send_timeout=policy.server.send_timeout,
         table=RouteTable(tuple(routes)),
         providers=tuple(v.keys for v in verifiers.values()),
         identity=IdentityHeaders.of(identity.reserved_prefix, claim_headers),

@@ -143,6 +143,8 @@ class Server(Strict):
     # nginx's default. It also bounds how long a client may take to send a request's
     # head, so a connection trickling header bytes is closed.
     keepalive_timeout: Duration = 75.0
+    # nginx's send_timeout: a client that takes none of its response for this long is cut off.
+    send_timeout: Duration = 60.0
 
 
 _ALGORITHMS = (

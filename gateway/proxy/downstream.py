@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import struct
 import time
@@ -47,6 +48,12 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 Handler = Callable[["Request"], Awaitable[None]]
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class UnsendableHeaderError(ValueError):
+    """A response header value holds a control character; nothing was written."""
+
 
 _PHRASES = {s.value: s.phrase for s in HTTPStatus}
 _date: list[Any] = [0, ""]
@@ -111,12 +118,15 @@ class Request:
             # An upload we have not read to its end: its remaining bytes would be
             # parsed as the next request. Answer, then close (lingering).
             self.keep_alive = False
+        if _CONTROL.search(reason) is not None:
+            raise UnsendableHeaderError("reason phrase")
         lines = [f"HTTP/1.1 {status} {reason}\r\n"]
         has_date = False
         for name, value in headers:
-            if "\r" in value or "\n" in value or "\x00" in value:
-                # The upstream's parser refuses these already; last line of defence.
-                raise ValueError("header value with a control character")
+            if _CONTROL.search(value) is not None:
+                # RFC 9110 §5.5: no control characters but tab in a field value. The
+                # upstream's parser refuses CR, LF and NUL already; the rest stop here.
+                raise UnsendableHeaderError(name)
             lines.append(f"{name}: {value}\r\n")
             if not has_date and len(name) == 4 and name.lower() == "date":
                 has_date = True
@@ -205,6 +215,7 @@ class ClientConnection(BaseProtocol):
         self._closing = False  # close after the response being written
         self._broken = False  # parse no more: a parse error or an Upgrade request was queued last
         self._lingering = False  # reading only to discard an unwanted upload
+        self._pipelined = False  # more than one request was queued at once
         self._current: StreamReader | None = None
         self.peer: str | None = None
 
@@ -239,34 +250,69 @@ class ClientConnection(BaseProtocol):
             self._waiter = None
             waiter.set_result(None)  # the task sees the transport gone and ends
 
+    def _open_body(self) -> StreamReader | None:
+        """The body the parser is still filling (always the last request parsed), if any."""
+        payload = self._queue[-1][1] if self._queue else self._current
+        if payload is None or payload is EMPTY_PAYLOAD or payload.is_eof():
+            return None
+        return payload
+
     def data_received(self, data: bytes) -> None:
-        if self._lingering or self._closing or self._broken:
+        if self._lingering:
             return
+        if self._closing or self._broken:
+            # No new request will be read; but the body of one already taken (an
+            # Upgrade request's, or an upload in progress while we drain) still is.
+            if self._open_body() is None:
+                if self._broken:
+                    self._pause_transport_reading()
+                return
+            self._feed(data, accept=False)
+            return
+        self._feed(data, accept=True)
+
+    def _feed(self, data: bytes, accept: bool) -> None:
         messages: list[tuple[RawRequestMessage | int, StreamReader]]
+        upgraded = False
         try:
-            parsed, upgraded, _ = self._requests.feed_data(data)
-            messages = list(parsed)
-            for i, (message, _) in enumerate(parsed):
+            parsed, _, _ = self._requests.feed_data(data)
+            messages = []
+            for message, payload in parsed if accept else ():
+                messages.append((message, payload))
                 # The flag on the message, not the parser's return value: the two
                 # aiohttp parsers disagree on the latter (the pure-Python one goes on
                 # parsing the bytes after an Upgrade request as HTTP).
                 if message.upgrade:
-                    messages, upgraded = messages[: i + 1], True
+                    upgraded = True
                     break
         except HttpProcessingError as exc:
-            # Answered in turn after any request already queued, then the connection
-            # closes: the parser's position in the stream is no longer trustworthy.
             code = exc.code if 400 <= exc.code < 500 else HTTPBadRequest.status_code
             log.info("unparseable request status=%d error=%s", code, type(exc).__name__)
-            messages, upgraded = [(code, EMPTY_PAYLOAD)], True
+            self._broken = True  # the parser's place in the stream is lost: read no more
+            broken = self._open_body()
+            if broken is None:
+                # Between requests: answered in turn, after those already queued.
+                messages = [(code, EMPTY_PAYLOAD)]
+            else:
+                # Inside a body (a bad chunk): that request fails, never hangs.
+                broken.set_exception(ConnectionResetError("malformed request body"))
+                messages = []
+                if self._queue:
+                    self._queue.pop()  # not started yet: answer it with the 400 instead
+                    messages = [(code, EMPTY_PAYLOAD)]
+                else:
+                    self._closing = True  # in progress: its handler fails; close after it
+            if not accept:
+                messages = []
         if upgraded:
             # We never switch protocols (Upgrade is hop-by-hop and dropped): answer the
             # request as plain HTTP, then close, so no byte after it is read as HTTP.
             self._broken = True
-            self._pause_transport_reading()
         if messages:
             self._disarm_idle()
             self._queue.extend(messages)
+            if len(self._queue) > 1:
+                self._pipelined = True
             if len(self._queue) >= _QUEUE:
                 self._pause_reading_for_buffer()
             waiter = self._waiter
@@ -285,10 +331,18 @@ class ClientConnection(BaseProtocol):
         transport.write(data)
 
     async def drain(self) -> None:
+        """Wait until the client takes what we wrote; a client that reads nothing for
+        `send_timeout` is cut off (nginx's send_timeout), so it cannot pin a handler
+        and an upstream connection forever."""
         if self.transport is None:
             raise ConnectionResetError("client disconnected")
         if self._paused:
-            await self._drain_helper()
+            try:
+                async with asyncio.timeout(self._server.send_timeout):
+                    await self._drain_helper()
+            except TimeoutError:
+                self.reset()
+                raise ConnectionResetError("client stopped reading") from None
 
     def reset(self) -> None:
         transport = self.transport
@@ -307,6 +361,11 @@ class ClientConnection(BaseProtocol):
         request costs less than starting a task per request."""
         try:
             while self.transport is not None:
+                if not self._queue and self._pipelined:
+                    # aiohttp's parser can hold back pipelined requests past its queue
+                    # limit and miscount them; ask it for anything it still holds.
+                    self._pipelined = False
+                    self.data_received(b"")
                 if not self._queue:
                     if self._closing or self._broken:
                         return
@@ -333,6 +392,14 @@ class ClientConnection(BaseProtocol):
                 if not request.started or not request.keep_alive or self._closing or (self._broken and not self._queue):
                     self._finish(payload)
                     return
+                if self._paused:
+                    # Write back-pressure across pipelined requests: do not answer the
+                    # next one while the client has not taken this answer.
+                    await self.drain()
+                elif self._queue:
+                    # A refusal never suspends: let other connections run between
+                    # pipelined requests, or one client could hold the loop.
+                    await asyncio.sleep(0)
         except ConnectionError:
             self._close()
         except Exception as exc:
@@ -427,11 +494,13 @@ class Server:
         loop: asyncio.AbstractEventLoop,
         max_field_size: int,
         keepalive_timeout: float = 75.0,
+        send_timeout: float = 60.0,
     ) -> None:
         self.handler = handler
         self.loop = loop
         self.max_field_size = max_field_size
         self.keepalive_timeout = keepalive_timeout
+        self.send_timeout = send_timeout
         self.connections: set[ClientConnection] = set()
 
     def __call__(self) -> ClientConnection:

@@ -28,7 +28,7 @@ from gateway.keys.provider_keys import ProviderKeys
 from gateway.obs.access import AccessLog, Exchange
 from gateway.obs.metrics import PUBLISHED_JWKS, UNMATCHED, Metrics, RouteMetrics
 from gateway.pathnorm import Rejected, normalize_target
-from gateway.proxy.downstream import Request
+from gateway.proxy.downstream import Request, UnsendableHeaderError
 from gateway.proxy.headers import (
     ForwardedFor,
     connection_tokens,
@@ -42,6 +42,7 @@ from gateway.routing import CompiledRoute, RouteTable, request_host
 log = logging.getLogger("gateway.proxy")
 
 SMALL_BODY = 64 * 1024
+_CONTROL_IN_HEADER = "response header with a control character"
 _PHRASES = {s.value: s.phrase for s in HTTPStatus}
 # A client that left before its response head could be written (nginx's convention).
 CLIENT_CLOSED = 499
@@ -348,8 +349,19 @@ class ProxyHandler:
                 reason = Reason.UPSTREAM_TIMEOUT if isinstance(exc, TimeoutError) else Reason.UPSTREAM_ERROR
                 return self._refuse(request, runtime, ex, route, reason, f"body: {type(exc).__name__}")
             ex.bytes_out = len(body)
-            return request.send(upstream.status, upstream.reason, headers, body)
-        request.start(upstream.status, upstream.reason, headers, length)
+            try:
+                return request.send(upstream.status, upstream.reason, headers, body)
+            except UnsendableHeaderError:
+                return self._refuse(
+                    request, runtime, ex, route, Reason.UPSTREAM_ERROR, "response header with a control character"
+                )
+        try:
+            request.start(upstream.status, upstream.reason, headers, length)
+        except UnsendableHeaderError:
+            upstream.close()
+            return self._refuse(
+                request, runtime, ex, route, Reason.UPSTREAM_ERROR, "response header with a control character"
+            )
         try:
             async for chunk in upstream.content.iter_any():
                 await request.write(chunk)

@@ -41,12 +41,15 @@ def silence_aiohttp_echo() -> None:
             logger.addFilter(_FILTER)
 
 
-def make_server(handler: Handler, max_token_bytes: int, keepalive_timeout: float = 75.0) -> Server:
+def make_server(
+    handler: Handler, max_token_bytes: int, keepalive_timeout: float = 75.0, send_timeout: float = 60.0
+) -> Server:
     silence_aiohttp_echo()
     return Server(
         handler,
         asyncio.get_running_loop(),
         keepalive_timeout=keepalive_timeout,
+        send_timeout=send_timeout,
         # Twice the largest token we accept, so that our own size check answers an
         # oversized token (401 token_too_large); beyond that the parser refuses (400).
         max_field_size=max(8190, 2 * max_token_bytes + 1024),
