@@ -63,6 +63,9 @@ def need(tool: str, package: str) -> str:
     return path
 
 
+UNIQUE_TOKENS = 2000
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -148,7 +151,7 @@ def keys_and_tokens(work: Path) -> dict[str, object]:
         return jwt.encode(claims, private[alg], algorithm=alg, headers={"kid": alg.lower()})
 
     reused = {alg: mint(alg, "service-client") for alg in private}
-    unique = [mint("RS256", f"user-{i}") for i in range(2000)]
+    unique = [mint("RS256", f"user-{i}") for i in range(UNIQUE_TOKENS)]
     bad = []
     for token in unique[:500]:
         head, body, sig = token.split(".")
@@ -161,6 +164,9 @@ def gateway_policy(work: Path, port: int, admin: int, backend: int, routes: int)
         f"listen: 127.0.0.1:{port}",
         f"admin: {{listen: 127.0.0.1:{admin}}}",
         "access_log: {format: json}",
+        # Half the unique-token pool, which wrk cycles through in order: every unique
+        # token is a cache miss (LRU), so that scenario verifies on every request.
+        f"token_cache: {{max_entries: {UNIQUE_TOKENS // 2}}}",
         "providers:",
         "  bench:",
         f"    issuer: {ISSUER}",
@@ -209,6 +215,13 @@ end
 _UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
+def cache_misses(admin: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:  # loopback URL we built
+        text = r.read().decode()
+    found = re.search(r"^gateway_token_cache_misses_total (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else float("nan")
+
+
 def match_cost(policy: Path) -> float:
     """Microseconds per route lookup of the measured path, in this process."""
     from gateway.policy import load_policy  # only this figure needs the package
@@ -227,12 +240,19 @@ def run_wrk(wrk: str, url: str, duration: int, connections: int, script: Path | 
         cmd += ["-s", str(script)]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     lat = {}
     for pct in ("50", "99"):
         m = re.search(rf"\s{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)", out)
         lat[pct] = float(m.group(1)) * _UNIT[m.group(2)] if m else float("nan")
-    return {"rps": rps, "p50": lat["50"], "p99": lat["99"], "non2xx": float(non2xx.group(1)) if non2xx else 0.0}
+    return {
+        "rps": rps,
+        "requests": total,
+        "p50": lat["50"],
+        "p99": lat["99"],
+        "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
+    }
 
 
 def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
@@ -315,6 +335,7 @@ def _run(args: argparse.Namespace, work: Path, procs: Procs, wrk: str, nginx: st
     procs.start([nginx, "-c", str(proxy_conf), "-e", str(work / "proxy.stderr")], PROXY_CORE)
     tokens = keys_and_tokens(work)
     gateways: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}
+    admins: dict[int, int] = {}
     for routes in (1, 1000):
         port, admin = free_port(), free_port()
         policy = gateway_policy(work, port, admin, backend, routes)
@@ -328,6 +349,7 @@ def _run(args: argparse.Namespace, work: Path, procs: Procs, wrk: str, nginx: st
         )
         gateways[routes] = (port, proc)
         wait_http(f"http://127.0.0.1:{admin}/readyz")
+        admins[routes] = admin
     wait_http(f"http://127.0.0.1:{proxy}/")
     gw_port, gw = gateways[1]
     many_port, _ = gateways[1000]
@@ -349,9 +371,13 @@ def _run(args: argparse.Namespace, work: Path, procs: Procs, wrk: str, nginx: st
         run_wrk(wrk, url, 1, 8, script)
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in scenarios}
     rss_peak_before = rss_kib(gw.pid, "VmHWM")
+    unique_misses = 0.0
     for r in range(args.rounds):
         for name, (url, script) in scenarios.items():
+            before = cache_misses(admins[1])
             samples[name].append(run_wrk(wrk, url, args.duration, args.connections, script))
+            if name == "RS256 unique":
+                unique_misses += cache_misses(admins[1]) - before
         print(f"round {r + 1}/{args.rounds} done", flush=True)
 
     rss_before_stream = rss_kib(gw.pid)
@@ -384,6 +410,8 @@ def _run(args: argparse.Namespace, work: Path, procs: Procs, wrk: str, nginx: st
         results[name] = {"rps": round(rps, 1), "ratio": round(rps / ref, 3), "p50_ms": round(p50, 3), "p99_ms": round(p99, 3),
                          "non_2xx": int(non2xx), "rounds": [round(s["rps"], 1) for s in runs]}  # fmt: skip
         print(f"{name:22} {rps:9.0f} {rps / ref:6.3f} {p50:8.2f} {p99:8.2f} {int(non2xx):8d}")
+    unique_requests = sum(s["requests"] for s in samples["RS256 unique"])
+    print(f"\nRS256 unique: {unique_misses / unique_requests:.1%} of requests were token-cache misses (verified)")
     paired = statistics.median(
         m["rps"] / p["rps"] for m, p in zip(samples["1000 routes, last"], samples["public route"], strict=True)
     )
@@ -406,6 +434,7 @@ def _run(args: argparse.Namespace, work: Path, procs: Procs, wrk: str, nginx: st
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "settings": {"rounds": args.rounds, "duration_s": args.duration, "connections": args.connections},
         "scenarios": results,
+        "unique_cache_miss_share": round(unique_misses / unique_requests, 4),
         "routes_1000_vs_1": {
             "paired_ratio": round(paired, 3),
             "match_us": {str(k): round(v, 3) for k, v in match_us.items()},
