@@ -351,12 +351,17 @@ def _run(args: argparse.Namespace, work: Path, procs: Procs, wrk: str, nginx: st
         wait_http(f"http://127.0.0.1:{admin}/readyz")
         admins[routes] = admin
     wait_http(f"http://127.0.0.1:{proxy}/")
+    # The ceiling: the leanest Python proxy on the same parsers, doing none of the work.
+    ceiling = free_port()
+    procs.start([sys.executable, str(ROOT / "bench" / "ceiling.py"), str(ceiling), str(backend)], PROXY_CORE)
+    wait_http(f"http://127.0.0.1:{ceiling}/public")
     gw_port, gw = gateways[1]
     many_port, _ = gateways[1000]
     reused = tokens["reused"]
     assert isinstance(reused, dict)
     scenarios: dict[str, tuple[str, Path | None]] = {
         "nginx proxy": (f"http://127.0.0.1:{proxy}/public", None),
+        "bare Python proxy": (f"http://127.0.0.1:{ceiling}/public", None),
         "public route": (f"http://127.0.0.1:{gw_port}/public", None),
         # Right after the 1-route run, so each round gives a paired comparison.
         "1000 routes, last": (f"http://127.0.0.1:{many_port}/public", None),

@@ -70,9 +70,14 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+# Built once: json.loads with hooks constructs a new decoder on every call, which cost
+# about as much as decoding a token's claims.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+
+
 def _json_object(data: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+        value = _DECODER.decode(data.decode("utf-8"))
     except (ValueError, RecursionError):  # ValueError covers UnicodeDecodeError, JSONDecodeError
         # RecursionError: a few thousand `[` nest deeper than the parser's stack.
         return None
