@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any
+from typing import Any, cast
 
 import uvloop
 from aiohttp.http_parser import HttpRequestParser, HttpResponseParser
@@ -40,8 +40,7 @@ class Upstream(_Parsed):
         self.parser: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
         messages, _, _ = self.parser.feed_data(data)
@@ -60,8 +59,7 @@ class Client(_Parsed):
         self.parser = HttpRequestParser(self, asyncio.get_running_loop(), 2**16)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
