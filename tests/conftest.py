@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer
 
@@ -95,3 +96,12 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
     for gateway in started:
         await gateway.stop()
     await asyncio.sleep(0)
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """The proxy listener's own tests run on uvloop, as the gateway does in production:
+    its transports close and call back in another order than asyncio's. The rest keep
+    asyncio's default loop."""
+    if item.path.name == "test_downstream.py":
+        return {"uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}

@@ -253,7 +253,7 @@ class ClientConnection(BaseProtocol):
     def _open_body(self) -> StreamReader | None:
         """The body the parser is still filling (always the last request parsed), if any."""
         payload = self._queue[-1][1] if self._queue else self._current
-        if payload is None or payload is EMPTY_PAYLOAD or payload.is_eof():
+        if payload is None or payload is EMPTY_PAYLOAD or payload.is_eof() or payload.exception() is not None:
             return None
         return payload
 
@@ -291,8 +291,9 @@ class ClientConnection(BaseProtocol):
             self._broken = True  # the parser's place in the stream is lost: read no more
             broken = self._open_body()
             if broken is None:
-                # Between requests: answered in turn, after those already queued.
-                messages = [(code, EMPTY_PAYLOAD)]
+                # Between requests: answered in turn, after those already queued (only
+                # while new requests are still taken).
+                messages = [(code, EMPTY_PAYLOAD)] if accept else []
             else:
                 # Inside a body (a bad chunk): that request fails, never hangs.
                 broken.set_exception(ConnectionResetError("malformed request body"))
@@ -302,8 +303,6 @@ class ClientConnection(BaseProtocol):
                     messages = [(code, EMPTY_PAYLOAD)]
                 else:
                     self._closing = True  # in progress: its handler fails; close after it
-            if not accept:
-                messages = []
         if upgraded:
             # We never switch protocols (Upgrade is hop-by-hop and dropped): answer the
             # request as plain HTTP, then close, so no byte after it is read as HTTP.
@@ -366,8 +365,13 @@ class ClientConnection(BaseProtocol):
                     # limit and miscount them; ask it for anything it still holds.
                     self._pipelined = False
                     self.data_received(b"")
+                if self._closing or self.transport.is_closing():
+                    # Draining (or closed under us while we waited to write): take no
+                    # new request, or it could run upstream with no way to answer it.
+                    self._close()
+                    return
                 if not self._queue:
-                    if self._closing or self._broken:
+                    if self._broken:
                         return
                     self._arm_idle()
                     self._waiter = self._loop.create_future()
@@ -422,7 +426,7 @@ class ClientConnection(BaseProtocol):
                 f"Date: {_http_date()}\r\nConnection: close\r\n\r\n".encode()
                 + reason.body
             )
-        self._close()
+        self._linger()
 
     def _finish(self, payload: StreamReader) -> None:
         """Close after this response, reading (and dropping) an unread upload for a
@@ -432,8 +436,17 @@ class ClientConnection(BaseProtocol):
         transport = self.transport
         if transport is None:
             return
-        if payload is EMPTY_PAYLOAD or payload.is_eof():
+        if not self._broken and (payload is EMPTY_PAYLOAD or payload.is_eof()):
             transport.close()
+            return
+        # Unread bytes: an upload, or whatever followed a request we stopped reading
+        # after (Upgrade, CONNECT, a parse error).
+        self._linger()
+
+    def _linger(self) -> None:
+        self._closing = True
+        transport = self.transport
+        if transport is None or self._lingering:
             return
         self._lingering = True
         if transport.can_write_eof():
