@@ -50,7 +50,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     listing.set_defaults(handler=_tokens_list)
     revoke = tokens.add_parser("revoke", parents=[common], help="revoke a token, or all of a client's")
     what = revoke.add_mutually_exclusive_group(required=True)
-    what.add_argument("jti", nargs="?", help="the token id (jti)")
+    what.add_argument("jti", nargs="?", help="the token id (jti); one starting with '-' (older ids) goes after '--'")
     what.add_argument("--client", help="revoke every outstanding token of this client")
     revoke.set_defaults(handler=_tokens_revoke)
 

@@ -112,7 +112,9 @@ def issue(
         raise MintError(f"the newest key {key.kid} is {key.alg}, which the provider does not accept ({p.algorithms})")
     now = int(time.time())
     exp = now + int(lifetime)
-    jti = secrets.token_urlsafe(18)
+    # Hex, 128 bits: a base64url id can start with "-", which a shell command line
+    # (`gateway tokens revoke JTI`) would read as an option.
+    jti = secrets.token_hex(16)
     claims: dict[str, Any] = {**extra, "iss": p.issuer, "sub": client, "aud": audience, "iat": now, "exp": exp}
     claims["jti"] = jti
     if scopes:

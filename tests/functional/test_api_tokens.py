@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import stat
 import subprocess
 import time
@@ -198,8 +199,14 @@ def test_minting_rules(tmp_path: Path) -> None:
     assert claims["aud"] == "orders-api"
     assert claims["scope"] == "orders:read orders:write"
     assert claims["exp"] - claims["iat"] == 90 * 86400  # the default ttl
-    assert len(claims["jti"]) >= 20
+    # 128 random bits in hex: never starts with "-", which a command line would take
+    # for an option.
+    assert re.fullmatch(r"[0-9a-f]{32}", claims["jti"])
     assert json.loads(_header(token))["typ"] == "JWT"
+    # An older id that does start with "-" can still be revoked, after "--".
+    revoked = cli("tokens", "revoke", "--config", "gateway.yaml", "--", "-old-style_id", cwd=tmp_path)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "-old-style_id" in (tmp_path / "keys" / "revoked.json").read_text()
 
 
 async def test_an_independent_library_verifies_against_the_published_jwks(tmp_path: Path, upstream: Upstream) -> None:
