@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import traceback
 
 _INVALID = "the access token is invalid"
 
@@ -157,3 +158,9 @@ AUTH_REASONS = frozenset(
         Reason.KEYS_UNAVAILABLE,
     }
 )
+
+
+def bug_report(exc: BaseException) -> str:
+    """An unexpected exception for the log: its type and where it was raised, never its
+    message, which can quote request data (URLs with query secrets, header values)."""
+    return f"{type(exc).__name__}\n" + "".join(traceback.format_tb(exc.__traceback__)).rstrip()

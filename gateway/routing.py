@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
-from yarl import URL
 
 from gateway.auth.requirement import TokenRequirement
 
@@ -19,19 +18,13 @@ class Upstream:
     host: str
     port: int
     base: str
+    # The Host header the upstream receives: computed once here, not per request.
+    authority: str = field(init=False, compare=False)
 
-    def url(self, path: str, query: str) -> URL:
-        """The upstream URL for an already-canonical path; nothing is re-encoded."""
-        # SECURITY: encoded=True stops yarl from resolving dot segments or re-quoting,
-        # so the upstream receives byte-for-byte the path the policy matched.
-        return URL.build(
-            scheme=self.scheme,
-            host=self.host,
-            port=self.port,
-            path=path,
-            query_string=query,
-            encoded=True,
-        )
+    def __post_init__(self) -> None:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        object.__setattr__(self, "authority", host if self.port == default else f"{host}:{self.port}")
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -23,7 +23,6 @@ import re
 import socket
 import struct
 import time
-import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from email.utils import formatdate
@@ -37,7 +36,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_exceptions import HTTPBadRequest
 from multidict import CIMultiDictProxy
 
-from gateway.errors import Reason
+from gateway.errors import Reason, bug_report
 
 log = logging.getLogger("gateway.proxy")
 
@@ -56,6 +55,13 @@ class UnsendableHeaderError(ValueError):
 
 
 _PHRASES = {s.value: s.phrase for s in HTTPStatus}
+
+
+def phrase(status: int) -> str:
+    """The standard reason phrase for a status the gateway itself answers with."""
+    return _PHRASES.get(status, "Unknown")
+
+
 _date: list[Any] = [0, ""]
 
 
@@ -75,7 +81,6 @@ class Request:
     __slots__ = (
         "_chunked",
         "_conn",
-        "_message",
         "content",
         "headers",
         "keep_alive",
@@ -89,7 +94,6 @@ class Request:
 
     def __init__(self, conn: ClientConnection, message: RawRequestMessage, payload: StreamReader) -> None:
         self._conn = conn
-        self._message = message
         self._chunked = False
         self.method: str = message.method
         self.raw_path: str = message.path
@@ -107,6 +111,11 @@ class Request:
     @property
     def started(self) -> bool:
         return self.status != 0
+
+    @property
+    def client_gone(self) -> bool:
+        transport = self._conn.transport
+        return transport is None or transport.is_closing()
 
     def send_continue(self) -> None:
         self._conn.write(_CONTINUE)
@@ -409,9 +418,7 @@ class ClientConnection(BaseProtocol):
         except Exception as exc:
             # The handler fails closed itself; this is the last line for our own bugs.
             # The type and frames only: exception text can quote request data.
-            log.error(
-                "connection error %s\n%s", type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)).rstrip()
-            )
+            log.error("connection error %s", bug_report(exc))
             self.reset()
         finally:
             self._task = None
@@ -421,7 +428,7 @@ class ClientConnection(BaseProtocol):
         reason = Reason.BAD_REQUEST
         with contextlib.suppress(ConnectionError):
             self.write(
-                f"HTTP/1.1 {status} {_PHRASES.get(status, 'Bad Request')}\r\nContent-Type: application/json\r\n"
+                f"HTTP/1.1 {status} {phrase(status)}\r\nContent-Type: application/json\r\n"
                 f"Cache-Control: no-store\r\nContent-Length: {len(reason.body)}\r\n"
                 f"Date: {_http_date()}\r\nConnection: close\r\n\r\n".encode()
                 + reason.body

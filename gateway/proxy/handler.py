@@ -10,10 +10,8 @@ import functools
 import json
 import logging
 import time
-import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http import HTTPStatus
 
 import aiohttp
 
@@ -22,13 +20,13 @@ from gateway.auth.extract import extract_token
 from gateway.auth.forward import IdentityHeaders, UnforwardableError
 from gateway.auth.jws import parse_jws
 from gateway.auth.requirement import TokenRequirement
-from gateway.errors import AUTH_REASONS, Reason
+from gateway.errors import AUTH_REASONS, Reason, bug_report
 from gateway.keys.keyset import KeySet
 from gateway.keys.provider_keys import ProviderKeys
 from gateway.obs.access import AccessLog, Exchange
 from gateway.obs.metrics import PUBLISHED_JWKS, UNMATCHED, Metrics, RouteMetrics
 from gateway.pathnorm import Rejected, normalize_target
-from gateway.proxy.downstream import Request, UnsendableHeaderError
+from gateway.proxy.downstream import Request, UnsendableHeaderError, phrase
 from gateway.proxy.headers import (
     ForwardedFor,
     connection_tokens,
@@ -43,13 +41,9 @@ log = logging.getLogger("gateway.proxy")
 
 SMALL_BODY = 64 * 1024
 _CONTROL_IN_HEADER = "response header with a control character"
-_PHRASES = {s.value: s.phrase for s in HTTPStatus}
+_JWKS_HEADERS = (("Content-Type", "application/jwk-set+json"), ("Cache-Control", "public, max-age=300"))
 # A client that left before its response head could be written (nginx's convention).
 CLIENT_CLOSED = 499
-
-
-def phrase(status: int) -> str:
-    return _PHRASES.get(status, "Unknown")
 
 
 def send_refusal(request: Request, reason: Reason, realm: str = "gateway", scope: str = "") -> None:
@@ -137,26 +131,30 @@ class ProxyHandler:
         self._in_flight(1)
         try:
             await self._handle(request, runtime, ex)
-        except ConnectionError:
+        except ConnectionError as exc:
+            if not request.client_gone:
+                # Not the client: some other connection broke where we did not expect it.
+                self._fail_closed(request, ex, exc)
+                return
             # The client went away; nothing is left to answer. Not our failure.
             if not request.started:
                 ex.outcome, ex.reason = "error", "client_closed"
             raise
         except Exception as exc:
-            # Fail closed: a bug must never turn into a forwarded request or a traceback
-            # page. The message is left out of the log: exception text can quote URLs
-            # (and so query secrets); the frames say where it broke.
-            log.error(
-                "internal error %s\n%s", type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)).rstrip()
-            )
-            ex.outcome, ex.reason, ex.bytes_out = "error", Reason.INTERNAL.ident, len(Reason.INTERNAL.body)
-            if request.started:
-                request.reset()
-            else:
-                send_refusal(request, Reason.INTERNAL)
+            self._fail_closed(request, ex, exc)
         finally:
             self._in_flight(-1)
             self._finish(request, runtime, ex, request.status or CLIENT_CLOSED)
+
+    @staticmethod
+    def _fail_closed(request: Request, ex: Exchange, exc: Exception) -> None:
+        """A bug must never turn into a forwarded request or a traceback page."""
+        log.error("internal error %s", bug_report(exc))
+        ex.outcome, ex.reason, ex.bytes_out = "error", Reason.INTERNAL.ident, len(Reason.INTERNAL.body)
+        if request.started:
+            request.reset()
+        else:
+            send_refusal(request, Reason.INTERNAL)
 
     def _finish(self, request: Request, runtime: Runtime, ex: Exchange, status: int) -> None:
         total = time.perf_counter() - ex.started
@@ -243,12 +241,7 @@ class ProxyHandler:
             cached = (snapshot, json.dumps(doc, separators=(",", ":")).encode())
             self._jwks_cache[keys.provider] = cached
         ex.bytes_out = len(cached[1])
-        request.send(
-            200,
-            "OK",
-            (("Content-Type", "application/jwk-set+json"), ("Cache-Control", "public, max-age=300")),
-            cached[1],
-        )
+        request.send(200, "OK", _JWKS_HEADERS, cached[1])
 
     def _refuse(
         self,

@@ -351,16 +351,13 @@ class UpstreamPool:
         read_timeout: float | None,
     ) -> UpstreamResponse:
         key = (up.scheme, up.host, up.port)
-        default = 443 if up.scheme == "https" else 80
-        host = f"[{up.host}]" if ":" in up.host else up.host
-        authority = host if up.port == default else f"{host}:{up.port}"
         if length is not None:
             framing = f"Content-Length: {length}\r\n"
         elif body is not None:
             framing = "Transfer-Encoding: chunked\r\n"
         else:
             framing = ""
-        head = _head(method, target, authority, headers, framing)
+        head = _head(method, target, up.authority, headers, framing)
         for attempt in (0, 1):
             conn = self._take(key)
             reused = conn is not None

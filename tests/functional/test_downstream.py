@@ -241,6 +241,16 @@ async def read_one(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
+async def slow_reader(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client connection with a 4 KiB receive window (set before connecting, so the
+    kernel cannot grow it): the gateway's writes back up after a few kilobytes."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return await asyncio.open_connection(sock=sock)
+
+
 def in_flight(gw: Gateway) -> float | None:
     return gw.metrics.registry.get_sample_value("gateway_in_flight_requests")
 
@@ -320,9 +330,7 @@ async def test_pipelined_answers_wait_for_a_client_that_does_not_read(
 
     upstream.routes["/open/big"] = big
     gw = await make_gateway(open_policy(upstream))
-    _, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    _, writer = await slow_reader(gw.public_port)
     writer.write(req("/open/big") * 3000)
     await writer.drain()
     await asyncio.sleep(1.5)
@@ -388,11 +396,7 @@ async def test_a_client_that_stops_reading_is_cut_off_after_send_timeout(
     upstream.routes["/open/huge"] = huge
     gw = await make_gateway(open_policy(upstream, "server: {send_timeout: 300ms}"))
     assert gw._server is not None
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.public_port))
-    _, writer = await asyncio.open_connection(sock=sock)
+    _, writer = await slow_reader(gw.public_port)
     try:
         writer.write(req("/open/huge"))
         await writer.drain()
@@ -474,11 +478,7 @@ async def test_draining_takes_no_queued_request_it_could_not_answer(
 
     upstream.routes["/open/big"] = big
     gw = await make_gateway(open_policy(upstream, "server: {shutdown_timeout: 1s}"))
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.public_port))
-    reader, writer = await asyncio.open_connection(sock=sock)
+    reader, writer = await slow_reader(gw.public_port)
     writer.write(b"".join(req(f"/open/big?{i}") for i in range(60)))
     await writer.drain()
     await asyncio.sleep(1.5)  # the gateway now waits for us to read; requests are queued

@@ -390,17 +390,25 @@ async def test_upstream_dying_mid_body_cuts_the_client(make_gateway: GatewayFact
 class _BrokenTable(RouteTable):
     """A route table with a bug in it: the handler must fail closed, not open."""
 
+    error: type[Exception] = RuntimeError
+
     def match(self, method: str, host: str, path: str) -> CompiledRoute | None:
-        raise RuntimeError(f"bug while matching {path}")
+        raise self.error(f"bug while matching {path}")
 
 
+class _ResetTable(_BrokenTable):
+    # A connection error that is not the client's: not to be taken for a client leaving.
+    error = ConnectionResetError
+
+
+@pytest.mark.parametrize("table", [_BrokenTable, _ResetTable])
 async def test_unexpected_error_fails_closed_without_leaking(
-    upstream: Upstream, caplog: pytest.LogCaptureFixture
+    upstream: Upstream, caplog: pytest.LogCaptureFixture, table: type[_BrokenTable]
 ) -> None:
     pool = UpstreamPool()
     settings = HandlerSettings(ForwardedFor(()), IdentityHeaders.of("X-Auth-", ()), "gateway", 8192)
     metrics = Metrics()
-    runtime = Runtime.build(_BrokenTable(()), settings, AccessLog("json", True, Redactor()), metrics)
+    runtime = Runtime.build(table(()), settings, AccessLog("json", True, Redactor()), metrics)
     server = make_server(ProxyHandler(runtime, pool, metrics), 8192)
     listener = await asyncio.get_running_loop().create_server(server, "127.0.0.1", 0)
     try:
@@ -416,7 +424,7 @@ async def test_unexpected_error_fails_closed_without_leaking(
     assert resp.status == 500
     assert resp.body == b'{"error": "internal_error", "error_description": "the gateway failed to handle this request"}'
     assert upstream.seen == []
-    assert "internal error RuntimeError" in caplog.text
+    assert f"internal error {table.error.__name__}" in caplog.text
     assert "SECRET123" not in caplog.text
 
 
