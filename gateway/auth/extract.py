@@ -7,7 +7,6 @@ headers; a route may opt in, and then the parameter is removed before forwarding
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
@@ -15,8 +14,27 @@ from multidict import CIMultiDictProxy
 
 from gateway.errors import Reason
 
-# RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token
-_BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*)")
+# RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token, where
+# b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
+
+
+def bearer_token(value: str) -> str | None:
+    """The b64token of an `Authorization: Bearer` value, or None if it is not exactly
+    that grammar. (A regular expression did the same at ~4 ns a character; tokens run
+    to kilobytes and this runs on every request: bytes.translate scans in C.)"""
+    scheme = value[:6]
+    if not scheme.isascii() or scheme.lower() != "bearer":
+        return None  # (isascii: some non-ASCII letters lower-case to ASCII ones)
+    token = value[6:].lstrip(" ")
+    if len(token) == len(value) - 6:
+        return None  # no space after the scheme
+    body = token.rstrip("=")
+    if not body or not body.isascii() or body.encode("ascii").translate(None, _B64TOKEN_CHARS):
+        return None
+    return token
+
+
 QUERY_PARAM = "access_token"
 
 
@@ -62,10 +80,9 @@ def extract_token(
         if not words:
             return Reason.MALFORMED_AUTHORIZATION
         if words[0].lower() == "bearer":
-            m = _BEARER.fullmatch(value)
-            if m is None:
+            token = bearer_token(value)
+            if token is None:
                 return Reason.MALFORMED_AUTHORIZATION
-            token = m.group(1)
         # Another scheme (Basic, …) carries no bearer token: the request is treated as
         # unauthenticated for this route, as Envoy and RFC 6750 §3 do.
     if in_query:

@@ -103,15 +103,21 @@ _QUOTE: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 _second: list[Any] = [0, ""]
+_milli: list[Any] = [0, ""]
 
 
 def _timestamp() -> str:
-    """ISO 8601 UTC with milliseconds; the seconds part is formatted once per second."""
-    now = time.time()
-    whole = int(now)
+    """ISO 8601 UTC with milliseconds, formatted once per millisecond (a busy gateway
+    writes several lines in each); the seconds part once per second."""
+    milli = int(time.time() * 1000)
+    if milli == _milli[0]:
+        return str(_milli[1])
+    whole = milli // 1000
     if whole != _second[0]:
         _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
+    stamp = f"{_second[1]}.{milli % 1000:03d}Z"
+    _milli[0], _milli[1] = milli, stamp
+    return stamp
 
 
 def _clip(value: str) -> str:

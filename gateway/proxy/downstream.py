@@ -127,12 +127,14 @@ class Request:
             # An upload we have not read to its end: its remaining bytes would be
             # parsed as the next request. Answer, then close (lingering).
             self.keep_alive = False
-        if _CONTROL.search(reason) is not None:
+        # isprintable() first: a C scan that clears nearly every value, so the regex
+        # (the actual rule: tab and obs-text are allowed) runs only on the rest.
+        if not reason.isprintable() and _CONTROL.search(reason) is not None:
             raise UnsendableHeaderError("reason phrase")
         lines = [f"HTTP/1.1 {status} {reason}\r\n"]
         has_date = False
         for name, value in headers:
-            if _CONTROL.search(value) is not None:
+            if not value.isprintable() and _CONTROL.search(value) is not None:
                 # RFC 9110 §5.5: no control characters but tab in a field value. The
                 # upstream's parser refuses CR, LF and NUL already; the rest stop here.
                 raise UnsendableHeaderError(name)
@@ -229,6 +231,13 @@ class ClientConnection(BaseProtocol):
         self.peer: str | None = None
 
     # -- transport events --------------------------------------------------------------
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        # aiohttp's StreamReader calls this after every body read, paused or not.
+        # Unpaused, nothing is held back by the pause (requests the parser's queue
+        # limit held back are asked for explicitly, in `_serve`).
+        if self._reading_paused:
+            super().resume_reading(resume_parser)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # also sets TCP_NODELAY

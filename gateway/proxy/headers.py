@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 
 from gateway.auth.forward import IdentityHeaders, fold
 
@@ -96,6 +96,50 @@ def _spoofable(folded: str) -> bool:
     return folded in _FORWARDING or folded.startswith("x-forwarded-")
 
 
+# What a request header's name alone decides (see `RequestHeaderRules.kind`).
+DROP, KEEP, AUTHORIZATION, FORWARDING, XFF, XFP, XFH = range(7)
+_TRACKED = {"x-forwarded-for": XFF, "x-forwarded-proto": XFP, "x-forwarded-host": XFH}
+# Memoised spellings: short names only, and a bounded number of them, because clients
+# choose header names.
+_MEMO_NAME_LEN = 64
+_MEMO_ENTRIES = 4096
+
+
+class RequestHeaderRules:
+    """Which inbound request headers may cross, decided once per header spelling.
+
+    Everything but the peer's trust, the route's `forward_authorization` and the
+    request's own `Connection` list depends on the name alone; the per-request loop
+    is then one dict lookup per header."""
+
+    __slots__ = ("_identity", "_memo")
+
+    def __init__(self, identity: IdentityHeaders) -> None:
+        self._identity = identity
+        self._memo: dict[str, tuple[int, str]] = {}
+
+    def kind(self, name: str) -> tuple[int, str]:
+        """(what the name decides, the folded name)."""
+        known = self._memo.get(name)
+        if known is not None:
+            return known
+        folded = fold(name)
+        if folded in _REQUEST_DROP or self._identity.reserved(folded):
+            # SECURITY: identity headers are removed in every spelling, on every route:
+            # a client-supplied identity header must never reach a backend.
+            kind = DROP
+        elif _spoofable(folded):
+            # Only a trusted proxy may set these, and only in the standard spelling.
+            kind = _TRACKED.get(folded, FORWARDING) if name.lower() == folded else DROP
+        elif folded == "authorization":
+            kind = AUTHORIZATION
+        else:
+            kind = KEEP
+        if len(name) <= _MEMO_NAME_LEN and len(self._memo) < _MEMO_ENTRIES:
+            self._memo[name] = (kind, folded)
+        return kind, folded
+
+
 def upstream_request_headers(
     inbound: CIMultiDictProxy[str],
     *,
@@ -103,48 +147,68 @@ def upstream_request_headers(
     scheme: str,
     host: str,
     forwarded: ForwardedFor,
-    identity: IdentityHeaders,
+    rules: RequestHeaderRules,
     keep_authorization: bool,
     claims: list[tuple[str, str]],
-) -> CIMultiDict[str]:
+) -> list[tuple[str, str]]:
     """The headers to send upstream: inbound minus hop-by-hop, identity and spoofable
-    ones, then the gateway's own (forwarding and verified identity) added last."""
+    ones, then the gateway's own (verified identity, then forwarding) added last."""
     drop = connection_tokens(inbound)
     trusted = forwarded.is_trusted(peer)
-    out: CIMultiDict[str] = CIMultiDict()
+    out: list[tuple[str, str]] = []
+    prior: list[str] = []
+    has_proto = has_host = False
     for name, value in inbound.items():
-        folded = fold(name)
-        if folded in _REQUEST_DROP or folded in drop:
+        kind, folded = rules.kind(name)
+        if kind == DROP or (drop and folded in drop):
             continue
-        if _spoofable(folded) and not (trusted and name.lower() == folded):
+        if kind >= FORWARDING:
+            if not trusted:
+                continue
+            if kind == XFF:
+                prior.append(value)  # extended below, not passed twice
+                continue
+            if kind == XFP:
+                has_proto = True
+            elif kind == XFH:
+                has_host = True
+        elif kind == AUTHORIZATION and not keep_authorization:
             continue
-        if folded == "authorization" and not keep_authorization:
-            continue
-        # SECURITY: removed before anything is added, in every spelling, on every
-        # route: a client-supplied identity header must never reach a backend.
-        if identity.reserved(folded):
-            continue
-        out.add(name, value)
-    for name, value in claims:
-        out.add(name, value)
+        out.append((name, value))
+    # Claim headers can never be forwarding headers (refused at load).
+    out += claims
     # Decided from what survived filtering, so a `Connection: X-Forwarded-Proto` from
     # even a trusted peer cannot leave the upstream without the gateway's own values.
-    prior = ", ".join(out.getall("X-Forwarded-For", ()))
     client = peer or ""
-    out["X-Forwarded-For"] = f"{prior}, {client}" if prior else client
-    if "X-Forwarded-Proto" not in out:
-        out["X-Forwarded-Proto"] = scheme
-    if "X-Forwarded-Host" not in out and host:
-        out["X-Forwarded-Host"] = host
+    out.append(("X-Forwarded-For", f"{', '.join(prior)}, {client}" if prior else client))
+    if not has_proto:
+        out.append(("X-Forwarded-Proto", scheme))
+    if not has_host and host:
+        out.append(("X-Forwarded-Host", host))
     return out
+
+
+# Response header name -> its folded form, or "" when the name is always dropped.
+_response_memo: dict[str, str] = {}
+
+
+def _response_kind(name: str) -> str:
+    folded = fold(name)
+    kept = "" if folded in _RESPONSE_DROP else folded
+    if len(name) <= _MEMO_NAME_LEN and len(_response_memo) < _MEMO_ENTRIES:
+        _response_memo[name] = kept
+    return kept
 
 
 def downstream_response_headers(
     upstream: Iterable[tuple[str, str]], connection: frozenset[str]
 ) -> list[tuple[str, str]]:
     """The upstream's response headers minus framing, hop-by-hop and Connection-named ones."""
-    return [
-        (name, value)
-        for name, value in upstream
-        if (folded := fold(name)) not in _RESPONSE_DROP and folded not in connection
-    ]
+    out = []
+    for name, value in upstream:
+        folded = _response_memo.get(name)
+        if folded is None:
+            folded = _response_kind(name)
+        if folded and folded not in connection:
+            out.append((name, value))
+    return out

@@ -106,6 +106,11 @@ class _Conn(BaseProtocol):
         self._stop_timer()
 
     def resume_reading(self, resume_parser: bool = True) -> None:
+        if not self._reading_paused:
+            # aiohttp's StreamReader calls this after every read and at every EOF, paused
+            # or not; unpaused there is nothing to resume (no held data, transport
+            # running), and the parser feed and timer work would be pure cost.
+            return
         super().resume_reading(resume_parser)
         if self.in_progress() and not self._reading_paused:
             self._reset_timer()
@@ -272,15 +277,6 @@ class UpstreamResponse:
             conn.response_parser = conn._parser = None
             conn._stop_timer()  # an idle pooled connection has no deadline
             self._pool.put_back(self._key, conn)
-        else:
-            self.close()
-
-    async def __aenter__(self) -> UpstreamResponse:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self.release()
         else:
             self.close()
 
