@@ -7,7 +7,7 @@ headers; a route may opt in, and then the parameter is removed before forwarding
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote_plus
 
 from multidict import CIMultiDictProxy
@@ -38,8 +38,7 @@ def bearer_token(value: str) -> str | None:
 QUERY_PARAM = "access_token"
 
 
-@dataclass(frozen=True, slots=True)
-class Extracted:
+class Extracted(NamedTuple):
     """The token (None when the request carries none) and the query to forward."""
 
     token: str | None
@@ -76,15 +75,13 @@ def extract_token(
     token: str | None = None
     if values:
         value = values[0]
-        words = value.split(maxsplit=1)
-        if not words:
-            return Reason.MALFORMED_AUTHORIZATION
-        if words[0].lower() == "bearer":
-            token = bearer_token(value)
-            if token is None:
+        token = bearer_token(value)
+        if token is None:
+            words = value.split(maxsplit=1)
+            if not words or words[0].lower() == "bearer":
                 return Reason.MALFORMED_AUTHORIZATION
-        # Another scheme (Basic, …) carries no bearer token: the request is treated as
-        # unauthenticated for this route, as Envoy and RFC 6750 §3 do.
+            # Another scheme (Basic, …) carries no bearer token: the request is treated
+            # as unauthenticated for this route, as Envoy and RFC 6750 §3 do.
     if in_query:
         if token is not None or len(in_query) > 1:
             # RFC 6750 §2: a client MUST NOT use more than one method.

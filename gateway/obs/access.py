@@ -176,13 +176,15 @@ class AccessLog:
 
     def json_line(self, request: Request, ex: Exchange, status: int, total: float) -> str:
         """`record()` as JSON, byte for byte what `json.dumps(record, separators=(",", ":"))`
-        gives, written out in one f-string: no dict, no per-field type dispatch (this
-        runs for every request). Strings go through the C escaper."""
+        gives but for the two durations (the same values, written with six decimals:
+        half the cost of `repr(round())`), in one f-string: no dict, no per-field type
+        dispatch (this runs for every request). Strings go through the C escaper."""
         q = _QUOTE
         subject = ""
         if self.log_subject:
             subject = f',"subject":{q(_clip(ex.subject)) if ex.subject is not None else "null"}'
         up = ex.upstream_seconds
+        up_text = "null" if up is None else f"{up:.6f}"
         headers = request.headers
         extra = ""
         referer = headers.get("Referer")
@@ -195,7 +197,7 @@ class AccessLog:
             f'{{"ts":"{_timestamp()}","client":{q(request.remote or "-")},"method":{q(request.method)},'
             f'"path":{q(_clip(self.redactor.target(request.raw_path)))},"status":{status},'
             f'"route":{q(ex.route)},"outcome":{q(ex.outcome)},"reason":{q(ex.reason)}{subject},'
-            f'"upstream_seconds":{"null" if up is None else repr(round(up, 6))},'
-            f'"duration_seconds":{round(total, 6)!r},"bytes_in":{getattr(request.content, "total_bytes", 0)},'
+            f'"upstream_seconds":{up_text},'
+            f'"duration_seconds":{total:.6f},"bytes_in":{getattr(request.content, "total_bytes", 0)},'
             f'"bytes_out":{ex.bytes_out}{extra}}}'
         )
