@@ -62,22 +62,25 @@ class _Conn(BaseProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
         self._skip_body = False
+        self._spare: Any = None  # the last request's parser, kept while idle (see `park`)
         self.interim = 0
 
     def begin(self, skip_body: bool, read_timeout: float | None) -> asyncio.Future[tuple[Any, StreamReader]]:
-        self.response_parser = HttpResponseParser(
-            self,
-            self._loop,
-            _READ_LIMIT,
-            payload_exception=ClientPayloadError,
-            response_with_body=not skip_body,
-            # RFC 9112 §6.3: a response with neither length nor chunking ends at close.
-            read_until_eof=True,
-            auto_decompress=False,
-        )
+        parser, self._spare = self._spare, None
+        if parser is None or skip_body != self._skip_body:
+            parser = HttpResponseParser(
+                self,
+                self._loop,
+                _READ_LIMIT,
+                payload_exception=ClientPayloadError,
+                response_with_body=not skip_body,
+                # RFC 9112 §6.3: a response with neither length nor chunking ends at close.
+                read_until_eof=True,
+                auto_decompress=False,
+            )
         # BaseProtocol's flow control pauses and resumes the parser through `_parser`
         # when a body arrives faster than the client takes it.
-        self._parser = self.response_parser
+        self.response_parser = self._parser = parser
         self._skip_body = skip_body
         self._stop_timer()  # never inherit a timer from this connection's last request
         self.interim = 0
@@ -220,8 +223,17 @@ class _Conn(BaseProtocol):
             and not payload.exception()
         )
 
+    def park(self) -> None:
+        """Idle in the pool after a clean response. With no request, any byte received
+        is an error (`data_received` closes); the parser is kept for the next request:
+        it sits between messages, as for pipelined responses, and building one costs
+        about as much as parsing a small response."""
+        self._spare = self.response_parser
+        self.response_parser = self._parser = None
+        self._stop_timer()  # an idle pooled connection has no deadline
+
     def close(self) -> None:
-        self.response_parser = None
+        self.response_parser = self._spare = None
         if self.transport is not None:
             self.transport.close()
 
@@ -274,8 +286,7 @@ class UpstreamResponse:
         clean = task is None or (task.done() and not task.cancelled() and task.exception() is None)
         conn = self._conn
         if clean and conn.reusable():
-            conn.response_parser = conn._parser = None
-            conn._stop_timer()  # an idle pooled connection has no deadline
+            conn.park()
             self._pool.put_back(self._key, conn)
         else:
             self.close()
