@@ -37,6 +37,7 @@ from aiohttp.web_exceptions import HTTPBadRequest
 from multidict import CIMultiDictProxy
 
 from gateway.errors import Reason, bug_report
+from gateway.proxy.coalesce import Coalescer
 
 log = logging.getLogger("gateway.proxy")
 
@@ -228,6 +229,7 @@ class ClientConnection(BaseProtocol):
         self._lingering = False  # reading only to discard an unwanted upload
         self._pipelined = False  # more than one request was queued at once
         self._current: StreamReader | None = None
+        self._out: list[bytes] = []  # written, not yet handed to the transport (coalesce.py)
         self.peer: str | None = None
 
     # -- transport events --------------------------------------------------------------
@@ -248,6 +250,7 @@ class ClientConnection(BaseProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
+        self._out = []
         self._server.connections.discard(self)
         self.transport = None
         self._closing = True
@@ -342,15 +345,34 @@ class ClientConnection(BaseProtocol):
     # -- writing -----------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        """Queue `data`; it reaches the transport at the latest when the loop's current
+        batch ends (coalesce.py), earlier when we drain or close."""
         transport = self.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("client disconnected")
-        transport.write(data)
+        out = self._out
+        out.append(data)
+        if len(out) == 1:
+            self._server.coalescer.add(self)
+
+    def flush_output(self) -> None:
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return  # the client is gone, and with it the answer
+        if len(out) == 1:
+            transport.write(out[0])
+        else:
+            transport.writelines(out)
 
     async def drain(self) -> None:
         """Wait until the client takes what we wrote; a client that reads nothing for
         `send_timeout` is cut off (nginx's send_timeout), so it cannot pin a handler
         and an upstream connection forever."""
+        self.flush_output()
         if self.transport is None:
             raise ConnectionResetError("client disconnected")
         if self._paused:
@@ -362,6 +384,7 @@ class ClientConnection(BaseProtocol):
                 raise ConnectionResetError("client stopped reading") from None
 
     def reset(self) -> None:
+        self._out = []  # an abort: what was not sent never will be
         transport = self.transport
         if transport is None:
             return
@@ -414,6 +437,8 @@ class ClientConnection(BaseProtocol):
                 if not request.started or not request.keep_alive or self._closing or (self._broken and not self._queue):
                     self._finish(payload)
                     return
+                if self._queue:
+                    self.flush_output()  # so that back-pressure shows before the next one
                 if self._paused:
                     # Write back-pressure across pipelined requests: do not answer the
                     # next one while the client has not taken this answer.
@@ -449,6 +474,7 @@ class ClientConnection(BaseProtocol):
         while first: closing with unread bytes would reset the connection, and the
         client could lose the answer we just wrote."""
         self._closing = True
+        self.flush_output()
         transport = self.transport
         if transport is None:
             return
@@ -461,6 +487,7 @@ class ClientConnection(BaseProtocol):
 
     def _linger(self) -> None:
         self._closing = True
+        self.flush_output()
         transport = self.transport
         if transport is None or self._lingering:
             return
@@ -473,6 +500,7 @@ class ClientConnection(BaseProtocol):
 
     def _close(self) -> None:
         self._closing = True
+        self.flush_output()
         if self.transport is not None:
             self.transport.close()
 
@@ -531,6 +559,7 @@ class Server:
         self.keepalive_timeout = keepalive_timeout
         self.send_timeout = send_timeout
         self.connections: set[ClientConnection] = set()
+        self.coalescer = Coalescer(loop)
 
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)

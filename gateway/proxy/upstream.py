@@ -24,6 +24,7 @@ from aiohttp.http_parser import HttpResponseParser
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDictProxy
 
+from gateway.proxy.coalesce import Coalescer
 from gateway.routing import Upstream
 
 _MAX_IDLE = 256
@@ -50,8 +51,10 @@ class _DisconnectedError(Exception):
 class _Conn(BaseProtocol):
     """One upstream connection, serving one request at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, coalescer: Coalescer) -> None:
         super().__init__(loop)
+        self._coalescer = coalescer
+        self._out: bytes | None = None  # the request head, until the loop's batch ends
         self.response_parser: Any = None
         self.waiter: asyncio.Future[tuple[Any, StreamReader]] | None = None
         self.payload: StreamReader | None = None
@@ -201,6 +204,7 @@ class _Conn(BaseProtocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
         self.closed = True
+        self._out = None
         self._stop_timer()
         if self._timer is not None:
             self._timer.cancel()
@@ -223,6 +227,19 @@ class _Conn(BaseProtocol):
             and not payload.exception()
         )
 
+    def write_head(self, head: bytes) -> None:
+        """Send the request head when the loop's current batch ends (coalesce.py)."""
+        self._out = head
+        self._coalescer.add(self)
+
+    def flush_output(self) -> None:
+        head, self._out = self._out, None
+        if head is not None and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(head)
+
+    def reset(self) -> None:
+        self.close()
+
     def park(self) -> None:
         """Idle in the pool after a clean response. With no request, any byte received
         is an error (`data_received` closes); the parser is kept for the next request:
@@ -233,7 +250,7 @@ class _Conn(BaseProtocol):
         self._stop_timer()  # an idle pooled connection has no deadline
 
     def close(self) -> None:
-        self.response_parser = self._spare = None
+        self.response_parser = self._spare = self._out = None
         if self.transport is not None:
             self.transport.close()
 
@@ -310,6 +327,7 @@ class UpstreamPool:
 
     def __init__(self) -> None:
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
+        self._coalescer: Coalescer | None = None
         self._ssl = ssl.create_default_context()
         self._closed = False
 
@@ -330,11 +348,14 @@ class UpstreamPool:
 
     async def _connect(self, up: Upstream, connect_timeout: float | None) -> _Conn:
         loop = asyncio.get_running_loop()
+        if self._coalescer is None:
+            self._coalescer = Coalescer(loop)
+        coalescer = self._coalescer
         tls = up.scheme == "https"
         try:
             async with asyncio.timeout(connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Conn(loop),
+                    lambda: _Conn(loop, coalescer),
                     up.host,
                     up.port,
                     ssl=self._ssl if tls else None,
@@ -371,8 +392,7 @@ class UpstreamPool:
             if conn is None:
                 conn = await self._connect(up, connect_timeout)
             waiter = conn.begin(method == "HEAD", read_timeout)
-            assert conn.transport is not None
-            conn.transport.write(head)
+            conn.write_head(head)
             task: asyncio.Task[None] | None = None
             if body is None:
                 conn.start_timer()
@@ -421,6 +441,7 @@ def _body_done(task: asyncio.Task[None], *, conn: _Conn) -> None:
 
 
 async def _send_body(conn: _Conn, body: StreamReader, *, chunked: bool) -> None:
+    conn.flush_output()  # the head first
     async for chunk in body.iter_any():
         transport = conn.transport
         if transport is None:
