@@ -19,6 +19,7 @@ from gateway.obs.metrics import Metrics
 from gateway.policy import ConfigError, load_policy
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.model import Listen
+from gateway.proxy.coalesce import Coalescer
 from gateway.proxy.downstream import Server
 from gateway.proxy.handler import HandlerSettings, ProxyHandler, Runtime
 from gateway.proxy.headers import ForwardedFor
@@ -129,9 +130,14 @@ class Gateway:
             await self._serve(web.AppRunner(demo_app(), access_log=None), self.demo_upstream)
         self._session = client_session()
         await self._start_providers(policy)
-        self._pool = UpstreamPool()
+        # One coalescer for both hops: client answers and upstream heads written in one
+        # batch of the loop go out together (coalesce.py).
+        coalescer = Coalescer()
+        self._pool = UpstreamPool(coalescer)
         self._handler = ProxyHandler(self._runtime(policy), self._pool, self.metrics)
-        self._server = make_server(self._handler, policy.max_token_bytes, policy.keepalive_timeout, policy.send_timeout)
+        self._server = make_server(
+            self._handler, policy.max_token_bytes, policy.keepalive_timeout, policy.send_timeout, coalescer
+        )
         listener = await asyncio.get_running_loop().create_server(
             self._server, policy.listen.host, policy.listen.port, reuse_address=True, backlog=1024
         )

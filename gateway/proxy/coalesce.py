@@ -6,7 +6,9 @@ host). Answers written as each request finishes reach the peer one by one, and e
 find it asleep again; written back to back at the start of the loop's next batch, only
 the first does. Measured with the client and the upstream on the other core, CPU per
 request fell by about a fifth on every scenario (bench/README.md). The price is latency
-of at most one batch of the loop, and only under load: an idle loop's next batch is now.
+of one more pass of the loop; so it is only done while several requests are being
+handled at once (`busy`), when there is something to coalesce with. A lone request's
+writes go out at once.
 
 A connection keeps its own pending chunks, in order, and flushes them itself wherever
 order or back-pressure matter (before draining, closing, streaming a body); the
@@ -31,17 +33,27 @@ class Flushable(Protocol):
 
 
 class Coalescer:
-    """Flushes, once per batch of the loop, every connection that wrote during it."""
+    """Flushes, once per batch of the loop, every connection that wrote during it.
 
-    __slots__ = ("_loop", "_pending")
+    One per gateway, shared by the listener and the upstream pool."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    __slots__ = ("_loop", "_pending", "busy")
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[Flushable] = []
+        self.busy = 0  # requests being handled now (kept by the listener)
+
+    @property
+    def worthwhile(self) -> bool:
+        """Is another request in progress, whose writes ours could join?"""
+        return self.busy > 1
 
     def add(self, writer: Flushable) -> None:
         """`writer` has output pending; call once per change from none to some."""
         if not self._pending:
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
             # call_soon from inside a batch runs at the start of the next one: after
             # every callback and task step already queued, so their writes join in.
             self._loop.call_soon(self._flush)

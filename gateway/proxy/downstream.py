@@ -261,6 +261,7 @@ class ClientConnection(BaseProtocol):
         # An upload still being relayed must fail, not hang or look complete.
         for _, payload in self._queue:
             payload.set_exception(ConnectionResetError("client disconnected"))
+        self._server.coalescer.busy -= len(self._queue)
         if self._current is not None and not self._current.is_eof():
             self._current.set_exception(ConnectionResetError("client disconnected"))
         self._queue.clear()
@@ -321,6 +322,7 @@ class ClientConnection(BaseProtocol):
                 messages = []
                 if self._queue:
                     self._queue.pop()  # not started yet: answer it with the 400 instead
+                    self._server.coalescer.busy -= 1
                     messages = [(code, EMPTY_PAYLOAD)]
                 else:
                     self._closing = True  # in progress: its handler fails; close after it
@@ -331,6 +333,8 @@ class ClientConnection(BaseProtocol):
         if messages:
             self._disarm_idle()
             self._queue.extend(messages)
+            # Every request from parsed to answered counts as busy (coalesce.py).
+            self._server.coalescer.busy += len(messages)
             if len(self._queue) > 1:
                 self._pipelined = True
             if len(self._queue) >= _QUEUE:
@@ -353,7 +357,11 @@ class ClientConnection(BaseProtocol):
         out = self._out
         out.append(data)
         if len(out) == 1:
-            self._server.coalescer.add(self)
+            coalescer = self._server.coalescer
+            if coalescer.worthwhile:
+                coalescer.add(self)
+            else:
+                self.flush_output()
 
     def flush_output(self) -> None:
         out = self._out
@@ -419,21 +427,25 @@ class ClientConnection(BaseProtocol):
                     await self._waiter  # data_received or connection_lost
                     continue
                 message, payload = self._queue.popleft()
-                self._requests.message_consumed()
-                if self._buffer_paused and len(self._queue) < _QUEUE // 2:
-                    self._resume_reading_for_buffer()
-                    self.data_received(b"")  # parse what was held back
-                if isinstance(message, int):
-                    self._refuse_unparseable(message)
-                    return
-                self._current = payload
-                request = Request(self, message, payload)
-                self._handling = True
+                coalescer = self._server.coalescer
                 try:
-                    await self._server.handler(request)
+                    self._requests.message_consumed()
+                    if self._buffer_paused and len(self._queue) < _QUEUE // 2:
+                        self._resume_reading_for_buffer()
+                        self.data_received(b"")  # parse what was held back
+                    if isinstance(message, int):
+                        self._refuse_unparseable(message)
+                        return
+                    self._current = payload
+                    request = Request(self, message, payload)
+                    self._handling = True
+                    try:
+                        await self._server.handler(request)
+                    finally:
+                        self._handling = False
+                        self._current = None
                 finally:
-                    self._handling = False
-                    self._current = None
+                    coalescer.busy -= 1  # answered (or failed): no longer queued or handled
                 if not request.started or not request.keep_alive or self._closing or (self._broken and not self._queue):
                     self._finish(payload)
                     return
@@ -552,6 +564,7 @@ class Server:
         max_field_size: int,
         keepalive_timeout: float = 75.0,
         send_timeout: float = 60.0,
+        coalescer: Coalescer | None = None,
     ) -> None:
         self.handler = handler
         self.loop = loop
@@ -559,7 +572,7 @@ class Server:
         self.keepalive_timeout = keepalive_timeout
         self.send_timeout = send_timeout
         self.connections: set[ClientConnection] = set()
-        self.coalescer = Coalescer(loop)
+        self.coalescer = coalescer or Coalescer()
 
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)

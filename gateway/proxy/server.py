@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from gateway.proxy.coalesce import Coalescer
 from gateway.proxy.downstream import Handler, Server
 
 log = logging.getLogger("gateway.proxy")
@@ -42,7 +43,11 @@ def silence_aiohttp_echo() -> None:
 
 
 def make_server(
-    handler: Handler, max_token_bytes: int, keepalive_timeout: float = 75.0, send_timeout: float = 60.0
+    handler: Handler,
+    max_token_bytes: int,
+    keepalive_timeout: float = 75.0,
+    send_timeout: float = 60.0,
+    coalescer: Coalescer | None = None,
 ) -> Server:
     silence_aiohttp_echo()
     return Server(
@@ -50,6 +55,7 @@ def make_server(
         asyncio.get_running_loop(),
         keepalive_timeout=keepalive_timeout,
         send_timeout=send_timeout,
+        coalescer=coalescer,
         # Twice the largest token we accept, so that our own size check answers an
         # oversized token (401 token_too_large); beyond that the parser refuses (400).
         max_field_size=max(8190, 2 * max_token_bytes + 1024),

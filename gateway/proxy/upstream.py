@@ -228,9 +228,13 @@ class _Conn(BaseProtocol):
         )
 
     def write_head(self, head: bytes) -> None:
-        """Send the request head when the loop's current batch ends (coalesce.py)."""
+        """Send the request head, at the latest when the loop's current batch ends
+        (coalesce.py)."""
         self._out = head
-        self._coalescer.add(self)
+        if self._coalescer.worthwhile:
+            self._coalescer.add(self)
+        else:
+            self.flush_output()
 
     def flush_output(self) -> None:
         head, self._out = self._out, None
@@ -325,9 +329,9 @@ def _head(method: str, target: str, authority: str, headers: Iterable[tuple[str,
 class UpstreamPool:
     """Keep-alive connections per origin; one request per connection at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, coalescer: Coalescer | None = None) -> None:
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
-        self._coalescer: Coalescer | None = None
+        self.coalescer = coalescer or Coalescer()
         self._ssl = ssl.create_default_context()
         self._closed = False
 
@@ -348,9 +352,7 @@ class UpstreamPool:
 
     async def _connect(self, up: Upstream, connect_timeout: float | None) -> _Conn:
         loop = asyncio.get_running_loop()
-        if self._coalescer is None:
-            self._coalescer = Coalescer(loop)
-        coalescer = self._coalescer
+        coalescer = self.coalescer
         tls = up.scheme == "https"
         try:
             async with asyncio.timeout(connect_timeout):
