@@ -10,23 +10,21 @@ choose its own key (`jku`, `x5u`, `jwk`, `x5c`) are refused outright.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
-import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.errors import Reason
 
-_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
 # RFC 7515 §4.1: members by which a token names (or carries) its own key.
 _KEY_BEARING = frozenset({"jku", "x5u", "jwk", "x5c"})
 
 
-@dataclass(frozen=True, slots=True)
-class Jws:
-    """A parsed, not yet verified, token. Nothing here is trusted until verified."""
+class Jws(NamedTuple):
+    """A parsed, not yet verified, token. Nothing here is trusted until verified.
+
+    (A NamedTuple, not a frozen dataclass: as immutable, and four times cheaper to
+    build, which matters on the path every unknown token takes.)"""
 
     header: dict[str, Any]
     claims: dict[str, Any]
@@ -40,29 +38,36 @@ _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _VALUE = {c: i for i, c in enumerate(_ALPHABET)}
 # How many low bits of the last character carry no data, by len(segment) % 4.
 _SPARE_MASK = {0: 0, 2: 0b1111, 3: 0b11}
+# base64url to standard base64, byte for byte; every byte outside the base64url
+# alphabet (including `+`, `/` and `=`) becomes `*`, which strict decoding refuses.
+_TO_STANDARD = bytes(
+    b if chr(b) in _ALPHABET[:62] else {ord("-"): ord("+"), ord("_"): ord("/")}.get(b, ord("*")) for b in range(256)
+)
+_PADDING = (b"", b"", b"==", b"=")
 
 
 def b64url_decode(segment: str) -> bytes | None:
     """Decode unpadded base64url, or None unless `segment` is its canonical spelling."""
     spare = _SPARE_MASK.get(len(segment) % 4)
-    if spare is None or _SEGMENT.fullmatch(segment) is None:
+    if spare is None or not segment.isascii():
         return None
     # Non-zero spare bits give several spellings of the same bytes: take only one.
     # (Checked on the last character instead of re-encoding the whole segment.)
-    if spare and _VALUE[segment[-1]] & spare:
+    if spare and _VALUE.get(segment[-1], 0) & spare:
         return None
+    # One C pass to translate, one to decode; strict mode refuses any byte outside
+    # the alphabet, so no separate character check is needed.
+    data = segment.encode("ascii").translate(_TO_STANDARD) + _PADDING[len(segment) % 4]
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
+        return binascii.a2b_base64(data, strict_mode=True)
+    except binascii.Error:
         return None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError("duplicate member")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate member")
     return out
 
 
