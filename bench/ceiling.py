@@ -4,9 +4,10 @@ Not a gateway, and never to be deployed: no routing, no auth, no header rules, n
 timeouts, no logging, no metrics, no request bodies. One client connection maps to one
 upstream connection; requests are parsed with aiohttp's C `HttpRequestParser`, the
 response with its `HttpResponseParser`, and everything runs in protocol callbacks
-(no tasks, no futures). `bench/run.py` measures it next to the gateway, so the table
-shows how much of the gap to nginx is Python plus the two HTTP codecs, before the
-gateway does any of its own work.
+(no tasks, no futures). Writes are coalesced per batch of the event loop, as the
+gateway's are (gateway/proxy/coalesce.py), always. `bench/run.py` measures it next to
+the gateway, so the table shows how much of the gap to nginx is Python plus the two
+HTTP codecs, before the gateway does any of its own work.
 
     python bench/ceiling.py LISTEN_PORT UPSTREAM_PORT
 """
@@ -19,6 +20,22 @@ from typing import Any, cast
 
 import uvloop
 from aiohttp.http_parser import HttpRequestParser, HttpResponseParser
+
+_pending: list[tuple[asyncio.Transport, bytes]] = []
+
+
+def _flush() -> None:
+    batch = _pending[:]
+    _pending.clear()
+    for transport, data in batch:
+        if not transport.is_closing():
+            transport.write(data)
+
+
+def write_soon(transport: asyncio.Transport, data: bytes) -> None:
+    if not _pending:
+        asyncio.get_running_loop().call_soon(_flush)
+    _pending.append((transport, data))
 
 
 class _Parsed(asyncio.Protocol):
@@ -78,11 +95,11 @@ class Client(_Parsed):
         for message, _ in messages:
             head = "".join(f"{k}: {v}\r\n" for k, v in message.headers.items() if k.lower() != "connection")
             self.upstream.parser = HttpResponseParser(self.upstream, asyncio.get_running_loop(), 2**16)
-            self.upstream.transport.write(f"{message.method} {message.path} HTTP/1.1\r\n{head}\r\n".encode())
+            write_soon(self.upstream.transport, f"{message.method} {message.path} HTTP/1.1\r\n{head}\r\n".encode())
 
     def reply(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+            write_soon(self.transport, data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self.upstream is not None and self.upstream.transport is not None:
