@@ -234,12 +234,10 @@ class ClientConnection(BaseProtocol):
 
     # -- transport events --------------------------------------------------------------
 
-    def resume_reading(self, resume_parser: bool = True) -> None:
-        # aiohttp's StreamReader calls this after every body read, paused or not.
-        # Unpaused, nothing is held back by the pause (requests the parser's queue
-        # limit held back are asked for explicitly, in `_serve`).
-        if self._reading_paused:
-            super().resume_reading(resume_parser)
+    def eof_received(self) -> None:
+        # The client half-closed. The transport closes itself now, sending what it
+        # holds: an answer still queued for coalescing (coalesce.py) must be in it.
+        self.flush_output()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # also sets TCP_NODELAY

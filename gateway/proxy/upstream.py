@@ -65,22 +65,23 @@ class _Conn(BaseProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
         self._skip_body = False
-        self._spare: Any = None  # the last request's parser, kept while idle (see `park`)
         self.interim = 0
 
     def begin(self, skip_body: bool, read_timeout: float | None) -> asyncio.Future[tuple[Any, StreamReader]]:
-        parser, self._spare = self._spare, None
-        if parser is None or skip_body != self._skip_body:
-            parser = HttpResponseParser(
-                self,
-                self._loop,
-                _READ_LIMIT,
-                payload_exception=ClientPayloadError,
-                response_with_body=not skip_body,
-                # RFC 9112 §6.3: a response with neither length nor chunking ends at close.
-                read_until_eof=True,
-                auto_decompress=False,
-            )
+        # A new parser for every request, never the last one's: it may hold bytes that
+        # followed the last response (an upstream's Content-Length undercounting its
+        # body), which must never become the start of another client's response; and
+        # it may still be paused by that response's flow control.
+        parser = HttpResponseParser(
+            self,
+            self._loop,
+            _READ_LIMIT,
+            payload_exception=ClientPayloadError,
+            response_with_body=not skip_body,
+            # RFC 9112 §6.3: a response with neither length nor chunking ends at close.
+            read_until_eof=True,
+            auto_decompress=False,
+        )
         # BaseProtocol's flow control pauses and resumes the parser through `_parser`
         # when a body arrives faster than the client takes it.
         self.response_parser = self._parser = parser
@@ -112,11 +113,9 @@ class _Conn(BaseProtocol):
         self._stop_timer()
 
     def resume_reading(self, resume_parser: bool = True) -> None:
-        if not self._reading_paused:
-            # aiohttp's StreamReader calls this after every read and at every EOF, paused
-            # or not; unpaused there is nothing to resume (no held data, transport
-            # running), and the parser feed and timer work would be pure cost.
-            return
+        # Not skipped when `_reading_paused` is False: aiohttp can leave the parser
+        # itself paused then (a pause from too many chunk boundaries survives a
+        # `resume_reading(resume_parser=False)` at EOF), and only this re-feed frees it.
         super().resume_reading(resume_parser)
         if self.in_progress() and not self._reading_paused:
             self._reset_timer()
@@ -245,16 +244,13 @@ class _Conn(BaseProtocol):
         self.close()
 
     def park(self) -> None:
-        """Idle in the pool after a clean response. With no request, any byte received
-        is an error (`data_received` closes); the parser is kept for the next request:
-        it sits between messages, as for pipelined responses, and building one costs
-        about as much as parsing a small response."""
-        self._spare = self.response_parser
+        """Idle in the pool after a clean response: with no request, any byte received
+        is an error (`data_received` closes)."""
         self.response_parser = self._parser = None
         self._stop_timer()  # an idle pooled connection has no deadline
 
     def close(self) -> None:
-        self.response_parser = self._spare = self._out = None
+        self.response_parser = self._out = None
         if self.transport is not None:
             self.transport.close()
 

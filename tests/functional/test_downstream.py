@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from gateway.app import Gateway
+from gateway.proxy.downstream import ClientConnection
 from tests.conftest import GatewayFactory, Upstream
 from tests.rawhttp import parse_response
 
@@ -545,3 +546,131 @@ async def test_answers_before_a_close_are_not_lost_to_a_reset(make_gateway: Gate
         gap=0.1,
     )
     assert [parse_response(r).status for r in split_responses(data)] == [200, 405]
+
+
+async def test_an_upload_after_one_of_many_small_chunks_is_read_to_its_end(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    upstream.routes["/open/echo"] = echo
+    gw = await make_gateway(open_policy(upstream))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    # 4097 one-byte chunks in one segment: the last data chunk crosses aiohttp's
+    # chunk-split high-water mark (64 KiB // 16) and leaves the request parser paused.
+    many = b"".join(b"1\r\nx\r\n" for _ in range(4097)) + b"0\r\n\r\n"
+    writer.write(req("/open/echo", "Transfer-Encoding: chunked", method="POST", body=many))
+    await writer.drain()
+    first = parse_response(await asyncio.wait_for(read_one(reader), 5))
+    assert first.status == 200
+    assert json.loads(first.body)["body"] == "x" * 4097
+    # The next upload on the same keep-alive connection.
+    writer.write(req("/open/echo", "Transfer-Encoding: chunked", method="POST", body=b"5\r\nhello\r\n0\r\n\r\n"))
+    await writer.drain()
+    try:
+        second = parse_response(await asyncio.wait_for(read_one(reader), 5))
+    finally:
+        writer.close()
+    assert second.status == 200
+    assert json.loads(second.body)["body"] == "hello"
+
+
+async def test_an_answer_written_before_the_client_half_closes_is_delivered(
+    make_gateway: GatewayFactory, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that half-closes (FIN) while it waits: an answer the gateway had already
+    written when the FIN arrived must still reach it (before the change it was handed
+    to the transport at once, and a close flushes the transport's buffer)."""
+    release = asyncio.Event()
+
+    async def held(request: web.Request) -> web.StreamResponse:  # another request in progress: busy > 1
+        await release.wait()
+        return web.Response(text="late")
+
+    upstream.routes["/open/held"] = held
+    gw = await make_gateway(open_policy(upstream))
+    _, other = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    other.write(req("/open/held"))
+    await other.drain()
+    await asyncio.sleep(0.2)
+
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", gw.public_port))
+    original = ClientConnection.write
+
+    def write_then_client_fin(self: ClientConnection, data: bytes) -> None:
+        original(self, data)
+        if data.startswith(b"HTTP/1.1 200"):
+            sock.shutdown(socket.SHUT_WR)  # timing harness: the client's FIN lands just after
+
+    monkeypatch.setattr(ClientConnection, "write", write_then_client_fin)
+    await loop.sock_sendall(sock, req("/open/x"))
+    data = b""
+    try:
+        async with asyncio.timeout(3):
+            while chunk := await loop.sock_recv(sock, 65536):
+                data += chunk
+    finally:
+        monkeypatch.undo()
+        release.set()
+        sock.close()
+        other.close()
+    assert data.startswith(b"HTTP/1.1 200"), data
+
+
+async def test_busy_returns_to_zero_after_odd_disconnects(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    upstream.routes["/open/echo"] = echo
+    gw = await make_gateway(open_policy(upstream))
+    port = gw.public_port
+    assert gw._server is not None
+
+    async def conn() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", port)
+
+    # (a) a pipelined flood, then a reset
+    r, w = await conn()
+    w.write(req("/open/a") * 60)
+    await w.drain()
+    await asyncio.sleep(0.01)
+    w.transport.abort()
+    # (b) a bad chunk in a queued upload behind a pipelined request
+    r, w = await conn()
+    w.write(
+        req("/open/a") + req("/open/echo", "Transfer-Encoding: chunked", method="POST", body=b"5\r\nhello\r\nZZ\r\n")
+    )
+    await w.drain()
+    await asyncio.sleep(0.2)
+    w.close()
+    # (c) pipelined, then FIN
+    r, w = await conn()
+    w.write(req("/open/a") * 40)
+    w.write_eof()
+    await asyncio.sleep(0.2)
+    w.close()
+    # (d) an Expect upload abandoned after the 100
+    r, w = await conn()
+    w.write(req("/open/echo", "Content-Length: 100", "Expect: 100-continue", method="POST"))
+    await w.drain()
+    await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+    w.write(b"x" * 10)
+    await asyncio.sleep(0.1)
+    w.close()
+    # (e) a parse error after pipelined requests
+    r, w = await conn()
+    w.write(req("/open/a") * 5 + b"GET / HTTP/1.1\r\nBad Header\r\n\r\n")
+    await w.drain()
+    await asyncio.sleep(0.3)
+    w.close()
+    # (f) many concurrent clients that leave at once
+    pairs = [await conn() for _ in range(30)]
+    for _, w in pairs:
+        w.write(req("/open/a") * 3)
+    await asyncio.sleep(0.005)
+    for _, w in pairs:
+        w.transport.abort()
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if not gw._server.connections:
+            break
+    await asyncio.sleep(0.2)
+    assert gw._server.coalescer.busy == 0

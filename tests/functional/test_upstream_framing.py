@@ -112,7 +112,7 @@ async def test_head_and_empty_statuses_carry_no_body(make_gateway: GatewayFactor
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
     ]
     port = await gateway_for(make_gateway, raw_upstream)
-    for length in ("50", "7"):  # two HEADs in a row: the connection's parser is reused
+    for length in ("50", "7"):  # two HEADs in a row on one connection, then a 304 and a GET
         head = await raw_request(port, get("/a", method="HEAD"))
         assert head.status == 200
         assert head.headers["Content-Length"] == length
@@ -309,3 +309,40 @@ async def test_endless_interim_responses_are_cut_off(make_gateway: GatewayFactor
         port = await _gateway(make_gateway, server)
         resp = await raw_request(port, get("/slow"), wait=5)
         assert resp.status == 502
+
+
+async def test_bytes_after_a_response_never_prefix_the_next_clients_response(
+    make_gateway: GatewayFactory, raw_upstream: RawUpstream
+) -> None:
+    # A backend whose Content-Length undercounts its body (say, characters for bytes):
+    # the rest, here content an attacker stored, arrives in the same segment.
+    raw_upstream.script = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+        b"HTTP/1.1 302 Found\r\nLocation: https://evil.example/\r\nX-Junk: ",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmine",
+    ]
+    port = await gateway_for(make_gateway, raw_upstream)
+    first = await raw_request(port, get("/attacker"))
+    assert (first.status, first.body) == (200, b"hi")
+    await asyncio.sleep(0.05)
+    victim = await raw_request(port, get("/victim"))
+    assert "Location" not in victim.headers
+    assert (victim.status, victim.body) == (200, b"mine")
+
+
+async def test_a_chunked_response_of_many_small_chunks_does_not_stall_the_next_one(
+    make_gateway: GatewayFactory, raw_upstream: RawUpstream
+) -> None:
+    # 4 097 one-byte chunks: the last one crosses aiohttp's chunk-boundary high-water
+    # mark (64 KiB // 16) and pauses the parser after its last body callback.
+    many = b"".join(b"1\r\nx\r\n" for _ in range(4097)) + b"0\r\n\r\n"
+    raw_upstream.script = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + many,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    ]
+    port = await gateway_for(make_gateway, raw_upstream)
+    first = await raw_request(port, get("/a"))
+    assert (first.status, first.body) == (200, b"x" * 4097)
+    second = await raw_request(port, get("/b"))
+    assert (second.status, second.body) == (200, b"hello")
+    assert raw_upstream.connections == 1
