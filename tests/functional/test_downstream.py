@@ -199,9 +199,8 @@ async def test_http_1_0_framing(make_gateway: GatewayFactory, upstream: Upstream
     assert json.loads(second.body)["path"] == "/open/b"
 
 
-async def test_client_leaving_early_is_logged_and_the_gateway_keeps_serving(
-    make_gateway: GatewayFactory, upstream: Upstream
-) -> None:
+async def held_request(upstream: Upstream, port: int) -> tuple[asyncio.Event, asyncio.StreamWriter]:
+    """A request the upstream holds until the event is set; its connection's writer."""
     release = asyncio.Event()
 
     async def slow(request: web.Request) -> web.StreamResponse:
@@ -209,11 +208,18 @@ async def test_client_leaving_early_is_logged_and_the_gateway_keeps_serving(
         return web.Response(text="late")
 
     upstream.routes["/open/slow"] = slow
-    gw = await make_gateway(open_policy(upstream))
-    _, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(req("/open/slow"))
     await writer.drain()
     await asyncio.sleep(0.2)
+    return release, writer
+
+
+async def test_client_leaving_early_is_logged_and_the_gateway_keeps_serving(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await make_gateway(open_policy(upstream))
+    release, writer = await held_request(upstream, gw.public_port)
     writer.close()
     await asyncio.sleep(0.1)
     release.set()
@@ -579,18 +585,8 @@ async def test_an_answer_written_before_the_client_half_closes_is_delivered(
     """A client that half-closes (FIN) while it waits: an answer the gateway had already
     written when the FIN arrived must still reach it (before the change it was handed
     to the transport at once, and a close flushes the transport's buffer)."""
-    release = asyncio.Event()
-
-    async def held(request: web.Request) -> web.StreamResponse:  # another request in progress: busy > 1
-        await release.wait()
-        return web.Response(text="late")
-
-    upstream.routes["/open/held"] = held
     gw = await make_gateway(open_policy(upstream))
-    _, other = await asyncio.open_connection("127.0.0.1", gw.public_port)
-    other.write(req("/open/held"))
-    await other.drain()
-    await asyncio.sleep(0.2)
+    release, other = await held_request(upstream, gw.public_port)  # in progress: busy > 1
 
     loop = asyncio.get_running_loop()
     sock = socket.socket()
