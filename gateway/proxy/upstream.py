@@ -188,6 +188,12 @@ class _Conn(BaseProtocol):
                         self.transport.close()
                     return
                 continue
+            if self.payload is not None:
+                # A second final response to one request: the upstream is out of step
+                # with us (say, its Content-Length undercounted a body). Never hand it
+                # to anyone; the connection is closed after this response.
+                self.should_close = True
+                continue
             if message.should_close or upgraded:
                 self.should_close = True
             if self._skip_body or message.code in (204, 304):
@@ -224,7 +230,21 @@ class _Conn(BaseProtocol):
             and payload is not None
             and payload.is_eof()
             and not payload.exception()
+            and self._nothing_followed()
         )
+
+    def _nothing_followed(self) -> bool:
+        """No byte of a further message came after the response. Any would mean the
+        upstream is out of step (a Content-Length that undercounts its body), and the
+        rest of it would be read as the next request's response, another client's."""
+        parser = self.response_parser
+        if parser is None:
+            return False
+        try:
+            # Ends the parser (it is never used again): None when it held nothing.
+            return parser.feed_eof() is None
+        except Exception:
+            return False
 
     def write_head(self, head: bytes) -> None:
         """Send the request head, at the latest when the loop's current batch ends

@@ -346,3 +346,38 @@ async def test_a_chunked_response_of_many_small_chunks_does_not_stall_the_next_o
     second = await raw_request(port, get("/b"))
     assert (second.status, second.body) == (200, b"hello")
     assert raw_upstream.connections == 1
+
+
+async def test_an_upstream_out_of_step_is_never_reused(make_gateway: GatewayFactory, raw_upstream: RawUpstream) -> None:
+    # Content-Length undercounts the body: what follows "hi" in the same read is the
+    # start of a further "response" (content an attacker stored), whose rest would
+    # land once the next request was sent on this connection: another client's. So the
+    # connection is closed, and the next request goes out on a new one.
+    raw_upstream.script = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi" + b"HTTP/1.1 302 Found\r\nLocation: https://evil.example/",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmine",
+    ]
+    port = await gateway_for(make_gateway, raw_upstream)
+    first = await raw_request(port, get("/attacker"))
+    assert (first.status, first.body) == (200, b"hi")
+    await asyncio.sleep(0.05)
+    victim = await raw_request(port, get("/victim"))
+    assert (victim.status, victim.body) == (200, b"mine")
+    assert raw_upstream.connections == 2
+
+
+async def test_a_whole_extra_response_closes_the_connection(
+    make_gateway: GatewayFactory, raw_upstream: RawUpstream
+) -> None:
+    raw_upstream.script = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+        b"HTTP/1.1 302 Found\r\nLocation: https://evil.example/\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmine",
+    ]
+    port = await gateway_for(make_gateway, raw_upstream)
+    first = await raw_request(port, get("/attacker"))
+    assert (first.status, first.body) == (200, b"hi")
+    await asyncio.sleep(0.05)
+    victim = await raw_request(port, get("/victim"))
+    assert (victim.status, victim.body) == (200, b"mine")
+    assert raw_upstream.connections == 2
