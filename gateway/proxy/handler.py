@@ -355,16 +355,12 @@ class ProxyHandler:
             try:
                 return request.send(upstream.status, upstream.reason, headers, body)
             except UnsendableHeaderError:
-                return self._refuse(
-                    request, runtime, ex, route, Reason.UPSTREAM_ERROR, "response header with a control character"
-                )
+                return self._refuse(request, runtime, ex, route, Reason.UPSTREAM_ERROR, _CONTROL_IN_HEADER)
         try:
             request.start(upstream.status, upstream.reason, headers, length)
         except UnsendableHeaderError:
             upstream.close()
-            return self._refuse(
-                request, runtime, ex, route, Reason.UPSTREAM_ERROR, "response header with a control character"
-            )
+            return self._refuse(request, runtime, ex, route, Reason.UPSTREAM_ERROR, _CONTROL_IN_HEADER)
         try:
             async for chunk in upstream.content.iter_any():
                 await request.write(chunk)
