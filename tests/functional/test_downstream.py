@@ -239,6 +239,16 @@ async def echo(request: web.Request) -> web.StreamResponse:
     return web.json_response({"path": request.path, "body": body.decode()})
 
 
+async def echo_connection(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> tuple[Gateway, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A gateway whose upstream echoes `/open/echo`, and a client connection to it."""
+    upstream.routes["/open/echo"] = echo
+    gw = await make_gateway(open_policy(upstream))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    return gw, reader, writer
+
+
 async def read_one(reader: asyncio.StreamReader) -> bytes:
     head = await reader.readuntil(b"\r\n\r\n")
     length = 0
@@ -265,9 +275,7 @@ def in_flight(gw: Gateway) -> float | None:
 async def test_a_bad_chunk_inside_a_forwarded_upload_fails_it_and_frees_everything(
     make_gateway: GatewayFactory, upstream: Upstream
 ) -> None:
-    upstream.routes["/open/echo"] = echo
-    gw = await make_gateway(open_policy(upstream))
-    reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    gw, reader, writer = await echo_connection(make_gateway, upstream)
     writer.write(req("/open/echo", "Transfer-Encoding: chunked", method="POST", body=b"5\r\nhello\r\n"))
     await writer.drain()
     await asyncio.sleep(0.2)  # the upload is being relayed when the bad chunk arrives
@@ -289,9 +297,7 @@ async def test_a_bad_chunk_inside_a_forwarded_upload_fails_it_and_frees_everythi
 async def test_upgrade_request_body_in_several_segments_is_forwarded_whole(
     make_gateway: GatewayFactory, upstream: Upstream
 ) -> None:
-    upstream.routes["/open/echo"] = echo
-    gw = await make_gateway(open_policy(upstream))
-    reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    _, reader, writer = await echo_connection(make_gateway, upstream)
     writer.write(
         req("/open/echo", "Connection: Upgrade", "Upgrade: h2c", "Content-Length: 10", method="POST", body=b"hello")
     )
@@ -557,9 +563,7 @@ async def test_answers_before_a_close_are_not_lost_to_a_reset(make_gateway: Gate
 async def test_an_upload_after_one_of_many_small_chunks_is_read_to_its_end(
     make_gateway: GatewayFactory, upstream: Upstream
 ) -> None:
-    upstream.routes["/open/echo"] = echo
-    gw = await make_gateway(open_policy(upstream))
-    reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    _, reader, writer = await echo_connection(make_gateway, upstream)
     # 4097 one-byte chunks in one segment: the last data chunk crosses aiohttp's
     # chunk-split high-water mark (64 KiB // 16) and leaves the request parser paused.
     many = b"".join(b"1\r\nx\r\n" for _ in range(4097)) + b"0\r\n\r\n"
