@@ -108,7 +108,7 @@ async def test_lifecycle_generate_issue_rotate_retire_revoke(tmp_path: Path, ups
         assert await status(gw, old) == 200  # old tokens stay valid until their key goes
 
         # Retiring the first key ends the tokens it signed, without a restart.
-        assert cli("keys", "retire", first_kid, "--dir", "keys", cwd=tmp_path).returncode == 0
+        assert cli("keys", "retire", "--dir", "keys", "--", first_kid, cwd=tmp_path).returncode == 0
         assert not key_file.exists()
         await until_status(gw, old, 401)
         assert await status(gw, new) == 200
@@ -269,11 +269,11 @@ async def test_retiring_the_last_key_and_losing_the_revocation_file(tmp_path: Pa
         assert cli("tokens", "revoke", "--config", "gateway.yaml", other_jti, cwd=tmp_path).returncode == 0
         await until_status(gw, other, 401)  # still watching after the bad file
 
-        last = cli("keys", "retire", kid, "--dir", "keys", cwd=tmp_path)
+        last = cli("keys", "retire", "--dir", "keys", "--", kid, cwd=tmp_path)
         assert last.returncode == 1
         assert "last key" in last.stderr
         assert await status(gw, token) == 200
-        assert cli("keys", "retire", kid, "--dir", "keys", "--force", cwd=tmp_path).returncode == 0
+        assert cli("keys", "retire", "--dir", "keys", "--force", "--", kid, cwd=tmp_path).returncode == 0
         await until_status(gw, token, 503)  # no keys at all: every token refused
 
 
