@@ -7,6 +7,7 @@ security tests need to put exact bytes on the wire.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 from multidict import CIMultiDict
@@ -56,7 +57,59 @@ def _dechunk(body: bytes) -> bytes:
     return bytes(out)
 
 
-def get(path: str, *headers: str, method: str = "GET") -> bytes:
-    """A request line plus headers, `Connection: close` so the read ends."""
-    lines = [f"{method} {path} HTTP/1.1", "Host: gateway.test", *headers, "Connection: close", "", ""]
+def get(path: str, *headers: str, method: str = "GET", close: bool = True) -> bytes:
+    """A request line plus headers, `Connection: close` (unless `close` is False) so the read ends."""
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        "Host: gateway.test",
+        *headers,
+        *(["Connection: close"] if close else []),
+        "",
+        "",
+    ]
     return "\r\n".join(lines).encode("latin-1")
+
+
+class KeptAlive:
+    """One client connection used for several requests in turn, one response read per
+    request (by its framing), as a browser or a pooled HTTP client would."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int, host: str = "127.0.0.1") -> KeptAlive:
+        return cls(*await asyncio.open_connection(host, port))
+
+    async def send(self, request: bytes, *, wait: float = 10.0) -> RawResponse:
+        self.writer.write(request)
+        await self.writer.drain()
+        return await asyncio.wait_for(self._read_one(bodiless=request.startswith(b"HEAD ")), wait)
+
+    async def _read_one(self, bodiless: bool) -> RawResponse:
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        response = parse_response(head)
+        if bodiless or response.status in (204, 304) or response.status < 200:
+            return response
+        if response.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            raw = b""
+            while True:
+                size_line = await self.reader.readuntil(b"\r\n")
+                raw += size_line
+                size = int(size_line.split(b";")[0], 16)
+                if size == 0:
+                    raw += await self.reader.readuntil(b"\r\n")
+                    break
+                raw += await self.reader.readexactly(size + 2)
+            response.body = _dechunk(raw)
+        elif "Content-Length" in response.headers:
+            response.body = await self.reader.readexactly(int(response.headers["Content-Length"]))
+        else:
+            response.body = await self.reader.read(-1)
+        return response
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()

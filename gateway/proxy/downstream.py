@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError
@@ -49,6 +49,10 @@ _LAST_CHUNK = b"0\r\n\r\n"
 
 Handler = Callable[["Request"], Awaitable[None]]
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
 
 
 class UnsendableHeaderError(ValueError):
@@ -112,6 +116,16 @@ class Request:
     @property
     def started(self) -> bool:
         return self.status != 0
+
+    @property
+    def upstreams(self) -> Closeable | None:
+        """What the handler keeps for this client connection's later requests (its
+        kept-alive upstream connections); closed when the client connection closes."""
+        return self._conn.upstreams
+
+    @upstreams.setter
+    def upstreams(self, value: Closeable) -> None:
+        self._conn.upstreams = value
 
     @property
     def client_gone(self) -> bool:
@@ -231,6 +245,7 @@ class ClientConnection(BaseProtocol):
         self._current: StreamReader | None = None
         self._out: list[bytes] = []  # written, not yet handed to the transport (coalesce.py)
         self.peer: str | None = None
+        self.upstreams: Closeable | None = None
 
     # -- transport events --------------------------------------------------------------
 
@@ -251,6 +266,9 @@ class ClientConnection(BaseProtocol):
         self._out = []
         self._server.connections.discard(self)
         self.transport = None
+        if self.upstreams is not None:
+            self.upstreams.close()
+            self.upstreams = None
         self._closing = True
         self._disarm_idle()
         if self._idle is not None:

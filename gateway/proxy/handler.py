@@ -35,7 +35,7 @@ from gateway.proxy.headers import (
     upstream_request_headers,
 )
 from gateway.proxy.requestcheck import request_problem
-from gateway.proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from gateway.proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamSlot
 from gateway.routing import CompiledRoute, RouteTable, request_host
 
 log = logging.getLogger("gateway.proxy")
@@ -300,6 +300,11 @@ class ProxyHandler:
             # The low-level server does not answer Expect; we do, only once the request
             # is allowed, so a refused upload is never read.
             request.send_continue()
+        slot = request.upstreams
+        if not isinstance(slot, UpstreamSlot):
+            # Kept-alive upstream connections belong to this client connection alone
+            # (see UpstreamSlot: no client can plant a response for another).
+            slot = request.upstreams = self._pool.slot()
         sent = time.perf_counter()
         try:
             upstream = await self._pool.request(
@@ -311,6 +316,7 @@ class ProxyHandler:
                 length,
                 route.timeout.connect,
                 route.timeout.sock_read,
+                slot,
             )
         except UpstreamError as exc:
             reason = {

@@ -27,7 +27,8 @@ from multidict import CIMultiDictProxy
 from gateway.proxy.coalesce import Coalescer
 from gateway.routing import Upstream
 
-_MAX_IDLE = 256
+# Origins one client connection keeps an idle upstream connection to (one each).
+_SLOT_ORIGINS = 4
 _MAX_INTERIM = 8
 # Retried once on a stale kept-alive connection: only methods that are safe to repeat
 # (RFC 9110 §9.2.1), since a close with no response does not prove nothing happened.
@@ -86,7 +87,14 @@ class _Conn(BaseProtocol):
         # when a body arrives faster than the client takes it.
         self.response_parser = self._parser = parser
         self._skip_body = skip_body
-        self._stop_timer()  # never inherit a timer from this connection's last request
+        # Never inherit a timer from this connection's last request. The handle is lazy
+        # (it only ever fires at or after the deadline it was armed for); one armed by a
+        # route with a longer read timeout would fire too late for this one.
+        self._deadline = None
+        timer = self._timer
+        if timer is not None and (not read_timeout or timer.when() > self._loop.time() + read_timeout):
+            timer.cancel()
+            self._timer = None
         self.interim = 0
         self.waiter = self._loop.create_future()
         self.payload = None
@@ -197,6 +205,12 @@ class _Conn(BaseProtocol):
             if message.should_close or upgraded:
                 self.should_close = True
             if self._skip_body or message.code in (204, 304):
+                if message.chunked or message.headers.get("Content-Length", "0") != "0":
+                    # A response that has no body but declares one (HEAD, 204, 304):
+                    # legacy servers write that body anyway, possibly later than any
+                    # check could see. Those bytes would be read as the next response
+                    # on this connection, so it is never reused.
+                    self.should_close = True
                 payload = EMPTY_PAYLOAD
             self.payload = payload
             if payload is EMPTY_PAYLOAD:
@@ -268,6 +282,12 @@ class _Conn(BaseProtocol):
         is an error (`data_received` closes)."""
         self.response_parser = self._parser = None
         self._stop_timer()  # an idle pooled connection has no deadline
+        if self._reading_paused or self._buffer_paused:
+            # Flow control of the last response must not outlive it: an idle connection
+            # reads, so that a stray byte closes it now rather than being parsed as the
+            # next request's response.
+            self._reading_paused = self._buffer_paused = False
+            self._resume_transport_reading()
 
     def close(self) -> None:
         self.response_parser = self._out = None
@@ -278,18 +298,18 @@ class _Conn(BaseProtocol):
 class UpstreamResponse:
     """The upstream's answer: status, headers and a streamed body. Release or close it."""
 
-    __slots__ = ("_body_task", "_conn", "_key", "_pool", "content", "headers", "reason", "status")
+    __slots__ = ("_body_task", "_conn", "_key", "_slot", "content", "headers", "reason", "status")
 
     def __init__(
         self,
-        pool: UpstreamPool,
+        slot: UpstreamSlot | None,
         key: tuple[str, str, int],
         conn: _Conn,
         message: Any,
         payload: StreamReader,
         body_task: asyncio.Task[None] | None,
     ) -> None:
-        self._pool = pool
+        self._slot = slot
         self._key = key
         self._conn = conn
         self._body_task = body_task
@@ -318,15 +338,65 @@ class UpstreamResponse:
         self._conn.close()
 
     def release(self) -> None:
-        """Return the connection to the pool if it is clean, else close it."""
+        """Keep the connection for the same client's next request if it is clean,
+        else close it."""
         task = self._body_task
         clean = task is None or (task.done() and not task.cancelled() and task.exception() is None)
         conn = self._conn
-        if clean and conn.reusable():
+        slot = self._slot
+        if slot is not None and clean and conn.reusable():
             conn.park()
-            self._pool.put_back(self._key, conn)
+            slot.put(self._key, conn)
         else:
             self.close()
+
+
+class UpstreamSlot:
+    """The idle upstream connections of one client connection, reused by it alone.
+
+    HTTP/1.1 cannot tell which request a response answers. An upstream that is out of
+    step with us (a Content-Length that undercounts its body, a body written after a
+    HEAD response) can send bytes after a response has ended, later than any check at
+    park time could see; on a connection shared between clients, those bytes become
+    the next client's response. Bound to one client connection (HAProxy's
+    `http-reuse never`), an upstream connection can only ever answer that client, so
+    one client's request can never plant a response for another. The cost: a client
+    that opens a connection per request gets an upstream connection per request.
+    """
+
+    __slots__ = ("_closed", "_idle", "_pool")
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self._idle: dict[tuple[str, str, int], _Conn] = {}
+        self._closed = False
+        pool.slots.add(self)
+
+    def take(self, key: tuple[str, str, int]) -> _Conn | None:
+        conn = self._idle.pop(key, None)
+        if conn is not None and not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+            return conn
+        return None
+
+    def put(self, key: tuple[str, str, int], conn: _Conn) -> None:
+        idle = self._idle
+        if self._closed or self._pool.closed:
+            conn.close()
+            return
+        previous = idle.pop(key, None)
+        if previous is not None:
+            previous.close()
+        elif len(idle) >= _SLOT_ORIGINS:
+            idle.pop(next(iter(idle))).close()  # the origin idle longest
+        idle[key] = conn
+
+    def close(self) -> None:
+        """The client connection is gone: so are its upstream connections."""
+        self._closed = True
+        self._pool.slots.discard(self)
+        for conn in self._idle.values():
+            conn.close()
+        self._idle.clear()
 
 
 def _head(method: str, target: str, authority: str, headers: Iterable[tuple[str, str]], framing: str) -> bytes:
@@ -343,28 +413,17 @@ def _head(method: str, target: str, authority: str, headers: Iterable[tuple[str,
 
 
 class UpstreamPool:
-    """Keep-alive connections per origin; one request per connection at a time."""
+    """Connections to upstreams: opened per request, kept alive per client (`UpstreamSlot`)."""
 
     def __init__(self, coalescer: Coalescer | None = None) -> None:
-        self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
+        self.slots: set[UpstreamSlot] = set()
         self.coalescer = coalescer or Coalescer()
         self._ssl = ssl.create_default_context()
-        self._closed = False
+        self.closed = False
 
-    def put_back(self, key: tuple[str, str, int], conn: _Conn) -> None:
-        idle = self._idle.setdefault(key, [])
-        if self._closed or len(idle) >= _MAX_IDLE:
-            conn.close()
-        else:
-            idle.append(conn)
-
-    def _take(self, key: tuple[str, str, int]) -> _Conn | None:
-        idle = self._idle.get(key)
-        while idle:
-            conn = idle.pop()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                return conn
-        return None
+    def slot(self) -> UpstreamSlot:
+        """Idle connections for one client connection; close it when that one closes."""
+        return UpstreamSlot(self)
 
     async def _connect(self, up: Upstream, connect_timeout: float | None) -> _Conn:
         loop = asyncio.get_running_loop()
@@ -395,7 +454,11 @@ class UpstreamPool:
         length: str | None,
         connect_timeout: float | None,
         read_timeout: float | None,
+        slot: UpstreamSlot | None = None,
     ) -> UpstreamResponse:
+        """Send one request. With a `slot`, a kept-alive connection of that client's is
+        reused, and the response's connection goes back to it; with none, the
+        connection is used for this request only."""
         key = (up.scheme, up.host, up.port)
         if length is not None:
             framing = f"Content-Length: {length}\r\n"
@@ -405,7 +468,7 @@ class UpstreamPool:
             framing = ""
         head = _head(method, target, up.authority, headers, framing)
         for attempt in (0, 1):
-            conn = self._take(key)
+            conn = slot.take(key) if slot is not None else None
             reused = conn is not None
             if conn is None:
                 conn = await self._connect(up, connect_timeout)
@@ -434,15 +497,13 @@ class UpstreamPool:
                 # is mid-request and can never be reused.
                 _abandon(conn, task)
                 raise
-            return UpstreamResponse(self, key, conn, message, payload, task)
+            return UpstreamResponse(slot, key, conn, message, payload, task)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
-        self._closed = True
-        for idle in self._idle.values():
-            for conn in idle:
-                conn.close()
-        self._idle.clear()
+        self.closed = True
+        for slot in list(self.slots):
+            slot.close()
 
 
 def _abandon(conn: _Conn, task: asyncio.Task[None] | None) -> None:

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from tests.conftest import GatewayFactory
-from tests.rawhttp import get, raw_request
+from tests.conftest import GatewayFactory, Upstream
+from tests.rawhttp import KeptAlive, get, raw_request
 
 Responder = Callable[[bytes], bytes | None]
 
@@ -80,12 +81,14 @@ async def test_chunked_and_length_delimited_responses_and_keep_alive(
         b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
     ]
     port = await gateway_for(make_gateway, raw_upstream)
-    first = await raw_request(port, get("/a"))
+    client = await KeptAlive.open(port)
+    first = await client.send(get("/a", close=False))
     assert (first.status, first.body) == (200, b"hello world")
-    second = await raw_request(port, get("/b"))
+    second = await client.send(get("/b", close=False))
     assert (second.status, second.body) == (200, b"abc")
-    third = await raw_request(port, get("/c"))
+    third = await client.send(get("/c", close=False))
     assert (third.status, third.body) == (201, b"ok")  # the interim 103 is not relayed
+    await client.close()
     assert raw_upstream.connections == 1  # one kept-alive upstream connection served all three
     assert raw_upstream.requests[0].startswith(b"GET /a HTTP/1.1\r\nHost: 127.0.0.1:")
 
@@ -112,15 +115,19 @@ async def test_head_and_empty_statuses_carry_no_body(make_gateway: GatewayFactor
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
     ]
     port = await gateway_for(make_gateway, raw_upstream)
-    for length in ("50", "7"):  # two HEADs in a row on one connection, then a 304 and a GET
-        head = await raw_request(port, get("/a", method="HEAD"))
+    client = await KeptAlive.open(port)
+    for length in ("50", "7"):  # two HEADs in a row on one client connection, then a 304 and a GET
+        head = await client.send(get("/a", method="HEAD", close=False))
         assert head.status == 200
         assert head.headers["Content-Length"] == length
         assert head.body == b""
-    assert (await raw_request(port, get("/b"))).status == 304
-    after = await raw_request(port, get("/c"))
+    assert (await client.send(get("/b", close=False))).status == 304
+    after = await client.send(get("/c", close=False))
     assert (after.status, after.body) == (200, b"hi")  # the connection stayed in step
-    assert raw_upstream.connections == 1
+    await client.close()
+    # A HEAD answer that declares a body is never followed on its connection (a legacy
+    # server may write that body anyway); the 304 declared none, so the GET reused it.
+    assert raw_upstream.connections == 3
 
 
 async def test_a_stale_kept_alive_connection_is_retried_once(
@@ -132,11 +139,14 @@ async def test_a_stale_kept_alive_connection_is_retried_once(
         b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2",
     ]
     port = await gateway_for(make_gateway, raw_upstream)
-    assert (await raw_request(port, get("/a"))).body == b"1"
+    client = await KeptAlive.open(port)
+    assert (await client.send(get("/a", close=False))).body == b"1"
     await asyncio.sleep(0.05)
-    resp = await raw_request(port, get("/b"))
+    resp = await client.send(get("/b", close=False))
+    await client.close()
     assert (resp.status, resp.body) == (200, b"2")
     assert raw_upstream.connections == 2
+    assert len(raw_upstream.requests) == 2  # sent once on the stale connection (unanswered), once on a new one
 
 
 async def test_malformed_and_truncated_responses(make_gateway: GatewayFactory, raw_upstream: RawUpstream) -> None:
@@ -288,10 +298,12 @@ async def test_a_bodiless_post_is_never_replayed(make_gateway: GatewayFactory, r
     raw_upstream.close_after = True
     raw_upstream.script = [b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1"]  # then: reads, closes, no answer
     port = await gateway_for(make_gateway, raw_upstream)
-    assert (await raw_request(port, get("/warm"))).status == 200
+    client = await KeptAlive.open(port)
+    assert (await client.send(get("/warm", close=False))).status == 200
     await asyncio.sleep(0.05)
-    request = b"POST /charge HTTP/1.1\r\nHost: g\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    assert (await raw_request(port, request)).status == 502
+    request = b"POST /charge HTTP/1.1\r\nHost: g\r\nContent-Length: 0\r\n\r\n"
+    assert (await client.send(request)).status == 502
+    await client.close()
     assert sum(r.startswith(b"POST /charge") for r in raw_upstream.requests) <= 1
 
 
@@ -322,10 +334,12 @@ async def test_a_chunked_response_of_many_small_chunks_does_not_stall_the_next_o
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
     ]
     port = await gateway_for(make_gateway, raw_upstream)
-    first = await raw_request(port, get("/a"))
+    client = await KeptAlive.open(port)
+    first = await client.send(get("/a", close=False))
     assert (first.status, first.body) == (200, b"x" * 4097)
-    second = await raw_request(port, get("/b"))
+    second = await client.send(get("/b", close=False))
     assert (second.status, second.body) == (200, b"hello")
+    await client.close()
     assert raw_upstream.connections == 1
 
 
@@ -338,22 +352,102 @@ async def test_a_chunked_response_of_many_small_chunks_does_not_stall_the_next_o
         pytest.param(b"H", id="one-byte"),
     ],
 )
-async def test_an_upstream_out_of_step_never_answers_another_client(
+async def test_an_upstream_out_of_step_never_answers_the_next_request(
     make_gateway: GatewayFactory, raw_upstream: RawUpstream, tail: bytes
 ) -> None:
     # A backend whose Content-Length undercounts its body (say, characters for bytes):
     # what follows "hi" in the same read is a further "response", or the start of one
     # whose rest would land once the next request went out on this connection. Those
-    # bytes must never reach the next client: the connection is closed, not reused.
+    # bytes must never answer the next request, even the same client's: the
+    # connection is closed, not reused.
     raw_upstream.script = [
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi" + tail,
         b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmine",
     ]
     port = await gateway_for(make_gateway, raw_upstream)
-    first = await raw_request(port, get("/attacker"))
+    client = await KeptAlive.open(port)
+    first = await client.send(get("/first", close=False))
     assert (first.status, first.body) == (200, b"hi")
     await asyncio.sleep(0.05)
-    victim = await raw_request(port, get("/victim"))
-    assert "Location" not in victim.headers
-    assert (victim.status, victim.body) == (200, b"mine")
+    second = await client.send(get("/second", close=False))
+    await client.close()
+    assert "Location" not in second.headers
+    assert (second.status, second.body) == (200, b"mine")
     assert raw_upstream.connections == 2
+
+
+async def _late_surplus(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An upstream out of step with its clients, late: for /attacker it answers a HEAD
+    with a declared length and writes that body anyway, or a GET with a Content-Length
+    that undercounts; either way the surplus (a whole response) comes 150 ms later."""
+    while True:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b" /attacker " in head.split(b"\r\n", 1)[0]:
+            if head.startswith(b"HEAD "):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+            await writer.drain()
+            await asyncio.sleep(0.15)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nplanted")
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmine")
+        await writer.drain()
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+async def test_a_late_surplus_from_the_upstream_never_answers_another_client(
+    make_gateway: GatewayFactory, method: str
+) -> None:
+    async with _Served(_late_surplus) as server:
+        port = await _gateway(make_gateway, server)
+        attacker = await KeptAlive.open(port)
+        await attacker.send(get("/attacker", method=method, close=False))
+        for _ in range(3):  # while the surplus is on its way, and after it came
+            victim = await KeptAlive.open(port)
+            answer = await victim.send(get("/victim", close=False))
+            await victim.close()
+            assert (answer.status, answer.body) == (200, b"mine")
+            await asyncio.sleep(0.1)
+        await attacker.close()
+
+
+async def test_after_a_head_that_declares_a_body_the_connection_is_not_reused(make_gateway: GatewayFactory) -> None:
+    # Even for the same client: the body a legacy server writes after its HEAD answer
+    # must not become that client's next response.
+    async with _Served(_late_surplus) as server:
+        port = await _gateway(make_gateway, server)
+        client = await KeptAlive.open(port)
+        head = await client.send(get("/attacker", method="HEAD", close=False))
+        assert (head.status, head.headers["Content-Length"]) == (200, "40")
+        answer = await client.send(get("/next", close=False))
+        await client.close()
+        assert (answer.status, answer.body) == (200, b"mine")
+
+
+async def test_a_route_read_timeout_holds_on_a_reused_upstream_connection(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(2)
+        return web.Response(text="late")
+
+    upstream.routes["/slow"] = slow
+    gw = await make_gateway(
+        f"""
+        routes:
+          - name: slow
+            match: {{prefix: /slow}}
+            upstream: "{upstream.url}"
+            timeouts: {{read: 300ms}}
+            auth: public
+          - {{name: other, match: {{prefix: /}}, upstream: "{upstream.url}", auth: public}}
+        """
+    )
+    client = await KeptAlive.open(gw.public_port)
+    # The other route (default read timeout, 30 s) first, so the slow one reuses its
+    # kept-alive upstream connection: the connection must not carry that timer over.
+    assert (await client.send(get("/warm", close=False))).status == 200
+    answer = await client.send(get("/slow", close=False))
+    await client.close()
+    assert answer.status == 504
