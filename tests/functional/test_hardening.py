@@ -110,6 +110,41 @@ async def test_spoofable_forwarding_and_override_headers_are_dropped(
     assert leaked == []
 
 
+OVERRIDES = [
+    "X-Envoy-Original-Path: /admin",
+    "X_Envoy_Original_Path: /admin",
+    "X-Envoy-Original-Dst-Host: 10.0.0.1:22",
+    "x-envoy-internal: true",
+    "X-Original-URI: /admin",
+    "HTTP_X_ORIGINAL_URL: /admin",
+    "X-Forwarded-Prefix: /admin",
+    "X-Forwarded-Path: /admin",
+    "X-Forwarded-Uri: /admin",
+    "X-Replaced-Path: /admin",
+    "X.Script.Name: /admin",
+    "Request-Uri: /admin",
+    "X-Forwarded-Method: DELETE",
+    "X-Original-Method: DELETE",
+    "X-Host: internal.example.com",
+    "X-Scheme: https",
+]
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+async def test_path_method_host_overrides_are_dropped_from_every_peer(
+    make_gateway: GatewayFactory, upstream: Upstream, trusted: bool
+) -> None:
+    # A trusted proxy passes its client's headers through: trust in it covers the
+    # forwarding headers it writes, not a path or method it never saw.
+    server = "server: {trusted_proxies: [127.0.0.1/32]}" if trusted else ""
+    gw = await make_gateway(routes(upstream, server))
+    resp = await raw_request(gw.public_port, get("/x", *OVERRIDES, "X-Kept: yes"))
+    assert resp.status == 200
+    seen = upstream.last.headers
+    assert sorted(seen) == ["host", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-kept"]
+    assert upstream.last.raw_path == "/x"
+
+
 async def test_trusted_peer_cannot_suppress_the_gateways_own_forwarding_headers(
     make_gateway: GatewayFactory, upstream: Upstream
 ) -> None:
