@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from gateway.policy import load_policy
-from gateway.routing import RouteTable, parse_host, request_host
+from gateway.routing import CompiledRoute, RouteTable, parse_host, request_host
 
 
 def table(tmp_path: Path, routes: str) -> RouteTable:
@@ -143,3 +144,37 @@ def test_indexed_matching_agrees_with_a_linear_scan(tmp_path: Path) -> None:
         host = rng.choice(["", "h.example", "other"])
         linear = next((r for r in t.routes if r.matches(method, host, path)), None)
         assert t.match(method, host, path) is linear, (method, host, path)
+
+
+class _CountingDict(dict[str, tuple[CompiledRoute, ...]]):
+    """Counts the characters of every key looked up: the walk's work, without a clock."""
+
+    looked_up = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.looked_up += len(key)
+        return super().get(key, default)
+
+
+def test_matching_a_long_path_looks_at_no_more_than_the_longest_prefix(tmp_path: Path) -> None:
+    t = table(
+        tmp_path,
+        """
+        - {name: exact, match: {path: /a/b}, upstream: "http://u", auth: public}
+        - {name: deep, match: {prefix: /a/a/a}, upstream: "http://u", auth: public}
+        - {name: a, match: {prefix: /a}, upstream: "http://u", auth: public}
+        - {name: root, match: {prefix: /}, upstream: "http://u", auth: public}
+        """,
+    )
+    counting = _CountingDict(t._prefix)
+    object.__setattr__(t, "_prefix", counting)
+    hostile = "/a" * 50_000  # 100 KB, 50 000 segments
+    assert name(t, "GET", hostile) == "deep"
+    assert name(t, "GET", "/a/b" * 25_000) == "a"
+    assert name(t, "GET", "/b" * 50_000) == "root"
+    # Keys no longer than the longest prefix (6), plus the root: it was every segment
+    # prefix of the path, about 2.5 billion characters for these three.
+    assert counting.looked_up <= 3 * (1 + 2 + 4 + 6)
+    assert name(t, "GET", "/a/b") == "exact"
+    assert name(t, "GET", "/a/a/a") == "deep"
+    assert name(t, "GET", "/a/a/ab") == "a"
