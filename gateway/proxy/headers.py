@@ -35,8 +35,21 @@ HOP_BY_HOP = frozenset(
 # (Path, method, host and scheme overrides are dropped too: see `gateway.overrides`.)
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect"}
 # Only a trusted proxy in front of us may tell us who the client is, and only in the
-# standard (hyphenated) spellings.
-_FORWARDING = frozenset({"forwarded", "x-real-ip"})
+# standard (hyphenated) spellings. Besides X-Forwarded-*: the client-address headers
+# that CDNs write and backends read (Rails reads Client-IP, rate limiters
+# True-Client-IP and CF-Connecting-IP).
+_FORWARDING = frozenset(
+    {
+        "forwarded",
+        "x-real-ip",
+        "client-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-cluster-client-ip",
+    }
+)
 # The upstream's framing does not apply to our hop: the response is re-framed
 # (`downstream.Request` writes Content-Length or chunked itself).
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}

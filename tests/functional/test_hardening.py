@@ -92,6 +92,12 @@ async def test_spoofable_forwarding_and_override_headers_are_dropped(
         "X_Forwarded_Proto: https",
         "X.Forwarded.Host: admin.example.com",
         "X_Real_IP: 6.6.6.8",
+        "True-Client-IP: 6.6.6.9",
+        "Client-IP: 6.6.6.9",
+        "X-Client-IP: 6.6.6.9",
+        "CF-Connecting-IP: 6.6.6.9",
+        "Fastly-Client-IP: 6.6.6.9",
+        "X-Cluster-Client-IP: 6.6.6.9",
         "X-Original-URL: /admin",
         "X-Rewrite-URL: /admin",
         "X-HTTP-Method-Override: DELETE",
@@ -190,3 +196,13 @@ async def test_expect_is_ignored_for_http_1_0(make_gateway: GatewayFactory, upst
     resp = await raw_request(gw.public_port, request)
     assert resp.status == 200
     assert upstream.last.body == b"hi"
+
+
+async def test_client_address_headers_are_kept_only_from_a_trusted_peer_in_their_standard_spelling(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await make_gateway(routes(upstream, "server: {trusted_proxies: [127.0.0.1/32]}"))
+    resp = await raw_request(gw.public_port, get("/x", "True-Client-IP: 1.1.1.1", "True_Client_IP: 6.6.6.6"))
+    assert resp.status == 200
+    assert upstream.last.headers["true-client-ip"] == ["1.1.1.1"]
+    assert "true_client_ip" not in upstream.last.headers

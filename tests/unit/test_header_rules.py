@@ -78,7 +78,7 @@ def test_memoised_rules_agree_with_the_plain_rules() -> None:
         "authorization", "x-auth-subject", "x-tenant", "host", "content-length", "te", "upgrade", "x-original-url",
         "accept", "user-agent", "x-request-id", "cookie", "x-http-method-override", "keep-alive",
         "x-envoy-original-path", "x-forwarded-prefix", "http-x-original-url", "x-script-name", "x-envoyx",
-        "http-accept", "x-http-method",
+        "http-accept", "x-http-method", "true-client-ip", "client-ip", "cf-connecting-ip",
     ]  # fmt: skip
     rules = RequestHeaderRules(IDENTITY)
     kept = 0
