@@ -29,6 +29,7 @@ from gateway.keys.sources import (
 )
 from gateway.obs.access import AccessLog
 from gateway.obs.redact import Redactor
+from gateway.overrides import is_override
 from gateway.pathnorm import Rejected, normalize_target
 from gateway.policy.errors import CompileError, Path, Problem
 from gateway.policy.model import Identity, JwtAuth, Listen, Policy, Provider, Route
@@ -60,11 +61,6 @@ _FORBIDDEN_CLAIM_HEADERS = frozenset(
         "If-Range",
         "Forwarded",
         "X-Real-IP",
-        "X-Original-URL",
-        "X-Rewrite-URL",
-        "X-HTTP-Method-Override",
-        "X-Method-Override",
-        "X-HTTP-Method",
     )
 )
 _FORBIDDEN_CLAIM_PREFIXES = ("content-", "x-forwarded-")
@@ -72,7 +68,12 @@ _FORBIDDEN_CLAIM_PREFIXES = ("content-", "x-forwarded-")
 
 def _forbidden_claim_header(name: str) -> bool:
     folded = fold(name)
-    return folded in _FORBIDDEN_CLAIM_HEADERS or folded.startswith(_FORBIDDEN_CLAIM_PREFIXES)
+    return (
+        folded in _FORBIDDEN_CLAIM_HEADERS
+        or folded.startswith(_FORBIDDEN_CLAIM_PREFIXES)
+        # The gateway drops these from every request; a claim in one would steer the backend.
+        or is_override(folded)
+    )
 
 
 def _collisions(headers: list[tuple[str, Path]]) -> list[Problem]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from multidict import CIMultiDictProxy
 
 from gateway.auth.forward import IdentityHeaders, fold
+from gateway.overrides import is_override
 
 # RFC 9110 §7.6.1, plus the non-standard ones that real clients still send.
 HOP_BY_HOP = frozenset(
@@ -31,21 +32,24 @@ HOP_BY_HOP = frozenset(
     }
 )
 # The gateway frames the upstream request itself and handles Expect with the client.
-# Method and URL overrides would let a backend act on a method or path the policy never
-# saw (Symfony/IIS `X-Original-URL`, `X-HTTP-Method-Override`, …).
-_REQUEST_DROP = HOP_BY_HOP | {
-    "host",
-    "content-length",
-    "expect",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-http-method-override",
-    "x-method-override",
-    "x-http-method",
-}
+# (Path, method, host and scheme overrides are dropped too: see `gateway.overrides`.)
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect"}
 # Only a trusted proxy in front of us may tell us who the client is, and only in the
-# standard (hyphenated) spellings.
-_FORWARDING = frozenset({"forwarded", "x-real-ip"})
+# standard (hyphenated) spellings. Besides X-Forwarded-*: the client-address headers
+# that CDNs write and backends read (Rails reads Client-IP, rate limiters
+# True-Client-IP and CF-Connecting-IP).
+_FORWARDING = frozenset(
+    {
+        "forwarded",
+        "x-real-ip",
+        "client-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-cluster-client-ip",
+    }
+)
 # The upstream's framing does not apply to our hop: the response is re-framed
 # (`downstream.Request` writes Content-Length or chunked itself).
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
@@ -124,9 +128,10 @@ class RequestHeaderRules:
         if known is not None:
             return known
         folded = fold(name)
-        if folded in _REQUEST_DROP or self._identity.reserved(folded):
-            # SECURITY: identity headers are removed in every spelling, on every route:
-            # a client-supplied identity header must never reach a backend.
+        if folded in _REQUEST_DROP or is_override(folded) or self._identity.reserved(folded):
+            # SECURITY: identity and override headers are removed in every spelling, on
+            # every route, from every peer: a backend must never read a client's word
+            # for who the caller is or which path or method the policy allowed.
             kind = DROP
         elif _spoofable(folded):
             # Only a trusted proxy may set these, and only in the standard spelling.

@@ -92,6 +92,12 @@ async def test_spoofable_forwarding_and_override_headers_are_dropped(
         "X_Forwarded_Proto: https",
         "X.Forwarded.Host: admin.example.com",
         "X_Real_IP: 6.6.6.8",
+        "True-Client-IP: 6.6.6.9",
+        "Client-IP: 6.6.6.9",
+        "X-Client-IP: 6.6.6.9",
+        "CF-Connecting-IP: 6.6.6.9",
+        "Fastly-Client-IP: 6.6.6.9",
+        "X-Cluster-Client-IP: 6.6.6.9",
         "X-Original-URL: /admin",
         "X-Rewrite-URL: /admin",
         "X-HTTP-Method-Override: DELETE",
@@ -108,6 +114,41 @@ async def test_spoofable_forwarding_and_override_headers_are_dropped(
     assert seen["x-forwarded-host"] == ["gateway.test"]
     leaked = sorted(k for k in seen if k not in ("host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"))
     assert leaked == []
+
+
+OVERRIDES = [
+    "X-Envoy-Original-Path: /admin",
+    "X_Envoy_Original_Path: /admin",
+    "X-Envoy-Original-Dst-Host: 10.0.0.1:22",
+    "x-envoy-internal: true",
+    "X-Original-URI: /admin",
+    "HTTP_X_ORIGINAL_URL: /admin",
+    "X-Forwarded-Prefix: /admin",
+    "X-Forwarded-Path: /admin",
+    "X-Forwarded-Uri: /admin",
+    "X-Replaced-Path: /admin",
+    "X.Script.Name: /admin",
+    "Request-Uri: /admin",
+    "X-Forwarded-Method: DELETE",
+    "X-Original-Method: DELETE",
+    "X-Host: internal.example.com",
+    "X-Scheme: https",
+]
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+async def test_path_method_host_overrides_are_dropped_from_every_peer(
+    make_gateway: GatewayFactory, upstream: Upstream, trusted: bool
+) -> None:
+    # A trusted proxy passes its client's headers through: trust in it covers the
+    # forwarding headers it writes, not a path or method it never saw.
+    server = "server: {trusted_proxies: [127.0.0.1/32]}" if trusted else ""
+    gw = await make_gateway(routes(upstream, server))
+    resp = await raw_request(gw.public_port, get("/x", *OVERRIDES, "X-Kept: yes"))
+    assert resp.status == 200
+    seen = upstream.last.headers
+    assert sorted(seen) == ["host", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-kept"]
+    assert upstream.last.raw_path == "/x"
 
 
 async def test_trusted_peer_cannot_suppress_the_gateways_own_forwarding_headers(
@@ -155,3 +196,13 @@ async def test_expect_is_ignored_for_http_1_0(make_gateway: GatewayFactory, upst
     resp = await raw_request(gw.public_port, request)
     assert resp.status == 200
     assert upstream.last.body == b"hi"
+
+
+async def test_client_address_headers_are_kept_only_from_a_trusted_peer_in_their_standard_spelling(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await make_gateway(routes(upstream, "server: {trusted_proxies: [127.0.0.1/32]}"))
+    resp = await raw_request(gw.public_port, get("/x", "True-Client-IP: 1.1.1.1", "True_Client_IP: 6.6.6.6"))
+    assert resp.status == 200
+    assert upstream.last.headers["true-client-ip"] == ["1.1.1.1"]
+    assert "true_client_ip" not in upstream.last.headers

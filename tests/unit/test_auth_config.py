@@ -171,7 +171,8 @@ def test_claim_header_collisions_and_forbidden_headers(tmp_path: Path) -> None:
         "auth: {any_of: [p], forward_claims: {nick: X.Auth.Subject}}}\n"
     )
     assert load(tmp_path, provider, route)[0].startswith("routes[0].auth.forward_claims.nick: 'X.Auth.Subject'")
-    for header in ("Content-Encoding", "X-Forwarded-Prefix", "X-Original-URL", "X_Real_IP"):
+    overrides = ("X-Envoy-Original-Path", "X-Script-Name", "X_HTTP_Method", "Request-URI", "X-Host")
+    for header in ("Content-Encoding", "X-Forwarded-Prefix", "X-Original-URL", "X_Real_IP", *overrides):
         bad = f"identity:\n  claims: {{sub: {header}}}\n"
         assert load(tmp_path, provider, extra=bad) == [
             f"identity.claims.sub: '{header}' cannot carry a claim (expected a header such as X-Auth-Email)"

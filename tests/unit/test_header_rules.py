@@ -13,8 +13,10 @@ from collections.abc import Iterable
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.auth.forward import IdentityHeaders, fold
+from gateway.overrides import OVERRIDE_PREFIXES, OVERRIDES
 from gateway.proxy.headers import (
     _REQUEST_DROP,
+    KEEP,
     ForwardedFor,
     RequestHeaderRules,
     _spoofable,
@@ -35,6 +37,9 @@ def reference(
     for name, value in inbound.items():
         folded = fold(name)
         if folded in _REQUEST_DROP or folded in drop:
+            continue
+        bare = folded.removeprefix("http-")
+        if bare in OVERRIDES or bare.startswith(OVERRIDE_PREFIXES):
             continue
         if _spoofable(folded) and not (trusted and name.lower() == folded):
             continue
@@ -72,6 +77,8 @@ def test_memoised_rules_agree_with_the_plain_rules() -> None:
         "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "forwarded", "x-real-ip",
         "authorization", "x-auth-subject", "x-tenant", "host", "content-length", "te", "upgrade", "x-original-url",
         "accept", "user-agent", "x-request-id", "cookie", "x-http-method-override", "keep-alive",
+        "x-envoy-original-path", "x-forwarded-prefix", "http-x-original-url", "x-script-name", "x-envoyx",
+        "http-accept", "x-http-method", "true-client-ip", "client-ip", "cf-connecting-ip",
     ]  # fmt: skip
     rules = RequestHeaderRules(IDENTITY)
     kept = 0
@@ -101,3 +108,37 @@ def test_the_memo_stays_small_whatever_names_clients_send() -> None:
     rules.kind("x-" + "a" * 100)
     assert len(rules._memo) == 4096
     assert ("x-" + "a" * 100) not in rules._memo
+
+
+OVERRIDE_SPELLINGS = [
+    # path
+    "X-Envoy-Original-Path", "x-envoy-original-url", "X_Envoy_Original_Path", "X-Original-URL", "X_ORIGINAL_URL",
+    "HTTP_X_ORIGINAL_URL", "Http-X-Original-Url", "X-Rewrite-URL", "X.Rewrite.Url", "X-Original-URI",
+    "X-Original-Path", "X-Forwarded-Prefix", "X_Forwarded_Prefix", "X-Forwarded-Path", "X-Forwarded-Uri",
+    "X-Forwarded-Url", "X-Replaced-Path", "X-Script-Name", "x_script_name", "X-Override-URL", "X-Proxy-Url",
+    "X-Request-URI", "Request-Uri", "Request_URI", "X-HTTP-DestinationURL",
+    # method
+    "X-HTTP-Method-Override", "x_http_method_override", "X-HTTP-Method", "X-Method-Override",
+    "X-Original-Method", "X-Forwarded-Method", "HTTP_X_HTTP_METHOD_OVERRIDE",
+    # host and scheme
+    "X-Host", "X-HTTP-Host-Override", "X-Original-Host", "X-Scheme", "X-Url-Scheme", "Front-End-Https",
+    # any Envoy-internal header
+    "X-Envoy-Original-Dst-Host", "x-envoy-internal", "X-Envoy-Upstream-Rq-Timeout-Ms", "X.Envoy.Retry.On",
+]  # fmt: skip
+
+
+def test_override_headers_are_dropped_in_every_spelling_even_from_a_trusted_peer() -> None:
+    rules = RequestHeaderRules(IDENTITY)
+    inbound = CIMultiDictProxy(CIMultiDict([(name, "/admin") for name in OVERRIDE_SPELLINGS] + [("X-Kept", "1")]))
+    for peer in ("10.1.2.3", "192.0.2.9"):
+        ours = upstream_request_headers(
+            inbound, peer=peer, scheme="http", host="gw.example", forwarded=TRUSTED, rules=rules,
+            keep_authorization=True, claims=[],
+        )  # fmt: skip
+        assert sorted(by_name(ours)) == ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-kept"]
+
+
+def test_names_near_an_override_are_kept() -> None:
+    rules = RequestHeaderRules(IDENTITY)
+    for name in ("X-Original", "X-Envoy", "X-Envoyx-Foo", "X-Hosts", "X-Request-Id", "Http-Accept", "Script-Name"):
+        assert rules.kind(name)[0] == KEEP, name

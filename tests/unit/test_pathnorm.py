@@ -92,3 +92,20 @@ def test_canonical_is_a_fixed_point() -> None:
         result = normalize_target(target)
         assert not isinstance(result, Rejected)
         assert normalize_target(result[0]) == (result[0], "")
+
+
+def test_hostile_long_segments_get_the_right_answer() -> None:
+    # Shapes that make a backtracking pattern quadratic (runs of dots before the one
+    # character that spoils the match): each must be decided, and decided right. The
+    # dot-segment pattern took 1.2 s on the first one at 8 KB; it is linear now.
+    dots = "." * 8000
+    assert normalize_target(f"/{dots}%21/x") == (f"/{dots}%21/x", "")
+    assert isinstance(normalize_target(f"/{dots}%20/x"), Rejected)
+    assert isinstance(normalize_target(f"/{dots}%09{dots}%20"), Rejected)
+    blanks = ".%20" * 2000
+    assert normalize_target(f"/{blanks}x") == (f"/{blanks}x", "")
+    assert isinstance(normalize_target(f"/{blanks}"), Rejected)
+    deep = "/a" * 4000
+    assert normalize_target(deep + "/.") == (deep + "/", "")
+    assert normalize_target(deep + "|") == (deep + "%7C", "")
+    assert normalize_target(deep + "?" + "a=" * 4000) == (deep, "a=" * 4000)

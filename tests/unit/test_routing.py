@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from gateway.policy import load_policy
-from gateway.routing import RouteTable, request_host
+from gateway.routing import CompiledRoute, RouteTable, parse_host, request_host
 
 
 def table(tmp_path: Path, routes: str) -> RouteTable:
@@ -51,6 +52,38 @@ def test_methods_and_host(tmp_path: Path) -> None:
     assert name(t, "POST", "/a", "other.example.com") is None
     assert request_host("API.Example.com:8443") == "api.example.com"
     assert request_host("[::1]:80") == "[::1]"
+    assert request_host("api.example.com.:80") == "api.example.com"
+    assert name(t, "POST", "/a", request_host("API.example.com.")) == "hosted"
+
+
+def test_a_route_host_with_a_trailing_dot_is_the_same_name(tmp_path: Path) -> None:
+    t = table(tmp_path, '- {name: h, match: {prefix: /, host: api.example.com.}, upstream: "http://u", auth: public}')
+    assert name(t, "GET", "/", request_host("api.example.com")) == "h"
+    assert name(t, "GET", "/", request_host("api.example.com.")) == "h"
+
+
+def test_parse_host_accepts_one_spelling_per_host() -> None:
+    assert parse_host("gw.test:65535") == "gw.test"
+    assert parse_host("GW.test:1") == "gw.test"
+    assert parse_host("a_b-c.d.") == "a_b-c.d"
+    assert parse_host("[::FFFF:1.2.3.4]:443") == "[::ffff:1.2.3.4]"
+    assert parse_host("a" * 253 + ".") == "a" * 253
+    for bad in [
+        "gw.test:99999", "gw.test:65536", "gw.test:123456", "gw.test:0", "gw.test:0080", "gw.test:", "gw.test:8o",
+        "gw.test:+80", "gw.test:\u0661", "gw.test:80:80", "a@b", "a%2eb", "a..b", ".a", "a..", "", ":80", "[::1",
+        "[::1]:0", "[::1]x", "[fe80::1%eth0]", "[v1.x]", "[1.2.3.4]", "[]", "caf\u00e9.test", "a" * 254, "a b",
+    ]:  # fmt: skip
+        assert parse_host(bad) is None, bad
+
+
+def test_parse_host_is_linear_on_hostile_values() -> None:
+    # Correct answers on the shapes that make a backtracking pattern explode; the
+    # length cap answers anything longer than a host name can be.
+    assert parse_host("a." * 127) == "a." * 126 + "a"
+    assert parse_host("a." * 126 + "-!") is None
+    assert parse_host("a" * 253 + "!") is None
+    assert parse_host("a." * 50_000) is None
+    assert parse_host("[" + ":" * 50_000 + "]") is None
 
 
 def test_upstream_path(tmp_path: Path) -> None:
@@ -111,3 +144,37 @@ def test_indexed_matching_agrees_with_a_linear_scan(tmp_path: Path) -> None:
         host = rng.choice(["", "h.example", "other"])
         linear = next((r for r in t.routes if r.matches(method, host, path)), None)
         assert t.match(method, host, path) is linear, (method, host, path)
+
+
+class _CountingDict(dict[str, tuple[CompiledRoute, ...]]):
+    """Counts the characters of every key looked up: the walk's work, without a clock."""
+
+    looked_up = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.looked_up += len(key)
+        return super().get(key, default)
+
+
+def test_matching_a_long_path_looks_at_no_more_than_the_longest_prefix(tmp_path: Path) -> None:
+    t = table(
+        tmp_path,
+        """
+        - {name: exact, match: {path: /a/b}, upstream: "http://u", auth: public}
+        - {name: deep, match: {prefix: /a/a/a}, upstream: "http://u", auth: public}
+        - {name: a, match: {prefix: /a}, upstream: "http://u", auth: public}
+        - {name: root, match: {prefix: /}, upstream: "http://u", auth: public}
+        """,
+    )
+    counting = _CountingDict(t._prefix)
+    object.__setattr__(t, "_prefix", counting)
+    hostile = "/a" * 50_000  # 100 KB, 50 000 segments
+    assert name(t, "GET", hostile) == "deep"
+    assert name(t, "GET", "/a/b" * 25_000) == "a"
+    assert name(t, "GET", "/b" * 50_000) == "root"
+    # Keys no longer than the longest prefix (6), plus the root: it was every segment
+    # prefix of the path, about 2.5 billion characters for these three.
+    assert counting.looked_up <= 3 * (1 + 2 + 4 + 6)
+    assert name(t, "GET", "/a/b") == "exact"
+    assert name(t, "GET", "/a/a/a") == "deep"
+    assert name(t, "GET", "/a/a/ab") == "a"
