@@ -85,9 +85,42 @@ def from_pem(data: bytes) -> VerifyKey:
     return VerifyKey(kid=None, kind=kind_of(key), alg=None, key=key)
 
 
+# RFC 7517 §4.3: the `key_ops` values that go with each `use`.
+_OPS_OF_USE: Mapping[str, frozenset[str]] = {
+    "sig": frozenset({"sign", "verify"}),
+    "enc": frozenset({"encrypt", "decrypt", "wrapKey", "unwrapKey", "deriveKey", "deriveBits"}),
+}
+
+
+def verifies_signatures(jwk: Mapping[str, Any]) -> bool:
+    """Whether a JWK is meant for verifying signatures, by `use` and `key_ops`
+    (RFC 7517 §4.2, §4.3); raise UnusableKeyError when they are malformed or disagree.
+
+    A key that lists `key_ops` without `verify` is not for us, whatever else it could do:
+    a key published for encryption must not verify tokens."""
+    use = jwk.get("use")
+    if "use" in jwk and not isinstance(use, str):
+        raise UnusableKeyError("JWK 'use' must be a string")
+    ops = jwk.get("key_ops")
+    if "key_ops" in jwk and (
+        not isinstance(ops, list) or not all(isinstance(op, str) for op in ops) or len(set(ops)) != len(ops)
+    ):
+        raise UnusableKeyError("JWK 'key_ops' must be an array of distinct strings")
+    if use is not None and ops is not None:
+        # §4.3: `use` and `key_ops` SHOULD NOT be used together, and MUST agree if they
+        # are. A key that says two things is refused, not read whichever way suits.
+        allowed = _OPS_OF_USE.get(use)
+        if allowed is None or not allowed.issuperset(ops):
+            raise UnusableKeyError(f"JWK 'use' {use!r} and 'key_ops' {sorted(ops)} disagree")
+    if ops is not None:
+        return "verify" in ops
+    return use is None or use == "sig"
+
+
 def from_jwk(jwk: Mapping[str, Any], *, allow_oct: bool) -> VerifyKey | None:
-    """One JWK; None for keys not meant for signatures (`use: enc`)."""
-    if jwk.get("use", "sig") != "sig":
+    """One JWK; None for keys not meant for verifying signatures (`use: enc`, or
+    `key_ops` without `verify`)."""
+    if not verifies_signatures(jwk):
         return None
     kty = jwk.get("kty")
     if kty == "oct" and not allow_oct:
@@ -114,8 +147,23 @@ def from_jwk(jwk: Mapping[str, Any], *, allow_oct: bool) -> VerifyKey | None:
     return verify_key
 
 
-def from_jwks_bytes(data: bytes, *, allow_oct: bool) -> tuple[list[VerifyKey], list[str]]:
-    """A JWKS (or a single JWK) document -> (usable keys, problems with the others)."""
+@dataclass(frozen=True, slots=True)
+class ParsedJwks:
+    """A JWKS read: the usable keys, the keys refused (and why), and the keys skipped
+    because they are not for verifying signatures. Messages never hold key material."""
+
+    keys: list[VerifyKey]
+    problems: list[str]
+    skipped: list[str]
+
+
+def _label(i: int, item: Mapping[str, Any]) -> str:
+    kid = item.get("kid")
+    return f"keys[{i}]" + (f" (kid {kid!r})" if isinstance(kid, str) and len(kid) <= 100 else "")
+
+
+def from_jwks_bytes(data: bytes, *, allow_oct: bool) -> ParsedJwks:
+    """A JWKS (or a single JWK) document, sorted into usable, refused and skipped keys."""
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError):
@@ -128,20 +176,21 @@ def from_jwks_bytes(data: bytes, *, allow_oct: bool) -> tuple[list[VerifyKey], l
         items = [doc]
     else:
         raise UnusableKeyError("expected a JWK or a JWKS with a 'keys' array")
-    keys: list[VerifyKey] = []
-    problems: list[str] = []
+    parsed = ParsedJwks([], [], [])
     for i, item in enumerate(items):
         if not isinstance(item, dict):
-            problems.append(f"keys[{i}]: not an object")
+            parsed.problems.append(f"keys[{i}]: not an object")
             continue
         try:
             key = from_jwk(item, allow_oct=allow_oct)
         except UnusableKeyError as exc:
-            problems.append(f"keys[{i}]: {exc}")
+            parsed.problems.append(f"{_label(i, item)}: {exc}")
             continue
-        if key is not None:
-            keys.append(key)
-    return keys, problems
+        if key is None:
+            parsed.skipped.append(f"{_label(i, item)}: not a signature verification key (by its use/key_ops)")
+        else:
+            parsed.keys.append(key)
+    return parsed
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,11 +6,14 @@ The IdP is a real HTTP server on loopback that counts its hits.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import secrets
 import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from gateway.app import Gateway
 from gateway.keys.sources import FILE_POLL_SECONDS
@@ -276,3 +279,36 @@ async def test_a_hostile_key_set_does_not_stop_refreshing(
         assert await call(gw2, sign(rsa, claims(other.issuer))) == 200
     finally:
         await other.close()
+
+
+async def test_key_ops_decide_what_a_fetched_key_may_verify(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    idp: IdentityProvider,
+    rsa: SigningKey,
+    ec: SigningKey,
+    ed: SigningKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # RFC 7517 §4.3: a key whose key_ops lacks "verify" is not for verifying tokens,
+    # and a key whose use and key_ops disagree is refused; both are skipped and logged.
+    caplog.set_level(logging.INFO, logger="gateway.keys")
+
+    def without_use(key: SigningKey, **extra: object) -> dict[str, object]:
+        return {**{k: v for k, v in key.public_jwk().items() if k != "use"}, **extra}
+
+    encrypt_only = without_use(rsa, key_ops=["encrypt"])
+    verify = without_use(ec, key_ops=["verify"])
+    disagreeing = {**ed.public_jwk(), "key_ops": ["encrypt"]}  # use: sig
+    idp.body_override = json.dumps({"keys": [encrypt_only, verify, disagreeing]}).encode()
+    gw = await make_gateway(policy(idp, upstream, "{}"))
+    await wait_ready(gw)
+    assert await call(gw, sign(rsa, claims(idp.issuer))) == 401
+    assert await call(gw, sign(ed, claims(idp.issuer))) == 401
+    assert await call(gw, sign(ec, claims(idp.issuer))) == 200
+    assert len(upstream.seen) == 1
+    logged = caplog.text
+    assert "keys[0] (kid 'rsa-1'): not a signature verification key" in logged
+    assert "keys[2] (kid 'ed-1'): JWK 'use' 'sig' and 'key_ops' ['encrypt'] disagree" in logged
+    # Both kinds of skip are said once, not on every refresh.
+    assert logged.count("keys[0] (kid 'rsa-1')") == 1

@@ -67,11 +67,11 @@ def test_key_files(tmp_path: Path, key: SigningKey) -> None:
     jwk = {**key.public_jwk(), "d": "AAAA"}
     leaked = write(tmp_path / "leak.json", {"keys": [jwk]})
     found = load(tmp_path, BASE + f"algorithms: [RS256]\nkeys: [{{jwks_file: {leaked}}}]\n")
-    assert found[0].endswith("keys[0]: JWK contains private key material (expected public keys only)")
+    assert found[0].endswith("keys[0] (kid 'k1'): JWK contains private key material (expected public keys only)")
     ec = ec_key("e1")
     mislabelled = write(tmp_path / "mis.json", {"keys": [{**ec.public_jwk(), "alg": "RS256"}]})
     found = load(tmp_path, BASE + f"algorithms: [RS256, ES256]\nkeys: [{{jwks_file: {mislabelled}}}]\n")
-    assert found[0].endswith("keys[0]: JWK alg 'RS256' does not fit its key type EC-P-256")
+    assert found[0].endswith("keys[0] (kid 'e1'): JWK alg 'RS256' does not fit its key type EC-P-256")
     small = rsa_key("small")
     small.private = __import__("cryptography.hazmat.primitives.asymmetric.rsa", fromlist=["x"]).generate_private_key(
         public_exponent=65537, key_size=1024
@@ -79,6 +79,48 @@ def test_key_files(tmp_path: Path, key: SigningKey) -> None:
     weak = write(tmp_path / "weak.pem", small.public_pem())
     found = load(tmp_path, BASE + f"algorithms: [RS256]\nkeys: [{{pem_file: {weak}}}]\n")
     assert found[0].endswith("RSA key of 1024 bits (expected at least 2048)")
+
+
+def test_key_ops_in_key_files(tmp_path: Path, key: SigningKey) -> None:
+    jwk = {k: v for k, v in key.public_jwk().items() if k != "use"}
+
+    def jwks_file(name: str, *keys: dict[str, object]) -> str:
+        return BASE + f"algorithms: [RS256]\nkeys: [{{jwks_file: {write(tmp_path / name, {'keys': list(keys)})}}}]\n"
+
+    # A file whose only key is for encryption fails loud, naming the file and the key.
+    found = load(tmp_path, jwks_file("enc.json", {**jwk, "key_ops": ["encrypt"]}))
+    assert found == [
+        f"providers.p.keys[0].jwks_file: {tmp_path / 'enc.json'}: no signature verification keys in the file "
+        "(keys[0] (kid 'k1'): not a signature verification key (by its use/key_ops))"
+    ]
+    cases = {
+        "both.json": (
+            {**jwk, "use": "sig", "key_ops": ["encrypt"]},
+            "JWK 'use' 'sig' and 'key_ops' ['encrypt'] disagree",
+        ),
+        "enc-verify.json": (
+            {**jwk, "use": "enc", "key_ops": ["verify"]},
+            "JWK 'use' 'enc' and 'key_ops' ['verify'] disagree",
+        ),
+        "str.json": ({**jwk, "key_ops": "verify"}, "JWK 'key_ops' must be an array of distinct strings"),
+        "dup.json": ({**jwk, "key_ops": ["verify", "verify"]}, "JWK 'key_ops' must be an array of distinct strings"),
+        "use.json": ({**jwk, "use": ["sig"]}, "JWK 'use' must be a string"),
+    }
+    for name, (bad, message) in cases.items():
+        assert load(tmp_path, jwks_file(name, bad)) == [
+            f"providers.p.keys[0].jwks_file: {tmp_path / name}: keys[0] (kid 'k1'): {message}"
+        ], name
+    # The file:line of the field is named.
+    f = tmp_path / "config.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_policy(str(f))
+    assert info.value.lines[0].startswith(f"{f}:6: providers.p.keys[0].jwks_file: ")
+    for name, ok in {
+        "verify.json": {**jwk, "key_ops": ["verify"]},
+        "sig-ops.json": {**jwk, "use": "sig", "key_ops": ["sign", "verify"]},
+    }.items():
+        f.write_text("providers:\n  p:\n" + textwrap.indent(jwks_file(name, ok), "    ") + "routes:\n" + ROUTE)
+        assert len(load_policy(str(f)).providers[0].snapshot) == 1, name
 
 
 def test_relative_key_paths_are_relative_to_the_policy(tmp_path: Path, key: SigningKey) -> None:
