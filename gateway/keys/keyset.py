@@ -7,6 +7,8 @@ talk the gateway into verifying HS256 with an RSA public key.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +20,12 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from cryptography.x509 import load_pem_x509_certificate
 
 MIN_RSA_BITS = 2048
+# RSA public exponents: 65537 (F4) or larger, odd, and below 2**32. A small exponent
+# (3, or 1, which makes "encryption" the identity) has a history of signature forgeries
+# against lax padding checks (Bleichenbacher 2006); an even one is not RSA at all; a huge
+# one makes every verification as slow as a private-key operation. Real keys use 65537.
+MIN_RSA_EXPONENT = 65537
+MAX_RSA_EXPONENT = 2**32 - 1
 
 # Algorithm -> the key kinds it may be used with.
 ALG_KINDS: Mapping[str, frozenset[str]] = {
@@ -51,6 +59,14 @@ class VerifyKey:
         return self.kind in ALG_KINDS.get(alg, frozenset()) and (self.alg is None or self.alg == alg)
 
 
+def _check_rsa_exponent(e: int) -> None:
+    if not (MIN_RSA_EXPONENT <= e <= MAX_RSA_EXPONENT and e % 2):
+        shown = str(e) if e.bit_length() <= 64 else f"of {e.bit_length()} bits"
+        raise UnusableKeyError(
+            f"RSA public exponent {shown} (expected an odd exponent from {MIN_RSA_EXPONENT} to 2**32-1)"
+        )
+
+
 def kind_of(key: Any) -> str:
     """The kind of a cryptography public key (or `oct` for bytes); refuse weak or odd keys."""
     if isinstance(key, bytes):
@@ -58,6 +74,7 @@ def kind_of(key: Any) -> str:
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
             raise UnusableKeyError(f"RSA key of {key.key_size} bits (expected at least {MIN_RSA_BITS})")
+        _check_rsa_exponent(key.public_numbers().e)
         return "RSA"
     if isinstance(key, ec.EllipticCurvePublicKey):
         curve = _CURVES.get(key.curve.name)
@@ -133,6 +150,15 @@ def from_jwk(jwk: Mapping[str, Any], *, allow_oct: bool) -> VerifyKey | None:
         raise UnusableKeyError("JWK 'kid' and 'alg' must be strings")
     if alg is not None and alg not in ALG_KINDS:
         raise UnusableKeyError(f"JWK alg {alg!r} is not supported")
+    if kty == "RSA" and isinstance(jwk.get("e"), str):
+        # Checked before parsing: the library refuses e = 1 or an even e with a bare
+        # ValueError, and the operator should read which key and why.
+        try:
+            raw_e = base64.urlsafe_b64decode(jwk["e"] + "=" * (-len(jwk["e"]) % 4))
+        except (binascii.Error, ValueError):
+            raw_e = b""  # PyJWK reports it below
+        if raw_e:
+            _check_rsa_exponent(int.from_bytes(raw_e, "big"))
     try:
         # The key's type comes from kty/crv; its `alg` is checked against that below,
         # so a mislabelled key is reported as such rather than as unparseable.

@@ -312,3 +312,23 @@ async def test_key_ops_decide_what_a_fetched_key_may_verify(
     assert "keys[2] (kid 'ed-1'): JWK 'use' 'sig' and 'key_ops' ['encrypt'] disagree" in logged
     # Both kinds of skip are said once, not on every refresh.
     assert logged.count("keys[0] (kid 'rsa-1')") == 1
+
+
+async def test_a_fetched_rsa_key_with_a_small_exponent_is_skipped_and_logged(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    idp: IdentityProvider,
+    ec: SigningKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
+
+    caplog.set_level(logging.INFO, logger="gateway.keys")
+    weak = SigningKey("RS256", "e3", rsa_keys.generate_private_key(public_exponent=3, key_size=2048))
+    idp.keys = [weak, ec]
+    gw = await make_gateway(policy(idp, upstream, "{}"))
+    await wait_ready(gw)
+    assert await call(gw, sign(weak, claims(idp.issuer))) == 401
+    assert await call(gw, sign(ec, claims(idp.issuer))) == 200
+    assert "skipped a key" in caplog.text
+    assert "keys[0] (kid 'e3'): RSA public exponent 3 (expected an odd exponent from 65537" in caplog.text

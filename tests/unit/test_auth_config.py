@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.policy import ConfigError, load_policy
-from tests.factories import SigningKey, ec_key, rsa_key, write
+from tests.factories import SigningKey, b64, ec_key, jwks, rsa_key, write
 
 ROUTE = '  - {name: r, match: {prefix: /r}, upstream: "http://u", auth: {any_of: [p]}}\n'
 
@@ -79,6 +79,35 @@ def test_key_files(tmp_path: Path, key: SigningKey) -> None:
     weak = write(tmp_path / "weak.pem", small.public_pem())
     found = load(tmp_path, BASE + f"algorithms: [RS256]\nkeys: [{{pem_file: {weak}}}]\n")
     assert found[0].endswith("RSA key of 1024 bits (expected at least 2048)")
+
+
+def test_rsa_public_exponents_below_65537_are_refused(tmp_path: Path, key: SigningKey) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    weak = SigningKey("RS256", "e3", rsa.generate_private_key(public_exponent=3, key_size=2048))
+    pem = write(tmp_path / "e3.pem", weak.public_pem())
+    found = load(tmp_path, BASE + f"algorithms: [RS256]\nkeys: [{{pem_file: {pem}}}]\n")
+    assert found == [
+        f"providers.p.keys[0].pem_file: {pem}: RSA public exponent 3 (expected an odd exponent from 65537 to 2**32-1)"
+    ]
+    f = tmp_path / "config.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_policy(str(f))
+    assert info.value.lines[0].startswith(f"{f}:6: providers.p.keys[0].pem_file: ")
+    found = load(
+        tmp_path, BASE + f"algorithms: [RS256]\nkeys: [{{jwks_file: {write(tmp_path / 'e3.json', jwks(weak))}}}]\n"
+    )
+    assert found[0].endswith(
+        "keys[0] (kid 'e3'): RSA public exponent 3 (expected an odd exponent from 65537 to 2**32-1)"
+    )
+    # Exponents the library itself would refuse with a bare ValueError are named too.
+    for e, shown in ((1, "1"), (65536, "65536"), (2**64 + 1, "of 65 bits"), (2**32 + 1, "4294967297")):
+        jwk = {**key.public_jwk(), "e": b64(e.to_bytes((e.bit_length() + 7) // 8, "big"))}
+        found = load(
+            tmp_path,
+            BASE + f"algorithms: [RS256]\nkeys: [{{jwks_file: {write(tmp_path / 'e.json', {'keys': [jwk]})}}}]\n",
+        )
+        assert found[0].endswith(f"RSA public exponent {shown} (expected an odd exponent from 65537 to 2**32-1)"), e
 
 
 def test_key_ops_in_key_files(tmp_path: Path, key: SigningKey) -> None:
