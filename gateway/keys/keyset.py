@@ -146,7 +146,9 @@ def from_jwk(jwk: Mapping[str, Any], *, allow_oct: bool) -> VerifyKey | None:
         raise UnusableKeyError("JWK contains private key material (expected public keys only)")
     kid = jwk.get("kid")
     alg = jwk.get("alg")
-    if not (kid is None or isinstance(kid, str)) or not (alg is None or isinstance(alg, str)):
+    # Present means a string (RFC 7517 §4.4, §4.5): a `"kid": null` key would otherwise
+    # join the unnamed keys, tried for every token whose kid is unknown.
+    if any(name in jwk and not isinstance(jwk[name], str) for name in ("kid", "alg")):
         raise UnusableKeyError("JWK 'kid' and 'alg' must be strings")
     if alg is not None and alg not in ALG_KINDS:
         raise UnusableKeyError(f"JWK alg {alg!r} is not supported")

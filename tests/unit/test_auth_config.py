@@ -110,6 +110,14 @@ def test_rsa_public_exponents_below_65537_are_refused(tmp_path: Path, key: Signi
         assert found[0].endswith(f"RSA public exponent {shown} (expected an odd exponent from 65537 to 2**32-1)"), e
 
 
+@pytest.mark.parametrize("member", [{"kid": None}, {"alg": None}, {"kid": 7}])
+def test_jwk_kid_and_alg_are_strings_when_present(tmp_path: Path, key: SigningKey, member: dict[str, object]) -> None:
+    # A `"kid": null` key used to load as an unnamed key, tried for any unknown kid.
+    path = write(tmp_path / "k.json", {"keys": [{**key.public_jwk(), **member}]})
+    found = load(tmp_path, BASE + f"algorithms: [RS256]\nkeys: [{{jwks_file: {path}}}]\n")
+    assert found[0].endswith("JWK 'kid' and 'alg' must be strings"), found
+
+
 def test_key_ops_in_key_files(tmp_path: Path, key: SigningKey) -> None:
     jwk = {k: v for k, v in key.public_jwk().items() if k != "use"}
 
