@@ -45,6 +45,24 @@ def test_hmac_secret_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert load(tmp_path, mixed) == ["providers.p.keys[0]: an HMAC secret needs HMAC algorithms (HS256, HS384, HS512)"]
 
 
+def test_hmac_secrets_are_as_long_as_the_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GW_SECRET", "s" * 40)
+    for algorithms, need in (("[HS512]", "64 for HS512"), ("[HS256, HS384]", "48 for HS384")):
+        found = load(tmp_path, BASE + f"algorithms: {algorithms}\nkeys: [{{hmac_secret: {{env: GW_SECRET}}}}]\n")
+        assert found == [
+            f"providers.p.keys[0].hmac_secret: the secret is 40 bytes (expected at least {need}, RFC 7518 §3.2)"
+        ]
+    f = tmp_path / "config.yaml"
+    monkeypatch.setenv("GW_SECRET", "s" * 64)
+    f.write_text(
+        "providers:\n  p:\n"
+        + textwrap.indent(BASE + "algorithms: [HS512]\nkeys: [{hmac_secret: {env: GW_SECRET}}]\n", "    ")
+        + "routes:\n"
+        + ROUTE
+    )
+    assert len(load_policy(str(f)).providers[0].snapshot) == 1
+
+
 def test_key_files(tmp_path: Path, key: SigningKey) -> None:
     from cryptography.hazmat.primitives import serialization
 
