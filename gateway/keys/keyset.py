@@ -16,7 +16,7 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 from cryptography.x509 import load_pem_x509_certificate
 
 MIN_RSA_BITS = 2048
@@ -59,6 +59,31 @@ class VerifyKey:
         return self.kind in ALG_KINDS.get(alg, frozenset()) and (self.alg is None or self.alg == alg)
 
 
+# Edwards-curve public keys of small order (RFC 8032 §5.1.7, §5.2.7 leave them to the
+# verifier). With such a key a signature anyone can compute (R = the identity, S = 0)
+# verifies for every message, or half of them: OpenSSL accepts both the key and that
+# signature. Identified by y with the sign of x ignored (libsodium's `has_small_order`
+# list); a y that is not reduced mod p is not a canonical encoding at all.
+_ED25519_P = 2**255 - 19
+_ED25519_ORDER8_Y = 0x5FC536D880238B13933C6D305ACDFD5F098EFF289F4C345B027B2C28F95E826
+_ED25519_SMALL_Y = frozenset({0, 1, _ED25519_P - 1, _ED25519_ORDER8_Y, _ED25519_P - _ED25519_ORDER8_Y})
+_ED448_P = 2**448 - 2**224 - 1
+_ED448_SMALL_Y = frozenset({0, 1, _ED448_P - 1})
+
+
+def _check_edwards_point(raw: bytes, curve: str) -> None:
+    if curve == "Ed25519":
+        y, p, small = int.from_bytes(raw, "little") & ((1 << 255) - 1), _ED25519_P, _ED25519_SMALL_Y
+    else:  # Ed448: 57 bytes, the last one holding only the sign of x
+        if raw[-1] & 0x7F:
+            raise UnusableKeyError(f"{curve} public key is not a canonical encoding")
+        y, p, small = int.from_bytes(raw[:-1], "little"), _ED448_P, _ED448_SMALL_Y
+    if y >= p:
+        raise UnusableKeyError(f"{curve} public key is not a canonical encoding")
+    if y in small:
+        raise UnusableKeyError(f"{curve} public key is a point of small order (anyone could sign for it)")
+
+
 def _check_rsa_exponent(e: int) -> None:
     if not (MIN_RSA_EXPONENT <= e <= MAX_RSA_EXPONENT and e % 2):
         shown = str(e) if e.bit_length() <= 64 else f"of {e.bit_length()} bits"
@@ -82,8 +107,10 @@ def kind_of(key: Any) -> str:
             raise UnusableKeyError(f"unsupported elliptic curve {key.curve.name}")
         return curve
     if isinstance(key, ed25519.Ed25519PublicKey):
+        _check_edwards_point(key.public_bytes(Encoding.Raw, PublicFormat.Raw), "Ed25519")
         return "OKP-Ed25519"
     if isinstance(key, ed448.Ed448PublicKey):
+        _check_edwards_point(key.public_bytes(Encoding.Raw, PublicFormat.Raw), "Ed448")
         return "OKP-Ed448"
     raise UnusableKeyError(f"unsupported key type {type(key).__name__}")
 

@@ -18,7 +18,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.keys.sources import FILE_POLL_SECONDS
 from tests.conftest import GatewayFactory, Upstream
-from tests.factories import IdentityProvider, SigningKey, claims, jwks, rsa_key, sign, write
+from tests.factories import IdentityProvider, SigningKey, b64, claims, jwks, raw_token, rsa_key, sign, write
 from tests.functional.auth_env import wait_ready
 from tests.rawhttp import get, raw_request
 
@@ -332,3 +332,32 @@ async def test_a_fetched_rsa_key_with_a_small_exponent_is_skipped_and_logged(
     assert await call(gw, sign(ec, claims(idp.issuer))) == 200
     assert "skipped a key" in caplog.text
     assert "keys[0] (kid 'e3'): RSA public exponent 3 (expected an odd exponent from 65537" in caplog.text
+
+
+@pytest.mark.parametrize("y", [1, 0, 2**255 - 20], ids=["identity", "order-4", "order-2"])
+async def test_an_ed25519_key_of_small_order_is_refused(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    idp: IdentityProvider,
+    ec: SigningKey,
+    caplog: pytest.LogCaptureFixture,
+    y: int,
+) -> None:
+    # With a small-order public key, R = that point and S = 0 "verify" many messages
+    # with no private key at all: vary the claims until the hash is a multiple of the
+    # order. Such a key in a JWKS must never be used.
+    caplog.set_level(logging.INFO, logger="gateway.keys")
+    point = y.to_bytes(32, "little")
+    weak = {"kty": "OKP", "crv": "Ed25519", "x": b64(point), "kid": "weak", "alg": "EdDSA"}
+    idp.body_override = json.dumps({"keys": [weak, ec.public_jwk()]}).encode()
+    gw = await make_gateway(policy(idp, upstream, "{}"))
+    await wait_ready(gw)
+    forged = [
+        raw_token({"alg": "EdDSA", "kid": "weak"}, claims(idp.issuer, sub="admin", jti=str(i)), point + bytes(32))
+        for i in range(16)
+    ]
+    statuses = [await call(gw, token) for token in forged]
+    assert statuses == [401] * 16
+    assert upstream.seen == []
+    assert "keys[0] (kid 'weak'): Ed25519 public key is a point of small order" in caplog.text
+    assert await call(gw, sign(ec, claims(idp.issuer))) == 200

@@ -136,6 +136,35 @@ def test_jwk_kid_and_alg_are_strings_when_present(tmp_path: Path, key: SigningKe
     assert found[0].endswith("JWK 'kid' and 'alg' must be strings"), found
 
 
+@pytest.mark.parametrize(
+    ("crv", "point", "message"),
+    [
+        ("Ed25519", (2**255 - 18).to_bytes(32, "little"), "Ed25519 public key is not a canonical encoding"),
+        (
+            "Ed25519",
+            (2**255 - 19 - 0x5FC536D880238B13933C6D305ACDFD5F098EFF289F4C345B027B2C28F95E826).to_bytes(32, "little"),
+            "Ed25519 public key is a point of small order",
+        ),
+        ("Ed448", (1).to_bytes(57, "little"), "Ed448 public key is a point of small order"),
+        ("Ed448", (2**448 - 2**224 - 2).to_bytes(57, "little"), "Ed448 public key is a point of small order"),
+    ],
+)
+def test_edwards_keys_of_small_order_are_refused(tmp_path: Path, crv: str, point: bytes, message: str) -> None:
+    if crv == "Ed448":  # PyJWT reads no Ed448 JWK: a PEM file is the way in
+        from cryptography.hazmat.primitives.asymmetric import ed448
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        pem = ed448.Ed448PublicKey.from_public_bytes(point).public_bytes(
+            Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+        )
+        source = f"pem_file: {write(tmp_path / 'okp.pem', pem)}"
+    else:
+        jwk = {"kty": "OKP", "crv": crv, "x": b64(point), "kid": "weak"}
+        source = f"jwks_file: {write(tmp_path / 'okp.json', {'keys': [jwk]})}"
+    found = load(tmp_path, BASE + f"algorithms: [EdDSA]\nkeys: [{{{source}}}]\n")
+    assert found[0].endswith(message + (" (anyone could sign for it)" if "small" in message else "")), found
+
+
 def test_key_ops_in_key_files(tmp_path: Path, key: SigningKey) -> None:
     jwk = {k: v for k, v in key.public_jwk().items() if k != "use"}
 
