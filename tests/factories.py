@@ -84,6 +84,15 @@ def sign(key: SigningKey | bytes, payload: dict[str, Any], *, alg: str | None = 
     return jwt.api_jws.encode(body, key.private, algorithm=alg or key.alg, headers=hdr)
 
 
+def sign_with_header(key: SigningKey, header: dict[str, Any], payload: dict[str, Any]) -> str:
+    """A real signature over exactly `header` (no member added or dropped), for header
+    shapes PyJWT would not write (`"kid": null`, a numeric `typ`)."""
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}".encode()
+    algorithm = jwt.get_algorithm_by_name(key.alg)
+    signature = algorithm.sign(signing_input, algorithm.prepare_key(key.private))
+    return f"{signing_input.decode()}.{b64(signature)}"
+
+
 def raw_token(header: dict[str, Any] | str, payload: dict[str, Any] | str, signature: bytes = b"") -> str:
     """A token assembled by hand, for shapes no library would produce."""
     h = header if isinstance(header, str) else json.dumps(header)

@@ -47,6 +47,22 @@ def typ_matches(header: Mapping[str, Any], wanted: str | None) -> bool:
     return isinstance(typ, str) and normalise_typ(typ) == wanted
 
 
+def _registered_types_ok(claims: Mapping[str, Any]) -> bool:
+    """RFC 7519 §4.1: each registered claim, when present, has its fixed type.
+
+    Present means present: `null` is not read as absent, and nothing is coerced, so
+    `"sub": 123` and `"sub": "123"` can never name the same principal. `sub` and `jti`
+    must also be non-empty: an empty subject is no identity, and an empty `jti` no id
+    to revoke by. (StringOrURI values are not parsed as URIs: `iss` must equal the
+    configured issuer exactly, and real subjects such as `auth0|123` are not URIs.)"""
+    for name in ("sub", "jti"):
+        if name in claims:
+            value = claims[name]
+            if not isinstance(value, str) or not value:
+                return False
+    return all(name not in claims or is_number(claims[name]) for name in ("nbf", "iat"))
+
+
 def check_claims(claims: Mapping[str, Any], rules: ClaimRules, audiences: frozenset[str], now: float) -> Reason | None:
     """The first reason these verified claims are unacceptable, or None."""
     exp = claims.get("exp")
@@ -57,11 +73,13 @@ def check_claims(claims: Mapping[str, Any], rules: ClaimRules, audiences: frozen
     for name in rules.required:
         if claims.get(name) is None:
             return Reason.MISSING_CLAIM
-    if "jti" in rules.required and not isinstance(claims["jti"], str):
+    if not _registered_types_ok(claims):
         return Reason.INVALID_CLAIM
     iss = claims.get("iss")
     if iss is None:
         return Reason.MISSING_CLAIM
+    if not isinstance(iss, str):
+        return Reason.INVALID_CLAIM
     if iss != rules.issuer:
         return Reason.ISSUER_MISMATCH
     aud = claims.get("aud")
@@ -78,18 +96,13 @@ def check_claims(claims: Mapping[str, Any], rules: ClaimRules, audiences: frozen
     leeway = rules.leeway
     if now - leeway >= exp:
         return Reason.EXPIRED
+    # Types already checked: present means a bounded number.
     nbf = claims.get("nbf")
-    if nbf is not None:
-        if not is_number(nbf):
-            return Reason.INVALID_CLAIM
-        if nbf - leeway > now:
-            return Reason.NOT_YET_VALID
+    if nbf is not None and nbf - leeway > now:
+        return Reason.NOT_YET_VALID
     iat = claims.get("iat")
-    if iat is not None:
-        if not is_number(iat):
-            return Reason.INVALID_CLAIM
-        if iat - leeway > now:
-            return Reason.ISSUED_IN_FUTURE
+    if iat is not None and iat - leeway > now:
+        return Reason.ISSUED_IN_FUTURE
     if rules.max_lifetime is not None:
         start = iat if iat is not None else now
         if exp - start > rules.max_lifetime:

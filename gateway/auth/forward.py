@@ -8,7 +8,10 @@ Rendering rules (documented in README "Forwarded identity headers"):
   a leading or trailing space `%20`, and every non-ASCII character as its UTF-8 bytes in
   `%XX` form;
 * a value containing a control character (or a lone surrogate) is not forwarded and the
-  request is refused: silently dropping or altering it could change who it names.
+  request is refused: silently dropping or altering it could change who it names;
+* a value that renders empty (`""`, `[]`) is not forwarded: an empty header is "absent"
+  to some backends and a value to others, so it is made absent for all (an empty `sub`
+  never gets here: claims.py refuses it).
 """
 
 from __future__ import annotations
@@ -124,5 +127,7 @@ class ClaimHeaders:
         for path, header in self.pairs:
             value = claim_at(claims, path)
             if value is not None:
-                out.append((header, render_claim(value)))
+                text = render_claim(value)
+                if text:
+                    out.append((header, text))
         return out

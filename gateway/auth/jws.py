@@ -18,6 +18,10 @@ from gateway.errors import Reason
 
 # RFC 7515 §4.1: members by which a token names (or carries) its own key.
 _KEY_BEARING = frozenset({"jku", "x5u", "jwk", "x5c"})
+# RFC 7515 §4.1.4, §4.1.9, §4.1.10: strings when present. `"kid": null` is not "no
+# kid" (it would select keys as if none were named), and a non-string `typ` is not a
+# type we could compare: a present member of another type makes the token malformed.
+_STRING_MEMBERS = ("kid", "typ", "cty")
 
 
 class Jws(NamedTuple):
@@ -106,9 +110,12 @@ def parse_jws(token: str) -> Jws | Reason:
     if header is None or claims is None:
         return Reason.MALFORMED_TOKEN
     alg = header.get("alg")
-    kid = header.get("kid")
-    if not isinstance(alg, str) or not (kid is None or isinstance(kid, str)):
+    if not isinstance(alg, str):
         return Reason.MALFORMED_TOKEN
+    for name in _STRING_MEMBERS:
+        if name in header and not isinstance(header[name], str):
+            return Reason.MALFORMED_TOKEN
+    kid = header.get("kid")
     if not _KEY_BEARING.isdisjoint(header):
         return Reason.KEY_IN_TOKEN
     # We implement no JWS extensions, so any `crit` names something we do not

@@ -76,12 +76,15 @@ def read_key_file(path: str, kind: str, *, allow_empty: bool = False) -> list[Ve
     data = Path(path).read_bytes()
     if kind == "pem":
         return [from_pem(data)]
-    keys, problems = from_jwks_bytes(data, allow_oct=True)
-    if problems:
-        raise UnusableKeyError("; ".join(problems))
-    if not keys and not allow_empty:
-        raise UnusableKeyError("no signature keys in the file")
-    return keys
+    parsed = from_jwks_bytes(data, allow_oct=True)
+    if parsed.problems:
+        raise UnusableKeyError("; ".join(parsed.problems))
+    if not parsed.keys and not allow_empty:
+        detail = f" ({'; '.join(parsed.skipped)})" if parsed.skipped else ""
+        raise UnusableKeyError(f"no signature verification keys in the file{detail}")
+    for note in parsed.skipped:
+        log.info("key file %s: skipped %s", path, note)
+    return parsed.keys
 
 
 class FileKeys:
@@ -254,9 +257,11 @@ class RemoteJwks:
         try:
             url = self._jwks_url or await self._discover()
             body, lifetime = await self._get(url)
-            keys, problems = from_jwks_bytes(body, allow_oct=False)
+            parsed = from_jwks_bytes(body, allow_oct=False)
+            keys, problems = parsed.keys, parsed.problems
             if not keys:
-                raise FetchError("no usable signature keys" + (f": {'; '.join(problems)}" if problems else ""))
+                why = problems + parsed.skipped
+                raise FetchError("no usable signature keys" + (f": {'; '.join(why)}" if why else ""))
         except (FetchError, UnusableKeyError) as exc:
             log.warning("provider %s: key fetch from %s failed: %s", self.provider, self.label, exc)
             self._on_fetch(False)
@@ -270,6 +275,11 @@ class RemoteJwks:
         for problem in problems:
             log.warning("provider %s: skipped a key from %s: %s", self.provider, self.label, problem)
         changed = self.snapshot is None or set(self.snapshot.by_kid) != {k.kid for k in keys if k.kid}
+        if changed:
+            # Keys for other purposes (encryption) are normal in an IdP's set: said once
+            # per change of the set, not on every refresh.
+            for note in parsed.skipped:
+                log.info("provider %s: skipped a key from %s: %s", self.provider, self.label, note)
         self.snapshot = KeySet.of(keys)
         self.last_success = time.time()
         self._last_success_mono = time.monotonic()

@@ -40,6 +40,7 @@ from gateway.tokens.revocation import RevocationError, RevocationWatcher
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MIN_HMAC_BYTES = 32
+_HMAC_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 # Headers the gateway owns, that frame or encode the message, or that steer how a
 # backend routes or trusts it: never a claim header.
 _FORBIDDEN_CLAIM_HEADERS = frozenset(
@@ -276,6 +277,17 @@ def _key_source(
         secret = _read_secret(spec.hmac_secret.env, spec.hmac_secret.file, base_dir)
         if isinstance(secret, str):
             problems.append(Problem((*where, "hmac_secret"), secret))
+            return None
+        # RFC 7518 §3.2: an HMAC key at least as long as the hash's output, per algorithm.
+        need = max(_HMAC_BYTES.get(alg, MIN_HMAC_BYTES) for alg in provider.algorithms)
+        if len(secret) < need:
+            longest = max(provider.algorithms, key=lambda alg: _HMAC_BYTES.get(alg, 0))
+            problems.append(
+                Problem(
+                    (*where, "hmac_secret"),
+                    f"the secret is {len(secret)} bytes (expected at least {need} for {longest}, RFC 7518 §3.2)",
+                )
+            )
             return None
         return StaticKeys(f"hmac secret of {name}", [VerifyKey(kid=None, kind="oct", alg=None, key=secret)])
     if hmac:

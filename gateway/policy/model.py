@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from gateway.duration import DURATION_PATTERN, parse_duration
+from gateway.duration import DURATION_PATTERN, format_duration, parse_duration
 from gateway.pathnorm import Rejected, normalize_target
 
 
@@ -228,6 +228,10 @@ class ApiTokens(Strict):
         return value
 
 
+# The largest clock-skew allowance a provider may set (docs/config.md says so).
+MAX_LEEWAY = 300.0
+
+
 class Provider(Strict):
     """A named token issuer: how tokens from it are verified."""
 
@@ -254,6 +258,18 @@ class Provider(Strict):
             if self.api_tokens.default_ttl > (self.max_lifetime or 0):
                 raise invalid("api_tokens", "api_tokens.default_ttl is longer than max_lifetime")
         return self
+
+    @field_validator("leeway")
+    @classmethod
+    def _leeway_bound(cls, value: float) -> float:
+        # Leeway stretches every token's validity at both ends: an hour of it quietly
+        # means expired tokens still pass. Clock skew is seconds; MAX_LEEWAY is generous.
+        if value > MAX_LEEWAY:
+            raise invalid(
+                "leeway",
+                f"leeway {format_duration(value)} is too long (expected at most {format_duration(MAX_LEEWAY)})",
+            )
+        return value
 
     @field_validator("algorithms")
     @classmethod

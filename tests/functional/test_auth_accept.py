@@ -52,6 +52,19 @@ async def test_identity_headers_forwarded_and_authorization_consumed(env: AuthEn
     assert "authorization" not in seen
 
 
+async def test_claims_that_render_empty_are_not_forwarded(env: AuthEnv, rsa: SigningKey) -> None:
+    # An empty header is "absent" to some backends and a value to others: make it absent.
+    token = sign(rsa, claims(env.idp.issuer, email="", roles=[], n=0, flag=False))
+    resp = await env.call("/orders/1", token, "X-User-Email: mallory@example.com")
+    assert resp.status == 200
+    seen = env.upstream.last.headers
+    assert "x-user-email" not in seen
+    assert "x-auth-roles" not in seen
+    assert seen["x-auth-n"] == ["0"]
+    assert seen["x-auth-flag"] == ["false"]
+    assert seen["x-auth-subject"] == ["alice"]
+
+
 async def test_route_overrides_claim_headers_and_may_forward_authorization(env: AuthEnv, rsa: SigningKey) -> None:
     token = sign(rsa, claims(env.idp.issuer, email="a@example.com", name="Alice"))
     resp = await env.call("/passauth", token)

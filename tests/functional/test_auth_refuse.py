@@ -13,7 +13,7 @@ import jwt
 import pytest
 
 from gateway.errors import Reason
-from tests.factories import SigningKey, b64, claims, raw_token, sign
+from tests.factories import SigningKey, b64, claims, raw_token, sign, sign_with_header
 from tests.functional.auth_env import HMAC_ISSUER, HMAC_SECRET, AuthEnv
 from tests.rawhttp import RawResponse, get, raw_request
 
@@ -282,3 +282,53 @@ async def test_out_of_range_numbers_are_invalid_claims_not_errors(env: AuthEnv, 
         payload[name] = 10**400
         token = sign(rsa, payload)
         assert_refused(await env.call("/orders", token), Reason.INVALID_CLAIM, env, token)
+
+
+# RFC 7519 §4.1: the registered claims' types. Each payload is really signed by a key
+# the gateway trusts, so only the type check stands between it and the upstream.
+_MISTYPED: dict[str, dict[str, object]] = {
+    "sub a number": {"sub": 123},
+    "sub true": {"sub": True},
+    "sub an object": {"sub": {"id": 1}},
+    "sub an array": {"sub": ["a", "b"]},
+    "sub empty": {"sub": ""},
+    "sub null": {"sub": None},
+    "jti a number": {"jti": 7},
+    "jti empty": {"jti": ""},
+    "jti an array": {"jti": ["a"]},
+    "nbf null": {"nbf": None},
+    "nbf true": {"nbf": True},
+    "iat a numeric string": {"iat": "1"},
+    "iat null": {"iat": None},
+    "iat false": {"iat": False},
+    "aud a number": {"aud": 7},
+    "aud nested array": {"aud": [["orders-api"]]},
+    "aud an object": {"aud": {"orders-api": True}},
+}
+
+
+@pytest.mark.parametrize("what", list(_MISTYPED))
+async def test_registered_claims_of_the_wrong_type_are_refused(env: AuthEnv, rsa: SigningKey, what: str) -> None:
+    payload = {**claims(env.idp.issuer), **_MISTYPED[what]}
+    token = sign(rsa, payload)
+    assert_refused(await env.call("/orders", token), Reason.INVALID_CLAIM, env, token)
+
+
+async def test_a_string_subject_that_looks_like_a_number_is_still_accepted(env: AuthEnv, rsa: SigningKey) -> None:
+    token = sign(rsa, claims(env.idp.issuer, sub="123", jti="j-1"))
+    assert (await env.call("/orders", token)).status == 200
+    assert env.upstream.last.headers["x-auth-subject"] == ["123"]
+
+
+@pytest.mark.parametrize(
+    "member", [{"kid": None}, {"kid": 7}, {"kid": ["rsa-1"]}, {"typ": 1}, {"typ": None}, {"cty": {"a": 1}}]
+)
+async def test_jose_header_members_of_the_wrong_type_are_malformed(
+    env: AuthEnv, rsa: SigningKey, member: dict[str, object]
+) -> None:
+    # Really signed: before this check, `"kid": null` selected keys as if no kid were
+    # named and the token was accepted.
+    token = sign_with_header(rsa, {"alg": "RS256", **member}, claims(env.idp.issuer))
+    assert_refused(await env.call("/orders", token), Reason.MALFORMED_TOKEN, env, token)
+    ok = sign_with_header(rsa, {"alg": "RS256", "kid": rsa.kid, "typ": "JWT"}, claims(env.idp.issuer))
+    assert (await env.call("/orders", ok)).status == 200

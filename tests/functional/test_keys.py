@@ -6,16 +6,19 @@ The IdP is a real HTTP server on loopback that counts its hits.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import secrets
 import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from gateway.app import Gateway
 from gateway.keys.sources import FILE_POLL_SECONDS
 from tests.conftest import GatewayFactory, Upstream
-from tests.factories import IdentityProvider, SigningKey, claims, jwks, rsa_key, sign, write
+from tests.factories import IdentityProvider, SigningKey, b64, claims, jwks, raw_token, rsa_key, sign, write
 from tests.functional.auth_env import wait_ready
 from tests.rawhttp import get, raw_request
 
@@ -276,3 +279,85 @@ async def test_a_hostile_key_set_does_not_stop_refreshing(
         assert await call(gw2, sign(rsa, claims(other.issuer))) == 200
     finally:
         await other.close()
+
+
+async def test_key_ops_decide_what_a_fetched_key_may_verify(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    idp: IdentityProvider,
+    rsa: SigningKey,
+    ec: SigningKey,
+    ed: SigningKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # RFC 7517 §4.3: a key whose key_ops lacks "verify" is not for verifying tokens,
+    # and a key whose use and key_ops disagree is refused; both are skipped and logged.
+    caplog.set_level(logging.INFO, logger="gateway.keys")
+
+    def without_use(key: SigningKey, **extra: object) -> dict[str, object]:
+        return {**{k: v for k, v in key.public_jwk().items() if k != "use"}, **extra}
+
+    encrypt_only = without_use(rsa, key_ops=["encrypt"])
+    verify = without_use(ec, key_ops=["verify"])
+    disagreeing = {**ed.public_jwk(), "key_ops": ["encrypt"]}  # use: sig
+    idp.body_override = json.dumps({"keys": [encrypt_only, verify, disagreeing]}).encode()
+    gw = await make_gateway(policy(idp, upstream, "{}"))
+    await wait_ready(gw)
+    assert await call(gw, sign(rsa, claims(idp.issuer))) == 401
+    assert await call(gw, sign(ed, claims(idp.issuer))) == 401
+    assert await call(gw, sign(ec, claims(idp.issuer))) == 200
+    assert len(upstream.seen) == 1
+    logged = caplog.text
+    assert "keys[0] (kid 'rsa-1'): not a signature verification key" in logged
+    assert "keys[2] (kid 'ed-1'): JWK 'use' 'sig' and 'key_ops' ['encrypt'] disagree" in logged
+    # Both kinds of skip are said once, not on every refresh.
+    assert logged.count("keys[0] (kid 'rsa-1')") == 1
+
+
+async def test_a_fetched_rsa_key_with_a_small_exponent_is_skipped_and_logged(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    idp: IdentityProvider,
+    ec: SigningKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
+
+    caplog.set_level(logging.INFO, logger="gateway.keys")
+    weak = SigningKey("RS256", "e3", rsa_keys.generate_private_key(public_exponent=3, key_size=2048))
+    idp.keys = [weak, ec]
+    gw = await make_gateway(policy(idp, upstream, "{}"))
+    await wait_ready(gw)
+    assert await call(gw, sign(weak, claims(idp.issuer))) == 401
+    assert await call(gw, sign(ec, claims(idp.issuer))) == 200
+    assert "skipped a key" in caplog.text
+    assert "keys[0] (kid 'e3'): RSA public exponent 3 (expected an odd exponent from 65537" in caplog.text
+
+
+@pytest.mark.parametrize("y", [1, 0, 2**255 - 20], ids=["identity", "order-4", "order-2"])
+async def test_an_ed25519_key_of_small_order_is_refused(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    idp: IdentityProvider,
+    ec: SigningKey,
+    caplog: pytest.LogCaptureFixture,
+    y: int,
+) -> None:
+    # With a small-order public key, R = that point and S = 0 "verify" many messages
+    # with no private key at all: vary the claims until the hash is a multiple of the
+    # order. Such a key in a JWKS must never be used.
+    caplog.set_level(logging.INFO, logger="gateway.keys")
+    point = y.to_bytes(32, "little")
+    weak = {"kty": "OKP", "crv": "Ed25519", "x": b64(point), "kid": "weak", "alg": "EdDSA"}
+    idp.body_override = json.dumps({"keys": [weak, ec.public_jwk()]}).encode()
+    gw = await make_gateway(policy(idp, upstream, "{}"))
+    await wait_ready(gw)
+    forged = [
+        raw_token({"alg": "EdDSA", "kid": "weak"}, claims(idp.issuer, sub="admin", jti=str(i)), point + bytes(32))
+        for i in range(16)
+    ]
+    statuses = [await call(gw, token) for token in forged]
+    assert statuses == [401] * 16
+    assert upstream.seen == []
+    assert "keys[0] (kid 'weak'): Ed25519 public key is a point of small order" in caplog.text
+    assert await call(gw, sign(ec, claims(idp.issuer))) == 200

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.policy import ConfigError, load_policy
-from tests.factories import SigningKey, ec_key, rsa_key, write
+from tests.factories import SigningKey, b64, ec_key, jwks, rsa_key, write
 
 ROUTE = '  - {name: r, match: {prefix: /r}, upstream: "http://u", auth: {any_of: [p]}}\n'
 
@@ -45,6 +45,24 @@ def test_hmac_secret_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert load(tmp_path, mixed) == ["providers.p.keys[0]: an HMAC secret needs HMAC algorithms (HS256, HS384, HS512)"]
 
 
+def test_hmac_secrets_are_as_long_as_the_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GW_SECRET", "s" * 40)
+    for algorithms, need in (("[HS512]", "64 for HS512"), ("[HS256, HS384]", "48 for HS384")):
+        found = load(tmp_path, BASE + f"algorithms: {algorithms}\nkeys: [{{hmac_secret: {{env: GW_SECRET}}}}]\n")
+        assert found == [
+            f"providers.p.keys[0].hmac_secret: the secret is 40 bytes (expected at least {need}, RFC 7518 §3.2)"
+        ]
+    f = tmp_path / "config.yaml"
+    monkeypatch.setenv("GW_SECRET", "s" * 64)
+    f.write_text(
+        "providers:\n  p:\n"
+        + textwrap.indent(BASE + "algorithms: [HS512]\nkeys: [{hmac_secret: {env: GW_SECRET}}]\n", "    ")
+        + "routes:\n"
+        + ROUTE
+    )
+    assert len(load_policy(str(f)).providers[0].snapshot) == 1
+
+
 def test_key_files(tmp_path: Path, key: SigningKey) -> None:
     from cryptography.hazmat.primitives import serialization
 
@@ -67,11 +85,11 @@ def test_key_files(tmp_path: Path, key: SigningKey) -> None:
     jwk = {**key.public_jwk(), "d": "AAAA"}
     leaked = write(tmp_path / "leak.json", {"keys": [jwk]})
     found = load(tmp_path, BASE + f"algorithms: [RS256]\nkeys: [{{jwks_file: {leaked}}}]\n")
-    assert found[0].endswith("keys[0]: JWK contains private key material (expected public keys only)")
+    assert found[0].endswith("keys[0] (kid 'k1'): JWK contains private key material (expected public keys only)")
     ec = ec_key("e1")
     mislabelled = write(tmp_path / "mis.json", {"keys": [{**ec.public_jwk(), "alg": "RS256"}]})
     found = load(tmp_path, BASE + f"algorithms: [RS256, ES256]\nkeys: [{{jwks_file: {mislabelled}}}]\n")
-    assert found[0].endswith("keys[0]: JWK alg 'RS256' does not fit its key type EC-P-256")
+    assert found[0].endswith("keys[0] (kid 'e1'): JWK alg 'RS256' does not fit its key type EC-P-256")
     small = rsa_key("small")
     small.private = __import__("cryptography.hazmat.primitives.asymmetric.rsa", fromlist=["x"]).generate_private_key(
         public_exponent=65537, key_size=1024
@@ -79,6 +97,114 @@ def test_key_files(tmp_path: Path, key: SigningKey) -> None:
     weak = write(tmp_path / "weak.pem", small.public_pem())
     found = load(tmp_path, BASE + f"algorithms: [RS256]\nkeys: [{{pem_file: {weak}}}]\n")
     assert found[0].endswith("RSA key of 1024 bits (expected at least 2048)")
+
+
+def test_rsa_public_exponents_below_65537_are_refused(tmp_path: Path, key: SigningKey) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    weak = SigningKey("RS256", "e3", rsa.generate_private_key(public_exponent=3, key_size=2048))
+    pem = write(tmp_path / "e3.pem", weak.public_pem())
+    found = load(tmp_path, BASE + f"algorithms: [RS256]\nkeys: [{{pem_file: {pem}}}]\n")
+    assert found == [
+        f"providers.p.keys[0].pem_file: {pem}: RSA public exponent 3 (expected an odd exponent from 65537 to 2**32-1)"
+    ]
+    f = tmp_path / "config.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_policy(str(f))
+    assert info.value.lines[0].startswith(f"{f}:6: providers.p.keys[0].pem_file: ")
+    found = load(
+        tmp_path, BASE + f"algorithms: [RS256]\nkeys: [{{jwks_file: {write(tmp_path / 'e3.json', jwks(weak))}}}]\n"
+    )
+    assert found[0].endswith(
+        "keys[0] (kid 'e3'): RSA public exponent 3 (expected an odd exponent from 65537 to 2**32-1)"
+    )
+    # Exponents the library itself would refuse with a bare ValueError are named too.
+    for e, shown in ((1, "1"), (65536, "65536"), (2**64 + 1, "of 65 bits"), (2**32 + 1, "4294967297")):
+        jwk = {**key.public_jwk(), "e": b64(e.to_bytes((e.bit_length() + 7) // 8, "big"))}
+        found = load(
+            tmp_path,
+            BASE + f"algorithms: [RS256]\nkeys: [{{jwks_file: {write(tmp_path / 'e.json', {'keys': [jwk]})}}}]\n",
+        )
+        assert found[0].endswith(f"RSA public exponent {shown} (expected an odd exponent from 65537 to 2**32-1)"), e
+
+
+@pytest.mark.parametrize("member", [{"kid": None}, {"alg": None}, {"kid": 7}])
+def test_jwk_kid_and_alg_are_strings_when_present(tmp_path: Path, key: SigningKey, member: dict[str, object]) -> None:
+    # A `"kid": null` key used to load as an unnamed key, tried for any unknown kid.
+    path = write(tmp_path / "k.json", {"keys": [{**key.public_jwk(), **member}]})
+    found = load(tmp_path, BASE + f"algorithms: [RS256]\nkeys: [{{jwks_file: {path}}}]\n")
+    assert found[0].endswith("JWK 'kid' and 'alg' must be strings"), found
+
+
+@pytest.mark.parametrize(
+    ("crv", "point", "message"),
+    [
+        ("Ed25519", (2**255 - 18).to_bytes(32, "little"), "Ed25519 public key is not a canonical encoding"),
+        (
+            "Ed25519",
+            (2**255 - 19 - 0x5FC536D880238B13933C6D305ACDFD5F098EFF289F4C345B027B2C28F95E826).to_bytes(32, "little"),
+            "Ed25519 public key is a point of small order",
+        ),
+        ("Ed448", (1).to_bytes(57, "little"), "Ed448 public key is a point of small order"),
+        ("Ed448", (2**448 - 2**224 - 2).to_bytes(57, "little"), "Ed448 public key is a point of small order"),
+    ],
+)
+def test_edwards_keys_of_small_order_are_refused(tmp_path: Path, crv: str, point: bytes, message: str) -> None:
+    if crv == "Ed448":  # PyJWT reads no Ed448 JWK: a PEM file is the way in
+        from cryptography.hazmat.primitives.asymmetric import ed448
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        pem = ed448.Ed448PublicKey.from_public_bytes(point).public_bytes(
+            Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+        )
+        source = f"pem_file: {write(tmp_path / 'okp.pem', pem)}"
+    else:
+        jwk = {"kty": "OKP", "crv": crv, "x": b64(point), "kid": "weak"}
+        source = f"jwks_file: {write(tmp_path / 'okp.json', {'keys': [jwk]})}"
+    found = load(tmp_path, BASE + f"algorithms: [EdDSA]\nkeys: [{{{source}}}]\n")
+    assert found[0].endswith(message + (" (anyone could sign for it)" if "small" in message else "")), found
+
+
+def test_key_ops_in_key_files(tmp_path: Path, key: SigningKey) -> None:
+    jwk = {k: v for k, v in key.public_jwk().items() if k != "use"}
+
+    def jwks_file(name: str, *keys: dict[str, object]) -> str:
+        return BASE + f"algorithms: [RS256]\nkeys: [{{jwks_file: {write(tmp_path / name, {'keys': list(keys)})}}}]\n"
+
+    # A file whose only key is for encryption fails loud, naming the file and the key.
+    found = load(tmp_path, jwks_file("enc.json", {**jwk, "key_ops": ["encrypt"]}))
+    assert found == [
+        f"providers.p.keys[0].jwks_file: {tmp_path / 'enc.json'}: no signature verification keys in the file "
+        "(keys[0] (kid 'k1'): not a signature verification key (by its use/key_ops))"
+    ]
+    cases = {
+        "both.json": (
+            {**jwk, "use": "sig", "key_ops": ["encrypt"]},
+            "JWK 'use' 'sig' and 'key_ops' ['encrypt'] disagree",
+        ),
+        "enc-verify.json": (
+            {**jwk, "use": "enc", "key_ops": ["verify"]},
+            "JWK 'use' 'enc' and 'key_ops' ['verify'] disagree",
+        ),
+        "str.json": ({**jwk, "key_ops": "verify"}, "JWK 'key_ops' must be an array of distinct strings"),
+        "dup.json": ({**jwk, "key_ops": ["verify", "verify"]}, "JWK 'key_ops' must be an array of distinct strings"),
+        "use.json": ({**jwk, "use": ["sig"]}, "JWK 'use' must be a string"),
+    }
+    for name, (bad, message) in cases.items():
+        assert load(tmp_path, jwks_file(name, bad)) == [
+            f"providers.p.keys[0].jwks_file: {tmp_path / name}: keys[0] (kid 'k1'): {message}"
+        ], name
+    # The file:line of the field is named.
+    f = tmp_path / "config.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_policy(str(f))
+    assert info.value.lines[0].startswith(f"{f}:6: providers.p.keys[0].jwks_file: ")
+    for name, ok in {
+        "verify.json": {**jwk, "key_ops": ["verify"]},
+        "sig-ops.json": {**jwk, "use": "sig", "key_ops": ["sign", "verify"]},
+    }.items():
+        f.write_text("providers:\n  p:\n" + textwrap.indent(jwks_file(name, ok), "    ") + "routes:\n" + ROUTE)
+        assert len(load_policy(str(f)).providers[0].snapshot) == 1, name
 
 
 def test_relative_key_paths_are_relative_to_the_policy(tmp_path: Path, key: SigningKey) -> None:

@@ -29,10 +29,29 @@ def base(**extra: object) -> dict[str, object]:
         ({"exp": float("inf")}, Reason.INVALID_CLAIM),
         ({"nbf": -(10**400)}, Reason.INVALID_CLAIM),
         ({"aud": {"a": 1}}, Reason.INVALID_CLAIM),
+        ({"sub": 123}, Reason.INVALID_CLAIM),
+        ({"sub": True}, Reason.INVALID_CLAIM),
+        ({"sub": ""}, Reason.INVALID_CLAIM),
+        ({"sub": None}, Reason.INVALID_CLAIM),
+        ({"sub": ["a"]}, Reason.INVALID_CLAIM),
+        ({"jti": ""}, Reason.INVALID_CLAIM),
+        ({"nbf": None}, Reason.INVALID_CLAIM),
+        ({"iat": True}, Reason.INVALID_CLAIM),
+        ({"iat": "0"}, Reason.INVALID_CLAIM),
+        ({"iss": ["i"]}, Reason.INVALID_CLAIM),
+        ({"exp": False}, Reason.INVALID_CLAIM),
     ],
 )
 def test_refusals(extra: dict[str, object], reason: Reason) -> None:
     assert check_claims(base(**extra), RULES, AUD, time.time()) is reason
+
+
+def test_optional_registered_claims_are_type_checked_only_when_present() -> None:
+    rules = ClaimRules(issuer="i", leeway=30, max_lifetime=None, typ=None, required=())
+    claims = {"iss": "i", "aud": "a", "exp": time.time() + 60}
+    assert check_claims(claims, rules, AUD, time.time()) is None
+    assert check_claims({**claims, "jti": None}, rules, AUD, time.time()) is Reason.INVALID_CLAIM
+    assert check_claims({**claims, "sub": "0"}, rules, AUD, time.time()) is None
 
 
 def test_numbers() -> None:
@@ -65,6 +84,10 @@ def test_scopes_split_on_spaces_only() -> None:
         (1.5, "1.5"),
         (False, "false"),
         ({"k": "v", "n": 1}, '{"k":"v"%2C"n":1}'),
+        (True, "true"),
+        (None, "null"),
+        ([True, 1, "x"], "true,1,x"),
+        ([{"a": [1, 2]}], '{"a":[1%2C2]}'),
     ],
 )
 def test_render(value: object, header: str) -> None:

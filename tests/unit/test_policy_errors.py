@@ -149,6 +149,25 @@ def test_provider_refuses_none_and_mixed_algorithms(tmp_path: Path) -> None:
     )
 
 
+def test_leeway_is_capped_at_five_minutes(tmp_path: Path) -> None:
+    text = """\
+    providers:
+      a:
+        issuer: i
+        audiences: [x]
+        algorithms: [RS256]
+        keys: [{pem_file: k.pem}]
+        leeway: 1h
+      b: {issuer: i, audiences: [x], algorithms: [RS256], keys: [{pem_file: k.pem}], leeway: 301s}
+    routes:
+      - {name: x, match: {prefix: /x}, upstream: "http://u", auth: public}
+    """
+    assert errors(tmp_path, text) == [
+        "7: providers.a.leeway: leeway 1h is too long (expected at most 5m)",
+        "8: providers.b.leeway: leeway 301s is too long (expected at most 5m)",
+    ]
+
+
 def test_several_problems_are_all_reported_in_line_order(tmp_path: Path) -> None:
     text = """\
     routes:
