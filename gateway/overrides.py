@@ -30,6 +30,8 @@ PATH_OVERRIDES = frozenset(
         "x-request-uri",
         "request-uri",
         "x-http-destinationurl",
+        "x-original-prefix",  # ASP.NET Core ForwardedHeaders (the prefix it replaced)
+        "x-waws-unencoded-url",  # Azure App Service: the raw URL before decoding
     }
 )
 METHOD_OVERRIDES = frozenset(
@@ -44,7 +46,7 @@ METHOD_OVERRIDES = frozenset(
 # Routes may match on Host; these are the non-standard ways to name another one.
 HOST_OVERRIDES = frozenset({"x-host", "x-http-host-override", "x-original-host"})
 # The non-standard spellings of X-Forwarded-Proto, which only a trusted proxy may set.
-SCHEME_OVERRIDES = frozenset({"x-scheme", "x-url-scheme", "front-end-https"})
+SCHEME_OVERRIDES = frozenset({"x-scheme", "x-url-scheme", "front-end-https", "x-original-proto"})
 OVERRIDES = PATH_OVERRIDES | METHOD_OVERRIDES | HOST_OVERRIDES | SCHEME_OVERRIDES
 # Envoy's internal headers: routing, retries, timeouts, `x-envoy-original-path`,
 # `x-envoy-original-dst-host` (the destination of an original_dst cluster). An Envoy

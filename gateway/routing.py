@@ -139,6 +139,10 @@ def parse_host(header: str) -> str | None:
 # Clients choose Host values, so the memo is small and its keys are short (see above).
 @functools.lru_cache(maxsize=256)
 def _parse_host(header: str) -> str | None:
+    if not header.isascii():
+        # Before any lower(): some non-ASCII letters lower-case to ASCII ones (the
+        # Kelvin sign U+212A to `k`), which would route `\u212aiosk.test` as `kiosk.test`.
+        return None
     if header.startswith("["):
         end = header.find("]")
         literal, port = header[1:end], header[end + 1 :]

@@ -37,10 +37,13 @@ _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect"}
 # Only a trusted proxy in front of us may tell us who the client is, and only in the
 # standard (hyphenated) spellings. Besides X-Forwarded-*: the client-address headers
 # that CDNs write and backends read (Rails reads Client-IP, rate limiters
-# True-Client-IP and CF-Connecting-IP).
+# True-Client-IP and CF-Connecting-IP; the widely copied PHP "client IP" snippet reads
+# X-Forwarded and Forwarded-For as well).
 _FORWARDING = frozenset(
     {
         "forwarded",
+        "x-forwarded",
+        "forwarded-for",
         "x-real-ip",
         "client-ip",
         "x-client-ip",
@@ -48,6 +51,11 @@ _FORWARDING = frozenset(
         "cf-connecting-ip",
         "fastly-client-ip",
         "x-cluster-client-ip",
+        "x-originating-ip",
+        "x-remote-ip",
+        "x-remote-addr",
+        "x-proxyuser-ip",
+        "x-original-for",
     }
 )
 # The upstream's framing does not apply to our hop: the response is re-framed
@@ -128,10 +136,19 @@ class RequestHeaderRules:
         if known is not None:
             return known
         folded = fold(name)
-        if folded in _REQUEST_DROP or is_override(folded) or self._identity.reserved(folded):
+        # The CGI spelling (`HTTP_X_AUTH_SUBJECT`), which some IIS and PHP stacks look a
+        # header up by: whatever a rule says of a name, it says of that spelling too.
+        bare = folded[5:] if folded.startswith("http-") else ""
+        if (
+            folded in _REQUEST_DROP
+            or is_override(folded)
+            or self._identity.reserved(folded)
+            or (bare and (self._identity.reserved(bare) or _spoofable(bare)))
+        ):
             # SECURITY: identity and override headers are removed in every spelling, on
             # every route, from every peer: a backend must never read a client's word
-            # for who the caller is or which path or method the policy allowed.
+            # for who the caller is or which path or method the policy allowed. A
+            # forwarding header in the CGI spelling is never the standard spelling.
             kind = DROP
         elif _spoofable(folded):
             # Only a trusted proxy may set these, and only in the standard spelling.

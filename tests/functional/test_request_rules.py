@@ -61,6 +61,7 @@ BAD_HOSTS = [
     b"gw.test:8o", b"gw.test:+80", b"gw.test:80:80", b"gw.test: 80", b"a@gw.test", b"gw%2etest", b"gw..test",
     b".gw.test", b"gw.test..", b"[::1", b"[::1]:99999", b"[::1]80", b"[::1]:", b"[fe80::1%25eth0]", b"[v1.x]",
     b"[1.2.3.4]", b"[::g]", b"g\xc3\xa9.test", b"a" * 255, b"gw test", b"gw\ttest",
+    b"\xe2\x84\xaaiosk.test",  # the Kelvin sign, which lower-cases to an ASCII `k`
 ]  # fmt: skip
 # (value, the route it reaches): case, a port and one trailing dot do not change the name.
 GOOD_HOSTS = [

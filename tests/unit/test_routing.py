@@ -72,6 +72,7 @@ def test_parse_host_accepts_one_spelling_per_host() -> None:
         "gw.test:99999", "gw.test:65536", "gw.test:123456", "gw.test:0", "gw.test:0080", "gw.test:", "gw.test:8o",
         "gw.test:+80", "gw.test:\u0661", "gw.test:80:80", "a@b", "a%2eb", "a..b", ".a", "a..", "", ":80", "[::1",
         "[::1]:0", "[::1]x", "[fe80::1%eth0]", "[v1.x]", "[1.2.3.4]", "[]", "caf\u00e9.test", "a" * 254, "a b",
+        "\u212aiosk.test", "\u212aIOSK.TEST:80",
     ]:  # fmt: skip
         assert parse_host(bad) is None, bad
 
