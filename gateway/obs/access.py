@@ -3,6 +3,10 @@
 Replaces aiohttp's access log, whose default format writes the raw request line (query
 secrets included). Headers are never logged except `User-Agent` and a redacted
 `Referer`; `Authorization`, `Cookie`, `Set-Cookie` and `Proxy-Authorization` never are.
+
+Reads one plain record, `Exchange`, which the handler fills in: this module knows no
+request, connection or principal type (it must not import `gateway.proxy` or
+`gateway.auth`), and never decides an outcome.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from typing import Any, TextIO
 
 from gateway.obs.metrics import RouteMetrics
 from gateway.obs.redact import Redactor
-from gateway.proxy.downstream import Request
 
 log = logging.getLogger("gateway.access")
 _MAX_FIELD = 512
@@ -87,7 +90,8 @@ class LineWriter:
 
 @dataclass(slots=True)
 class Exchange:
-    """What one request did, filled in as it is handled."""
+    """What one request was and did, filled in by the handler as it is handled: plain
+    values only. One object per request, so the log line costs no record of its own."""
 
     started: float = field(default_factory=time.perf_counter)
     route: str = "-"
@@ -97,6 +101,13 @@ class Exchange:
     subject: str | None = None
     upstream_seconds: float | None = None
     bytes_out: int = 0
+    # The request as received, set once it is answered (raw: redacted when written).
+    client: str | None = None
+    method: str = "-"
+    target: str = ""
+    bytes_in: int = 0
+    referer: str | None = None
+    user_agent: str | None = None
 
 
 _QUOTE: Callable[[str], str] = json.encoder.encode_basestring_ascii
@@ -139,22 +150,22 @@ class AccessLog:
     redactor: Redactor
     enabled: bool = True
 
-    def emit(self, request: Request, ex: Exchange, status: int, total: float) -> None:
+    def emit(self, ex: Exchange, status: int, total: float) -> None:
         if not self.enabled:
             return
         if self.fmt == "json":
-            _sink(self.json_line(request, ex, status, total))
+            _sink(self.json_line(ex, status, total))
         else:
-            record = self.record(request, ex, status, total)
+            record = self.record(ex, status, total)
             _sink(" ".join(f"{k}={_text_escape(v) if isinstance(v, str) else v}" for k, v in record.items()))
 
-    def record(self, request: Request, ex: Exchange, status: int, total: float) -> dict[str, Any]:
+    def record(self, ex: Exchange, status: int, total: float) -> dict[str, Any]:
         """The line's fields, in order."""
         record: dict[str, Any] = {
             "ts": _timestamp(),
-            "client": request.remote or "-",
-            "method": request.method,
-            "path": _clip(self.redactor.target(request.raw_path)),
+            "client": ex.client or "-",
+            "method": ex.method,
+            "path": _clip(self.redactor.target(ex.target)),
             "status": status,
             "route": ex.route,
             "outcome": ex.outcome,
@@ -164,17 +175,17 @@ class AccessLog:
             record["subject"] = _clip(ex.subject) if ex.subject is not None else None
         record["upstream_seconds"] = round(ex.upstream_seconds, 6) if ex.upstream_seconds is not None else None
         record["duration_seconds"] = round(total, 6)
-        record["bytes_in"] = getattr(request.content, "total_bytes", 0)
+        record["bytes_in"] = ex.bytes_in
         record["bytes_out"] = ex.bytes_out
-        referer = request.headers.get("Referer")
+        referer = ex.referer
         if referer is not None:
             record["referer"] = _clip(self.redactor.url(referer))
-        agent = request.headers.get("User-Agent")
+        agent = ex.user_agent
         if agent is not None:
             record["user_agent"] = _clip(agent)
         return record
 
-    def json_line(self, request: Request, ex: Exchange, status: int, total: float) -> str:
+    def json_line(self, ex: Exchange, status: int, total: float) -> str:
         """`record()` as JSON, byte for byte what `json.dumps(record, separators=(",", ":"))`
         gives but for the two durations (the same values, written with six decimals:
         half the cost of `repr(round())`), in one f-string: no dict, no per-field type
@@ -185,19 +196,18 @@ class AccessLog:
             subject = f',"subject":{q(_clip(ex.subject)) if ex.subject is not None else "null"}'
         up = ex.upstream_seconds
         up_text = "null" if up is None else f"{up:.6f}"
-        headers = request.headers
         extra = ""
-        referer = headers.get("Referer")
+        referer = ex.referer
         if referer is not None:
             extra = f',"referer":{q(_clip(self.redactor.url(referer)))}'
-        agent = headers.get("User-Agent")
+        agent = ex.user_agent
         if agent is not None:
             extra += f',"user_agent":{q(_clip(agent))}'
         return (
-            f'{{"ts":"{_timestamp()}","client":{q(request.remote or "-")},"method":{q(request.method)},'
-            f'"path":{q(_clip(self.redactor.target(request.raw_path)))},"status":{status},'
+            f'{{"ts":"{_timestamp()}","client":{q(ex.client or "-")},"method":{q(ex.method)},'
+            f'"path":{q(_clip(self.redactor.target(ex.target)))},"status":{status},'
             f'"route":{q(ex.route)},"outcome":{q(ex.outcome)},"reason":{q(ex.reason)}{subject},'
             f'"upstream_seconds":{up_text},'
-            f'"duration_seconds":{total:.6f},"bytes_in":{getattr(request.content, "total_bytes", 0)},'
+            f'"duration_seconds":{total:.6f},"bytes_in":{ex.bytes_in},'
             f'"bytes_out":{ex.bytes_out}{extra}}}'
         )

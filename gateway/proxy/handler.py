@@ -168,7 +168,17 @@ class ProxyHandler:
         route.duration.observe(total)
         if ex.upstream_seconds is not None:
             route.upstream.observe(ex.upstream_seconds)
-        runtime.access_log.emit(request, ex, status, total)
+        access_log = runtime.access_log
+        if access_log.enabled:
+            # The access log reads plain values, never a Request (obs imports no proxy type).
+            headers = request.headers
+            ex.client = request.remote
+            ex.method = request.method
+            ex.target = request.raw_path
+            ex.bytes_in = getattr(request.content, "total_bytes", 0)
+            ex.referer = headers.get("Referer")
+            ex.user_agent = headers.get("User-Agent")
+            access_log.emit(ex, status, total)
 
     async def _handle(self, request: Request, runtime: Runtime, ex: Exchange) -> None:
         problem = request_problem(request.method, request.headers)
