@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from gateway.obs.metrics import RouteMetrics
-from gateway.obs.redact import Redactor
+from gateway.obs.redact import Redactor, clip
 
 log = logging.getLogger("gateway.access")
-_MAX_FIELD = 512
+# Logged as they are; any other method (the pure-Python parser takes any token, up to
+# the request line's length) is free text from the client: redacted and bounded.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 
 
 def _log_line(line: str) -> None:
@@ -131,10 +133,6 @@ def _timestamp() -> str:
     return stamp
 
 
-def _clip(value: str) -> str:
-    return value if len(value) <= _MAX_FIELD else value[:_MAX_FIELD] + "..."
-
-
 def _text_escape(value: str) -> str:
     # Keep one line per request whatever a client sends: escape controls and quotes.
     out = json.dumps(value, ensure_ascii=True)
@@ -164,26 +162,29 @@ class AccessLog:
         record: dict[str, Any] = {
             "ts": _timestamp(),
             "client": ex.client or "-",
-            "method": ex.method,
-            "path": _clip(self.redactor.target(ex.target)),
+            "method": self._method(ex.method),
+            "path": self.redactor.target(ex.target),
             "status": status,
             "route": ex.route,
             "outcome": ex.outcome,
             "reason": ex.reason,
         }
         if self.log_subject:
-            record["subject"] = _clip(ex.subject) if ex.subject is not None else None
+            record["subject"] = clip(ex.subject) if ex.subject is not None else None
         record["upstream_seconds"] = round(ex.upstream_seconds, 6) if ex.upstream_seconds is not None else None
         record["duration_seconds"] = round(total, 6)
         record["bytes_in"] = ex.bytes_in
         record["bytes_out"] = ex.bytes_out
         referer = ex.referer
         if referer is not None:
-            record["referer"] = _clip(self.redactor.url(referer))
+            record["referer"] = self.redactor.url(referer)
         agent = ex.user_agent
         if agent is not None:
-            record["user_agent"] = _clip(agent)
+            record["user_agent"] = self.redactor.text(agent)
         return record
+
+    def _method(self, method: str) -> str:
+        return method if method in _METHODS else self.redactor.text(method)
 
     def json_line(self, ex: Exchange, status: int, total: float) -> str:
         """`record()` as JSON, byte for byte what `json.dumps(record, separators=(",", ":"))`
@@ -193,19 +194,19 @@ class AccessLog:
         q = _QUOTE
         subject = ""
         if self.log_subject:
-            subject = f',"subject":{q(_clip(ex.subject)) if ex.subject is not None else "null"}'
+            subject = f',"subject":{q(clip(ex.subject)) if ex.subject is not None else "null"}'
         up = ex.upstream_seconds
         up_text = "null" if up is None else f"{up:.6f}"
         extra = ""
         referer = ex.referer
         if referer is not None:
-            extra = f',"referer":{q(_clip(self.redactor.url(referer)))}'
+            extra = f',"referer":{q(self.redactor.url(referer))}'
         agent = ex.user_agent
         if agent is not None:
-            extra += f',"user_agent":{q(_clip(agent))}'
+            extra += f',"user_agent":{q(self.redactor.text(agent))}'
         return (
-            f'{{"ts":"{_timestamp()}","client":{q(ex.client or "-")},"method":{q(ex.method)},'
-            f'"path":{q(_clip(self.redactor.target(ex.target)))},"status":{status},'
+            f'{{"ts":"{_timestamp()}","client":{q(ex.client or "-")},"method":{q(self._method(ex.method))},'
+            f'"path":{q(self.redactor.target(ex.target))},"status":{status},'
             f'"route":{q(ex.route)},"outcome":{q(ex.outcome)},"reason":{q(ex.reason)}{subject},'
             f'"upstream_seconds":{up_text},'
             f'"duration_seconds":{total:.6f},"bytes_in":{ex.bytes_in},'

@@ -2,15 +2,25 @@
 
 A query parameter whose name (percent-decoded, case-insensitive) is on the list keeps
 its name and loses its value. Anything shaped like a JWT is removed wherever it appears.
+Every function here runs on request data, so each is linear in its input and reads at
+most `MAX_INPUT` characters of it, and returns at most `MAX_OUTPUT` (plus the
+truncation marker): a log line is bounded whatever a client sends.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from urllib.parse import unquote_plus
 
+from gateway.obs.jwtshape import without_jwts
+
 MARKER = "[REDACTED]"
+TRUNCATED = "...[truncated]"
+# A logged field holds at most this many characters of (redacted) request data.
+MAX_OUTPUT = 512
+# Redaction reads at most this much: four times the output, so that a redacted JWT or
+# value (which shrinks to the marker) still leaves a full field to log.
+MAX_INPUT = 4 * MAX_OUTPUT
 
 # The built-in list: credentials, tokens, signatures and session ids that commonly ride
 # in URLs (OAuth 2.0, OIDC, API keys, AWS and GCS presigned URLs).
@@ -40,9 +50,6 @@ SECRET_PARAMS = frozenset(
     }
 )
 
-# Three base64url segments, the first starting `eyJ` (`{"`); dots possibly escaped.
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*(?:\.|%2[Ee])[A-Za-z0-9_-]+(?:\.|%2[Ee])[A-Za-z0-9_-]*")
-
 
 class Redactor:
     """Built-in names plus the configured ones, folded once."""
@@ -52,7 +59,40 @@ class Redactor:
     def __init__(self, extra: Iterable[str] = ()) -> None:
         self._names = SECRET_PARAMS | frozenset(n.lower() for n in extra)
 
-    def query(self, query: str) -> str:
+    # -- what the access log calls ------------------------------------------------------
+
+    def target(self, target: str) -> str:
+        """A request target (path and query) as it may be logged."""
+        cut = len(target) > MAX_INPUT
+        return clip(self._uri(target[:MAX_INPUT], cut), cut)
+
+    def url(self, url: str) -> str:
+        """An absolute URL (e.g. Referer): userinfo, query secrets and JWTs removed."""
+        cut = len(url) > MAX_INPUT
+        url = url[:MAX_INPUT]
+        start = url.find("//")
+        if start >= 0:
+            end = start + 2
+            stop = len(url)
+            for sep in "/?#":
+                found = url.find(sep, end, stop)
+                if found >= 0:
+                    stop = found
+            at = url.rfind("@", end, stop)
+            if at >= 0:
+                url = url[:end] + MARKER + url[at:]
+        url, hashed, fragment = url.partition("#")
+        url = self._uri(url, cut and not hashed)
+        if hashed:
+            url += "#" + self.query(fragment, cut)  # OAuth implicit flow puts tokens here
+        return clip(url, cut)
+
+    def text(self, value: str) -> str:
+        """Free text from a request (User-Agent, an unknown method): JWTs removed."""
+        cut = len(value) > MAX_INPUT
+        return clip(without_jwts(value[:MAX_INPUT], MARKER, cut), cut)
+
+    def query(self, query: str, cut: bool = False) -> str:
         if not query:
             return query
         parts = query.split("&")
@@ -60,17 +100,16 @@ class Redactor:
             name, eq, _ = part.partition("=")
             if eq and unquote_plus(name).lower() in self._names:
                 parts[i] = f"{name}={MARKER}"
-        return _JWT.sub(MARKER, "&".join(parts))
+        return without_jwts("&".join(parts), MARKER, cut)
 
-    def target(self, target: str) -> str:
-        """A request target (path and query) as it may be logged."""
-        path, sep, query = target.partition("?")
-        return _JWT.sub(MARKER, path) + (sep + self.query(query) if sep else "")
+    def _uri(self, uri: str, cut: bool) -> str:
+        path, quest, query = uri.partition("?")
+        path = without_jwts(path, MARKER, cut and not quest)
+        return path + "?" + self.query(query, cut) if quest else path
 
-    def url(self, url: str) -> str:
-        """An absolute URL (e.g. Referer): userinfo, query secrets and JWTs removed."""
-        url = re.sub(r"(//)[^/@?#]*@", rf"\1{MARKER}@", url, count=1)
-        head, sep, rest = url.partition("?")
-        query, hsep, fragment = rest.partition("#")
-        fragment = self.query(fragment) if hsep else ""  # OAuth implicit flow puts tokens here
-        return _JWT.sub(MARKER, head) + (sep + self.query(query) if sep else "") + (hsep + fragment)
+
+def clip(value: str, cut: bool = False) -> str:
+    """At most `MAX_OUTPUT` characters of `value`; marked when anything was left out."""
+    if cut or len(value) > MAX_OUTPUT:
+        return value[:MAX_OUTPUT] + TRUNCATED
+    return value

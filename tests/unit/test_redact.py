@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
-from gateway.obs.redact import MARKER, SECRET_PARAMS, Redactor
+from gateway.obs.jwtshape import without_jwts
+from gateway.obs.redact import MARKER, MAX_OUTPUT, SECRET_PARAMS, TRUNCATED, Redactor
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl"
 R = Redactor(["X-Custom-Secret"])
@@ -84,3 +86,84 @@ def test_access_log_imports_no_proxy_or_auth_type() -> None:
         imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         bad = [m for m in imported if m.startswith(("gateway.proxy", "gateway.auth"))]
         assert not bad, (module.name, bad)
+
+
+# -- bounded work (issue 11, defect 10) ------------------------------------------------
+
+# Inputs that made the old JWT regex rescan a run from every `eyJ` in it, or that make
+# a naive scanner loop per character.
+HOSTILE_SHAPES = ["eyJ", "eyJ/", "eyJa.b/", "eyJ%2", "eyJ.", "eyJ%2E", "a&", ";", "%", "//@", "a[&"]
+
+
+def _cpu(call: object, arg: str) -> float:
+    """CPU time of this thread for `call(arg)`: best of five, so neither other
+    processes on a shared machine nor a stray collection make it look slower."""
+    assert callable(call)
+    best = float("inf")
+    for _ in range(5):
+        start = time.thread_time()
+        call(arg)
+        best = min(best, time.thread_time() - start)
+    return best
+
+
+@pytest.mark.parametrize("shape", HOSTILE_SHAPES)
+def test_jwt_scan_is_linear(shape: str) -> None:
+    """Four times the input costs about four times the work (the quadratic regex cost
+    sixteen). Compared against itself on this machine, with a generous ratio."""
+    n = 60_000 // len(shape)
+
+    def scan(text: str) -> str:
+        return without_jwts(text, MARKER)
+
+    assert _cpu(scan, shape * 4 * n) < 9 * max(_cpu(scan, shape * n), 1e-4)
+
+
+@pytest.mark.parametrize("shape", HOSTILE_SHAPES)
+@pytest.mark.parametrize("field", ["target", "url", "text"])
+def test_redaction_reads_a_bounded_prefix(shape: str, field: str) -> None:
+    """Each logged field costs the same for 17 KB and 68 KB: redaction reads at most
+    MAX_INPUT characters, and returns at most MAX_OUTPUT plus the marker."""
+    call = getattr(R, field)
+    prefix = "/" if field == "target" else "http://a/" if field == "url" else ""
+    small, large = prefix + shape * (17_000 // len(shape)), prefix + shape * (68_000 // len(shape))
+    for value in (small, large):
+        out = call(value)
+        assert len(out) <= MAX_OUTPUT + len(TRUNCATED)
+        assert out.endswith(TRUNCATED)
+    assert _cpu(call, large) < 3 * max(_cpu(call, small), 1e-4)
+
+
+def test_the_17_kb_referer_of_the_review_is_redacted_in_full() -> None:
+    referer = "http://a/" + "eyJ" * 5790
+    # Cut at MAX_INPUT, the `eyJ` run may have lost its dots to the cut: redacted anyway.
+    assert R.url(referer) == f"http://a/{MARKER}{TRUNCATED}"
+    # A token as long as the parser allows (two 8 KB parts), anywhere in a field.
+    token = "eyJ" + "a" * 8000 + "." + "b" * 8000 + ".c"
+    assert R.url(f"http://a/?q={token}") == f"http://a/?q={MARKER}{TRUNCATED}"
+    assert R.target(f"/x?q={token}") == f"/x?q={MARKER}{TRUNCATED}"
+    assert R.text(f"agent {token}") == f"agent {MARKER}{TRUNCATED}"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (JWT, MARKER),
+        (f"x{JWT}y", f"x{MARKER}"),  # `y` is base64url: part of the signature
+        (f"{JWT}/{JWT}", f"{MARKER}/{MARKER}"),
+        ("eyJa.b.c.d.e", MARKER),  # a JWE: five parts, all of it
+        ("eyJa%2eb%2Ec", MARKER),
+        ("eyJa.b", "eyJa.b"),  # two parts: not a token
+        ("a.eyJb.c", "a.eyJb.c"),  # one dot after the `eyJ`
+        ("eyJeyJeyJ", "eyJeyJeyJ"),
+        ("Bearer eyJa..", f"Bearer {MARKER}"),
+    ],
+)
+def test_jwt_shapes(text: str, expected: str) -> None:
+    assert without_jwts(text, MARKER) == expected
+
+
+def test_a_cut_input_redacts_a_token_at_its_end() -> None:
+    assert without_jwts("x eyJhbGciOi", MARKER, cut=True) == f"x {MARKER}"
+    assert without_jwts("x eyJhbGciOi%2", MARKER, cut=True) == f"x {MARKER}%2"
+    assert without_jwts("x eyJhbGciOi y", MARKER, cut=True) == "x eyJhbGciOi y"
