@@ -1,7 +1,8 @@
 """Removing secrets from what gets logged. Pure functions; one list of names.
 
 A query parameter whose name (percent-decoded, case-insensitive) is on the list keeps
-its name and loses its value. Anything shaped like a JWT is removed wherever it appears.
+its name and loses its value; a fragment is dropped whole; anything shaped like a JWT
+is removed wherever it appears.
 Every function here runs on request data, so each is linear in its input and reads at
 most `MAX_INPUT` characters of it, and returns at most `MAX_OUTPUT` (plus the
 truncation marker): a log line is bounded whatever a client sends.
@@ -62,14 +63,13 @@ class Redactor:
     # -- what the access log calls ------------------------------------------------------
 
     def target(self, target: str) -> str:
-        """A request target (path and query) as it may be logged."""
-        cut = len(target) > MAX_INPUT
-        return clip(self._uri(target[:MAX_INPUT], cut), cut)
+        """A request target (path, query, and a fragment a client should not send)."""
+        target, cut = _head(target)
+        return clip(self._uri(target, cut), cut)
 
     def url(self, url: str) -> str:
-        """An absolute URL (e.g. Referer): userinfo, query secrets and JWTs removed."""
-        cut = len(url) > MAX_INPUT
-        url = url[:MAX_INPUT]
+        """An absolute URL (e.g. Referer): userinfo, fragment, secrets and JWTs removed."""
+        url, cut = _head(url)
         start = url.find("//")
         if start >= 0:
             end = start + 2
@@ -81,11 +81,7 @@ class Redactor:
             at = url.rfind("@", end, stop)
             if at >= 0:
                 url = url[:end] + MARKER + url[at:]
-        url, hashed, fragment = url.partition("#")
-        url = self._uri(url, cut and not hashed)
-        if hashed:
-            url += "#" + self.query(fragment, cut)  # OAuth implicit flow puts tokens here
-        return clip(url, cut)
+        return clip(self._uri(url, cut), cut)
 
     def text(self, value: str) -> str:
         """Free text from a request (User-Agent, an unknown method): JWTs removed."""
@@ -103,9 +99,23 @@ class Redactor:
         return without_jwts("&".join(parts), MARKER, cut)
 
     def _uri(self, uri: str, cut: bool) -> str:
+        # Nothing after `#` is logged: a fragment is where OAuth's implicit flow puts
+        # tokens, and a client never sends one (RFC 9110 §7.1; the target is refused).
+        uri, hashed, _ = uri.partition("#")
         path, quest, query = uri.partition("?")
         path = without_jwts(path, MARKER, cut and not quest)
-        return path + "?" + self.query(query, cut) if quest else path
+        if quest:
+            path += "?" + self.query(query, cut)
+        return path + "#" + MARKER if hashed else path
+
+
+def _head(uri: str) -> tuple[str, bool]:
+    """The part of `uri` redaction reads, and whether anything loggable was cut off
+    (after a `#` nothing is: the fragment is dropped whole)."""
+    if len(uri) <= MAX_INPUT:
+        return uri, False
+    head = uri[:MAX_INPUT]
+    return head, "#" not in head
 
 
 def clip(value: str, cut: bool = False) -> str:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.conftest import Upstream
 from tests.factories import SigningKey, claims, sign, write
@@ -131,6 +132,27 @@ async def test_a_hostile_referer_does_not_stall_other_clients(
     assert [a.count(b"HTTP/1.1 404 ") for a in answers] == [3] + [4] * 7
     referers = [line.get("referer") for line in access_lines(tmp_path) if line["path"] == "/none"]
     assert referers == ["http://a/[REDACTED]...[truncated]"] * 32
+
+
+@pytest.mark.parametrize("parser", ["c", "python"])
+async def test_no_fragment_reaches_any_log(tmp_path: Path, upstream: Upstream, rsa: SigningKey, parser: str) -> None:
+    """Issue 11, defect 7: `#access_token=S` was logged as part of `path`."""
+    env = {"AIOHTTP_NO_EXTENSIONS": "1"} if parser == "python" else {}
+    targets = ["/public/cb#access_token=F1FRAG", "/public/cb?x=1#F2FRAG", "/orders/1#/x?y=F3FRAG", "/none#F4FRAG"]
+    async with running_gateway(tmp_path, routes(upstream), extra(tmp_path, rsa), env=env) as gw:
+        for target in targets:
+            assert (await raw_request(gw.port, get(target))).status == 400, target
+        resp = await raw_request(gw.port, get("/public/x", "Referer: https://app.example/cb?s=1#access_token=F5FRAG"))
+        assert resp.status == 200
+        await _settle(gw)
+    assert "FRAG" not in (tmp_path / "gateway.log").read_text()
+    assert [(line["path"], line.get("referer")) for line in access_lines(tmp_path)] == [
+        ("/public/cb#[REDACTED]", None),
+        ("/public/cb?x=1#[REDACTED]", None),
+        ("/orders/1#[REDACTED]", None),
+        ("/none#[REDACTED]", None),
+        ("/public/x", "https://app.example/cb?s=1#[REDACTED]"),
+    ]
 
 
 async def test_fields_subject_and_outcomes(tmp_path: Path, upstream: Upstream, rsa: SigningKey) -> None:

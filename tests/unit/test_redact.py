@@ -43,8 +43,23 @@ def test_target_and_url() -> None:
     assert R.target(f"/a/{JWT}/b?token=s&x=1") == f"/a/{MARKER}/b?token={MARKER}&x=1"
     assert R.target("/plain") == "/plain"
     assert R.url(f"https://user:pw@h.example/cb?code=abc&state=s#access_token={JWT}&x=1") == (
-        f"https://{MARKER}@h.example/cb?code={MARKER}&state=s#access_token={MARKER}&x=1"
+        f"https://{MARKER}@h.example/cb?code={MARKER}&state=s#{MARKER}"
     )
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/public/cb#access_token=S", f"/public/cb#{MARKER}"),
+        ("/a?x=1#S", f"/a?x=1#{MARKER}"),
+        ("/a#b?c=S", f"/a#{MARKER}"),
+        ("/a##S", f"/a#{MARKER}"),
+        ("/a#" + "S" * 5000, f"/a#{MARKER}"),
+    ],
+)
+def test_nothing_after_a_fragment_mark_is_kept(target: str, expected: str) -> None:
+    assert R.target(target) == expected
+    assert R.url("https://h.example" + target) == "https://h.example" + expected
 
 
 def test_access_log_json_lines_match_the_json_module() -> None:
