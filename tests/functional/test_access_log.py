@@ -155,6 +155,42 @@ async def test_no_fragment_reaches_any_log(tmp_path: Path, upstream: Upstream, r
     ]
 
 
+@pytest.mark.parametrize("parser", ["c", "python"])
+async def test_query_secrets_are_redacted_in_any_spelling(
+    tmp_path: Path, upstream: Upstream, rsa: SigningKey, parser: str
+) -> None:
+    """Issue 11, defect 8: these spellings of secret parameters were logged in clear."""
+    env = {"AIOHTTP_NO_EXTENSIONS": "1"} if parser == "python" else {}
+    targets = [
+        "/public/x?access_token[]=Q1SECRET",
+        "/public/x?access_token%00=Q2SECRET",
+        "/public/x?a=1;access_token=Q3SECRET",
+        "/public/x?api-key=Q4SECRET&x-api-key=Q5SECRET&access_key=Q6SECRET&auth=Q7SECRET",
+        "/public/app;jsessionid=Q8SECRET/x",
+        "/public/x?user%5Bpassword%5D=Q9SECRET&Custom.Secret=Q10SECRET",
+    ]
+    referer = "Referer: https://app.example/cb;jsessionid=Q11SECRET?x-api-key=Q12SECRET&user[password]=Q13SECRET"
+    async with running_gateway(tmp_path, routes(upstream), extra(tmp_path, rsa), env=env) as gw:
+        for target in targets:
+            assert (await raw_request(gw.port, get(target))).status == 200, target
+        assert (await raw_request(gw.port, get("/public/x", referer))).status == 200
+        await _settle(gw)
+    assert re.search(r"Q\d+SECRET", (tmp_path / "gateway.log").read_text()) is None
+    lines = access_lines(tmp_path)
+    assert [line["path"] for line in lines] == [
+        "/public/x?access_token[]=[REDACTED]",
+        "/public/x?access_token%00=[REDACTED]",
+        "/public/x?a=1;access_token=[REDACTED]",
+        "/public/x?api-key=[REDACTED]&x-api-key=[REDACTED]&access_key=[REDACTED]&auth=[REDACTED]",
+        "/public/app;jsessionid=[REDACTED]/x",
+        "/public/x?user%5Bpassword%5D=[REDACTED]&Custom.Secret=[REDACTED]",
+        "/public/x",
+    ]
+    assert lines[-1]["referer"] == (
+        "https://app.example/cb;jsessionid=[REDACTED]?x-api-key=[REDACTED]&user[password]=[REDACTED]"
+    )
+
+
 async def test_fields_subject_and_outcomes(tmp_path: Path, upstream: Upstream, rsa: SigningKey) -> None:
     token = sign(rsa, claims(ISS, sub="alice"), kid=None)
     async with running_gateway(tmp_path, routes(upstream), extra(tmp_path, rsa)) as gw:

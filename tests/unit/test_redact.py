@@ -39,6 +39,102 @@ def test_query(query: str, expected: str) -> None:
     assert R.query(query) == expected
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        # The review's spellings (issue 11, defect 8).
+        "access_token[]=S",
+        "access_token%00=S",
+        "a=1;access_token=S",
+        "api-key=S",
+        "x-api-key=S",
+        "access_key=S",
+        "auth=S",
+        # Their siblings: folding, arrays and hashes, escapes, run-together words.
+        "Access.Token=S",
+        "ACCESS-TOKEN=S",
+        "access%5Ftoken=S",
+        "access%2Dtoken=S",
+        "access_token%5B%5D=S",
+        "access_token[0]=S",
+        "user[password]=S",
+        "user%5Bpassword%5D=S",
+        "access+token=S",
+        "_access_token=S",
+        "accessToken=S",
+        "clientSecret=S",
+        "X-Amz-Signature=S",
+        "X-Goog-Credential=S",
+        "private_token=S",
+        "private-token=S",
+        "aws_secret_access_key=S",
+        "Ocp-Apim-Subscription-Key=S",
+        "subscription-key=S",
+        "code_verifier=S",
+        "client_assertion=S",
+        "SAMLResponse=S",
+        "ticket=S",
+        "jsessionid=S",
+        "PHPSESSID=S",
+        "session_id=S",
+        "x_auth=S",
+        "authorization=S",
+        "user_pass=S",
+        "sig=S",
+    ],
+)
+def test_secret_names_in_any_spelling(query: str) -> None:
+    query = query.replace("=S", "=hunter2")
+    redacted = R.query(query)
+    assert "hunter2" not in redacted
+    assert redacted == query.replace("=hunter2", "=" + MARKER)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["tokens=x", "keyboard=x", "monkey=x", "hockey=x", "page=2", "zip_code=90210", "q=search", "passage=x", "oauth=x"],
+)
+def test_ordinary_names_are_kept(query: str) -> None:
+    assert R.query(query) == query
+
+
+def test_configured_names_are_folded_too() -> None:
+    for query in ("x-custom-secret=S", "X.Custom.Secret=S", "x_custom_secret[]=S", "x%2Dcustom%2Dsecret=S"):
+        assert R.query(query) == query.partition("=")[0] + "=" + MARKER
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/app;jsessionid=S/x", f"/app;jsessionid={MARKER}/x"),
+        ("/app;JSESSIONID=S;v=1/x?a=1", f"/app;JSESSIONID={MARKER};v=1/x?a=1"),
+        ("/a;token=S", f"/a;token={MARKER}"),
+        ("/a;v=1;b", "/a;v=1;b"),
+        ("/token=S;x", "/token=S;x"),  # the segment itself is not a parameter
+        ("/a?x=1;token=S&y=2", f"/a?x=1;token={MARKER}&y=2"),
+    ],
+)
+def test_path_parameters_and_semicolons(target: str, expected: str) -> None:
+    assert R.target(target) == expected
+
+
+def test_referer_names_are_folded() -> None:
+    assert R.url("https://h.example/p;jsessionid=S?x-api-key=S&a[]=1&user[password]=S") == (
+        f"https://h.example/p;jsessionid={MARKER}?x-api-key={MARKER}&a[]=1&user[password]={MARKER}"
+    )
+
+
+def test_the_name_cache_is_bounded() -> None:
+    redactor = Redactor()
+    for i in range(10_000):
+        redactor.query(f"n{i}=1&x{i}_token=S")
+    assert len(redactor._decided) <= 4096
+    assert redactor.query("x9999_token=S") == f"x9999_token={MARKER}"
+    long_name = "a" * 100 + "_token"
+    assert redactor.query(f"{long_name}=S") == f"{long_name}={MARKER}"
+    assert long_name not in redactor._decided
+
+
 def test_target_and_url() -> None:
     assert R.target(f"/a/{JWT}/b?token=s&x=1") == f"/a/{MARKER}/b?token={MARKER}&x=1"
     assert R.target("/plain") == "/plain"
