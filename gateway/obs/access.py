@@ -100,7 +100,8 @@ class Exchange:
     metrics: RouteMetrics | None = None  # the matched route's; None when none matched
     outcome: str = "allowed"
     reason: str = "-"
-    subject: str | None = None
+    subject: str | None = None  # of a verified token, allowed or refused (403)
+    provider: str | None = None  # the provider that verified it
     upstream_seconds: float | None = None
     bytes_out: int = 0
     # The request as received, set once it is answered (raw: redacted when written).
@@ -133,10 +134,13 @@ def _timestamp() -> str:
     return stamp
 
 
-def _text_escape(value: str) -> str:
-    # Keep one line per request whatever a client sends: escape controls and quotes.
-    out = json.dumps(value, ensure_ascii=True)
-    return out
+def _text_value(value: object) -> str:
+    if value is None:
+        return "-"  # no value, as common log formats write it (not Python's `None`)
+    if isinstance(value, str):
+        # Keep one line per request whatever a client sends: escape controls and quotes.
+        return _QUOTE(value)
+    return str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +159,7 @@ class AccessLog:
             _sink(self.json_line(ex, status, total))
         else:
             record = self.record(ex, status, total)
-            _sink(" ".join(f"{k}={_text_escape(v) if isinstance(v, str) else v}" for k, v in record.items()))
+            _sink(" ".join(f"{k}={_text_value(v)}" for k, v in record.items()))
 
     def record(self, ex: Exchange, status: int, total: float) -> dict[str, Any]:
         """The line's fields, in order."""
@@ -171,6 +175,7 @@ class AccessLog:
         }
         if self.log_subject:
             record["subject"] = clip(ex.subject) if ex.subject is not None else None
+        record["provider"] = ex.provider
         record["upstream_seconds"] = round(ex.upstream_seconds, 6) if ex.upstream_seconds is not None else None
         record["duration_seconds"] = round(total, 6)
         record["bytes_in"] = ex.bytes_in
@@ -195,6 +200,7 @@ class AccessLog:
         subject = ""
         if self.log_subject:
             subject = f',"subject":{q(clip(ex.subject)) if ex.subject is not None else "null"}'
+        subject += f',"provider":{q(ex.provider) if ex.provider is not None else "null"}'
         up = ex.upstream_seconds
         up_text = "null" if up is None else f"{up:.6f}"
         extra = ""

@@ -25,6 +25,7 @@ def routes(upstream: Upstream) -> str:
     return f"""
     - {{name: orders, match: {{prefix: /orders}}, upstream: "{upstream.url}", auth: {{any_of: [files]}}}}
     - {{name: public, match: {{prefix: /public}}, upstream: "{upstream.url}", auth: public}}
+    - {{name: admin, match: {{prefix: /admin}}, upstream: "{upstream.url}", auth: {{any_of: [files], scopes: [admin]}}}}
     """
 
 
@@ -243,6 +244,39 @@ async def test_text_format_without_subject(tmp_path: Path, upstream: Upstream, r
     assert 'route="orders"' in lines[0]
     assert "alice" not in lines[0]
     assert "subject" not in lines[0]
+
+
+async def test_a_403_is_logged_against_the_verified_subject(
+    tmp_path: Path, upstream: Upstream, rsa: SigningKey
+) -> None:
+    """Issue 11, defect 14: a refusal after verification logged `"subject": null`."""
+    token = sign(rsa, claims(ISS, sub="alice", scope="read"), kid=None)
+    auth = f"Authorization: Bearer {token}"
+    async with running_gateway(tmp_path, routes(upstream), extra(tmp_path, rsa)) as gw:
+        assert (await raw_request(gw.port, get("/admin/x", auth))).status == 403  # verified afresh
+        assert (await raw_request(gw.port, get("/orders/1", auth))).status == 200  # now cached
+        assert (await raw_request(gw.port, get("/admin/x", auth))).status == 403  # from the cache
+        assert (await raw_request(gw.port, get("/admin/x"))).status == 401
+        await _settle(gw)
+    lines = access_lines(tmp_path)
+    assert [(ln["status"], ln["reason"], ln["subject"], ln["provider"]) for ln in lines] == [
+        (403, "insufficient_scope", "alice", "files"),
+        (200, "-", "alice", "files"),
+        (403, "insufficient_scope", "alice", "files"),
+        (401, "token_missing", None, None),
+    ]
+
+
+async def test_text_format_writes_a_dash_for_no_value(tmp_path: Path, upstream: Upstream, rsa: SigningKey) -> None:
+    """Issue 11, defect 14: the text format wrote `subject=None`."""
+    async with running_gateway(tmp_path, routes(upstream), extra(tmp_path, rsa, "{format: text}")) as gw:
+        await raw_request(gw.port, get("/orders/1"))
+        await _settle(gw)
+    lines = [ln for ln in (tmp_path / "gateway.log").read_text().splitlines() if ln.startswith("ts=")]
+    assert len(lines) == 1
+    assert " subject=- provider=- upstream_seconds=- " in lines[0]
+    assert "None" not in lines[0]
+    assert 'reason="token_missing"' in lines[0]
 
 
 async def test_sighup_reloads_the_policy_and_a_bad_file_keeps_the_old_one(
