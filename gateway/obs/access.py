@@ -48,23 +48,38 @@ class LineWriter:
 
     The event loop only appends to a deque; a slow or blocked stdout (a full pipe, a
     stalled log shipper) never stalls request handling. If the writer falls far behind,
-    lines are dropped and counted rather than growing memory without bound."""
+    lines are dropped and counted rather than growing memory without bound: at most
+    `MAX_PENDING` lines and `max_pending_chars` characters wait (lines are ASCII)."""
 
     MAX_PENDING = 100_000
+    # A line is at most ~16 KB (five request fields of 512 characters, each up to six
+    # when escaped): by line count alone, 100 000 hostile lines would hold 1.6 GB.
+    MAX_PENDING_CHARS = 32 * 2**20
 
-    def __init__(self, stream: TextIO, interval: float = 0.05) -> None:
+    def __init__(self, stream: TextIO, interval: float = 0.05, max_pending_chars: int = MAX_PENDING_CHARS) -> None:
         self._stream = stream
         self._interval = interval
+        self._max_chars = max_pending_chars
         self._pending: deque[str] = deque()
-        self.dropped = 0
+        # Each counter has one writer thread, so no lock: the loop's, then the writer's.
+        self._queued_chars = 0
+        self._dropped_full = 0
+        self._taken_chars = 0
+        self._dropped_failed = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
         self._thread.start()
 
+    @property
+    def dropped(self) -> int:
+        return self._dropped_full + self._dropped_failed
+
     def write(self, line: str) -> None:
-        if len(self._pending) >= self.MAX_PENDING:
-            self.dropped += 1
+        size = len(line)
+        if len(self._pending) >= self.MAX_PENDING or self._queued_chars - self._taken_chars + size > self._max_chars:
+            self._dropped_full += 1
             return
+        self._queued_chars += size
         self._pending.append(line)
 
     def _run(self) -> None:
@@ -78,11 +93,13 @@ class LineWriter:
         batch = []
         while pending:
             batch.append(pending.popleft())
+        text = "\n".join(batch) + "\n"
+        self._taken_chars += len(text) - len(batch)
         try:
-            self._stream.write("\n".join(batch) + "\n")
+            self._stream.write(text)
             self._stream.flush()
         except (OSError, ValueError):
-            self.dropped += len(batch)
+            self._dropped_failed += len(batch)
 
     def close(self) -> None:
         self._stop.set()
