@@ -144,6 +144,9 @@ class Redactor:
 
     def target(self, target: str) -> str:
         """A request target (path, query, and a fragment a client should not send)."""
+        if not target.startswith("/"):
+            # Absolute- or authority-form (refused, but logged): `http://u:pw@h/x`.
+            return self.url(target)
         if len(target) <= MAX_OUTPUT and "?" not in target and ";" not in target and "#" not in target:
             return without_jwts(target, MARKER)  # the common case: a plain path
         target, cut = _head(target)
@@ -152,18 +155,7 @@ class Redactor:
     def url(self, url: str) -> str:
         """An absolute URL (e.g. Referer): userinfo, fragment, secrets and JWTs removed."""
         url, cut = _head(url)
-        start = url.find("//")
-        if start >= 0:
-            end = start + 2
-            stop = len(url)
-            for sep in "/?#":
-                found = url.find(sep, end, stop)
-                if found >= 0:
-                    stop = found
-            at = url.rfind("@", end, stop)
-            if at >= 0:
-                url = url[:end] + MARKER + url[at:]
-        return clip(self._uri(url, cut), cut)
+        return clip(self._uri(_without_userinfo(url), cut), cut)
 
     def text(self, value: str) -> str:
         """Free text from a request (User-Agent, an unknown method): JWTs removed."""
@@ -216,6 +208,24 @@ class Redactor:
             eq = param.find("=")
             if eq >= 0 and self.is_secret(param[:eq]):
                 params[i] = param[: eq + 1] + MARKER
+
+
+def _without_userinfo(url: str) -> str:
+    """`scheme://user:pw@host/…` (or `user:pw@host:443`) with the userinfo redacted."""
+    start = url.find("//")
+    if start >= 0:
+        begin = start + 2
+    elif url.startswith("/"):
+        return url
+    else:
+        begin = 0
+    stop = len(url)
+    for sep in "/?#":
+        found = url.find(sep, begin, stop)
+        if found >= 0:
+            stop = found
+    at = url.rfind("@", begin, stop)
+    return url if at < 0 else url[:begin] + MARKER + url[at:]
 
 
 def _head(uri: str) -> tuple[str, bool]:

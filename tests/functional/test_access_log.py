@@ -137,9 +137,16 @@ async def test_a_hostile_referer_does_not_stall_other_clients(
 
 @pytest.mark.parametrize("parser", ["c", "python"])
 async def test_no_fragment_reaches_any_log(tmp_path: Path, upstream: Upstream, rsa: SigningKey, parser: str) -> None:
-    """Issue 11, defect 7: `#access_token=S` was logged as part of `path`."""
+    """Issue 11, defect 7: `#access_token=S` was logged as part of `path` (and, its
+    sibling, the userinfo of an absolute-form target)."""
     env = {"AIOHTTP_NO_EXTENSIONS": "1"} if parser == "python" else {}
-    targets = ["/public/cb#access_token=F1FRAG", "/public/cb?x=1#F2FRAG", "/orders/1#/x?y=F3FRAG", "/none#F4FRAG"]
+    targets = [
+        "/public/cb#access_token=F1FRAG",
+        "/public/cb?x=1#F2FRAG",
+        "/orders/1#/x?y=F3FRAG",
+        "/none#F4FRAG",
+        "http://user:F6FRAG@gateway.test/public/x",  # not a fragment: userinfo, as secret
+    ]
     async with running_gateway(tmp_path, routes(upstream), extra(tmp_path, rsa), env=env) as gw:
         for target in targets:
             assert (await raw_request(gw.port, get(target))).status == 400, target
@@ -152,6 +159,7 @@ async def test_no_fragment_reaches_any_log(tmp_path: Path, upstream: Upstream, r
         ("/public/cb?x=1#[REDACTED]", None),
         ("/orders/1#[REDACTED]", None),
         ("/none#[REDACTED]", None),
+        ("http://[REDACTED]@gateway.test/public/x", None),
         ("/public/x", "https://app.example/cb?s=1#[REDACTED]"),
     ]
 

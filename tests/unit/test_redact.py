@@ -146,6 +146,20 @@ def test_target_and_url() -> None:
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
+        ("http://u:S@h.example/x?token=S", f"http://{MARKER}@h.example/x?token={MARKER}"),
+        ("http://u:S@h.example", f"http://{MARKER}@h.example"),
+        ("u:S@h.example:443", f"{MARKER}@h.example:443"),
+        ("http://h.example/a@b", "http://h.example/a@b"),
+        ("/a@b", "/a@b"),
+    ],
+)
+def test_userinfo_in_an_absolute_form_target(target: str, expected: str) -> None:
+    assert R.target(target) == expected
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
         ("/public/cb#access_token=S", f"/public/cb#{MARKER}"),
         ("/a?x=1#S", f"/a?x=1#{MARKER}"),
         ("/a#b?c=S", f"/a#{MARKER}"),
