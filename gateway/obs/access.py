@@ -214,6 +214,9 @@ class AccessLog:
         half the cost of `repr(round())`), in one f-string: no dict, no per-field type
         dispatch (this runs for every request). Strings go through the C escaper."""
         q = _QUOTE
+        method = ex.method
+        if method not in _METHODS:
+            method = self.redactor.text(method)
         subject = ""
         if self.log_subject:
             subject = f',"subject":{q(clip(ex.subject)) if ex.subject is not None else "null"}'
@@ -228,7 +231,7 @@ class AccessLog:
         if agent is not None:
             extra += f',"user_agent":{q(self.redactor.text(agent))}'
         return (
-            f'{{"ts":"{_timestamp()}","client":{q(ex.client or "-")},"method":{q(self._method(ex.method))},'
+            f'{{"ts":"{_timestamp()}","client":{q(ex.client or "-")},"method":{q(method)},'
             f'"path":{q(self.redactor.target(ex.target))},"status":{status},'
             f'"route":{q(ex.route)},"outcome":{q(ex.outcome)},"reason":{q(ex.reason)}{subject},'
             f'"upstream_seconds":{up_text},'
