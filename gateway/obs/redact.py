@@ -1,10 +1,11 @@
-"""Removing secrets from what gets logged. Pure functions; one list of names.
+"""Removing secrets from what gets logged: one list of names, a few rules on words.
 
 A query or path parameter whose *folded* name is secret keeps its name and loses its
 value; a fragment is dropped whole; anything shaped like a JWT is removed wherever it
 appears.
-Every function here runs on request data, so each is linear in its input and reads at
-most `MAX_INPUT` characters of it, and returns at most `MAX_OUTPUT` (plus the
+
+Every function here runs on request data, so each is linear in its input, reads at
+most `MAX_INPUT` characters of it and returns at most `MAX_OUTPUT` (plus the
 truncation marker): a log line is bounded whatever a client sends.
 """
 
