@@ -14,6 +14,15 @@ from gateway.keys.keyset import KeySet
 
 
 @dataclass(frozen=True, slots=True)
+class Refused:
+    """A token that verified, refused by the route's own checks: why, and whose it was
+    (so the refusal can be logged against the subject)."""
+
+    reason: Reason
+    principal: Principal
+
+
+@dataclass(frozen=True, slots=True)
 class TokenRequirement:
     """Compiled from a route's `auth:` mapping; shared verifiers, nothing per request."""
 
@@ -55,10 +64,11 @@ class TokenRequirement:
                 return Reason.CLAIM_MISMATCH
         return None
 
-    async def authenticate(self, jws: Jws) -> tuple[ProviderVerifier, Principal, KeySet] | Reason:
+    async def authenticate(self, jws: Jws) -> tuple[ProviderVerifier, Principal, KeySet] | Reason | Refused:
         """Verify with the provider(s) for the token's issuer, then authorise.
 
-        Returns the verifier, principal and key set (for the cache), or the reason."""
+        Returns the verifier, principal and key set (for the cache), or the reason
+        (`Refused` when the token verified but the route's checks refused it)."""
         iss = jws.claims.get("iss")
         if not isinstance(iss, str):
             return Reason.MISSING_CLAIM if iss is None else Reason.INVALID_CLAIM
@@ -67,7 +77,7 @@ class TokenRequirement:
         verifiers = self.by_issuer.get(iss)
         if verifiers is None:
             return Reason.ISSUER_MISMATCH
-        first: Reason | None = None
+        first: Reason | Refused | None = None
         for verifier in verifiers:
             result = await verifier.verify(jws)
             if isinstance(result, Reason):
@@ -77,5 +87,5 @@ class TokenRequirement:
             refusal = self.authorize(verifier, principal)
             if refusal is None:
                 return verifier, principal, keys
-            first = first or refusal
+            first = first or Refused(refusal, principal)
         return first or Reason.INTERNAL

@@ -292,7 +292,7 @@ class AccessLogSettings(Strict):
     format: Literal["json", "text"] = "json"
     # The verified `sub` claim; turn off where subjects are personal data you may not log.
     subject: StrictBool = True
-    # Query parameter names to redact on top of the built-in list (case-insensitive).
+    # Parameter names to redact on top of the built-in list (folded: obs/redact.py).
     redact_params: tuple[StrictStr, ...] = ()
 
 

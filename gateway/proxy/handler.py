@@ -19,7 +19,8 @@ from gateway.auth.cache import TokenCache
 from gateway.auth.extract import extract_token
 from gateway.auth.forward import IdentityHeaders, UnforwardableError
 from gateway.auth.jws import parse_jws
-from gateway.auth.requirement import TokenRequirement
+from gateway.auth.requirement import Refused, TokenRequirement
+from gateway.auth.verifier import Principal
 from gateway.errors import AUTH_REASONS, Reason, bug_report
 from gateway.keys.keyset import KeySet
 from gateway.keys.provider_keys import ProviderKeys
@@ -65,6 +66,13 @@ def _refusal_headers(reason: Reason, realm: str, scope: str) -> tuple[tuple[str,
     if reason is Reason.KEYS_UNAVAILABLE:
         headers.append(("Retry-After", "5"))
     return tuple(headers)
+
+
+def _identify(ex: Exchange, principal: Principal) -> None:
+    """Who a verified token speaks for, for the access log."""
+    sub = principal.claims.get("sub")
+    ex.subject = sub if isinstance(sub, str) else None
+    ex.provider = principal.provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +176,17 @@ class ProxyHandler:
         route.duration.observe(total)
         if ex.upstream_seconds is not None:
             route.upstream.observe(ex.upstream_seconds)
-        runtime.access_log.emit(request, ex, status, total)
+        access_log = runtime.access_log
+        if access_log.enabled:
+            # The access log reads plain values, never a Request (obs imports no proxy type).
+            headers = request.headers
+            ex.client = request.remote
+            ex.method = request.method
+            ex.target = request.raw_path
+            ex.bytes_in = getattr(request.content, "total_bytes", 0)
+            ex.referer = headers.get("Referer")
+            ex.user_agent = headers.get("User-Agent")
+            access_log.emit(ex, status, total)
 
     async def _handle(self, request: Request, runtime: Runtime, ex: Exchange) -> None:
         problem = request_problem(request.method, request.headers)
@@ -218,15 +236,18 @@ class ProxyHandler:
             result = await requirement.authenticate(jws)
             if isinstance(result, Reason):
                 return result
+            if isinstance(result, Refused):
+                _identify(ex, result.principal)  # a 403 is logged against whom it refused
+                return result.reason
             verifier, principal, keys = result
             entry = runtime.cache.put(token, verifier, principal, keys)
+            _identify(ex, principal)
         else:
             verifier, principal = entry.verifier, entry.principal
+            _identify(ex, principal)
             refusal = requirement.authorize(verifier, principal)
             if refusal is not None:
                 return refusal
-        sub = principal.claims.get("sub")
-        ex.subject = sub if isinstance(sub, str) else None
         rendered = entry.headers.get(requirement.headers.serial) if entry is not None else None
         if rendered is None:
             try:

@@ -6,9 +6,11 @@ import asyncio
 import json
 import re
 import signal
+import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.conftest import Upstream
 from tests.factories import SigningKey, claims, sign, write
@@ -23,6 +25,7 @@ def routes(upstream: Upstream) -> str:
     return f"""
     - {{name: orders, match: {{prefix: /orders}}, upstream: "{upstream.url}", auth: {{any_of: [files]}}}}
     - {{name: public, match: {{prefix: /public}}, upstream: "{upstream.url}", auth: public}}
+    - {{name: admin, match: {{prefix: /admin}}, upstream: "{upstream.url}", auth: {{any_of: [files], scopes: [admin]}}}}
     """
 
 
@@ -98,6 +101,105 @@ async def test_no_secret_reaches_any_log_line_or_response(tmp_path: Path, upstre
     assert "unparseable request" in log_text
 
 
+async def test_a_hostile_referer_does_not_stall_other_clients(
+    tmp_path: Path, upstream: Upstream, rsa: SigningKey
+) -> None:
+    """Issue 11, defect 10: 17 KB of `eyJ` in a Referer cost 0.36 s of event-loop time
+    in the redactor, on any request (a 404 here); eight connections pipelining four
+    such requests each held every other client for 15 s. (C parser only: redaction
+    does not depend on the parser, and the pure-Python one sometimes refuses a 17 KB
+    line that arrives in several reads, LineTooLong, which is not this test's subject.)"""
+    referer = "http://a/" + "eyJ" * 5790
+    one = f"GET /none HTTP/1.1\r\nHost: g\r\nReferer: {referer}\r\n\r\n".encode()
+    flood = one * 3 + one.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    async with running_gateway(tmp_path, routes(upstream), extra(tmp_path, rsa)) as gw:
+        conns = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(8)]
+        for _, writer in conns:
+            writer.write(flood)
+        for _, writer in conns:
+            await writer.drain()
+        # One answer back: the flood is being served.
+        await asyncio.wait_for(conns[0][0].readuntil(b"\r\n\r\n"), 120)
+        start = time.monotonic()
+        probe = await raw_request(gw.port, get("/public/x"), wait=120)
+        waited = time.monotonic() - start
+        answers = []
+        for reader, writer in conns:
+            answers.append(await asyncio.wait_for(reader.read(-1), 120))
+            writer.close()
+        await _settle(gw)
+    assert probe.status == 200
+    assert waited < 1.0, f"an unrelated request waited {waited:.1f}s behind the redactor"
+    assert [a.count(b"HTTP/1.1 404 ") for a in answers] == [3] + [4] * 7
+    referers = [line.get("referer") for line in access_lines(tmp_path) if line["path"] == "/none"]
+    assert referers == ["http://a/[REDACTED]...[truncated]"] * 32
+
+
+@pytest.mark.parametrize("parser", ["c", "python"])
+async def test_no_fragment_reaches_any_log(tmp_path: Path, upstream: Upstream, rsa: SigningKey, parser: str) -> None:
+    """Issue 11, defect 7: `#access_token=S` was logged as part of `path` (and, its
+    sibling, the userinfo of an absolute-form target)."""
+    env = {"AIOHTTP_NO_EXTENSIONS": "1"} if parser == "python" else {}
+    targets = [
+        "/public/cb#access_token=F1FRAG",
+        "/public/cb?x=1#F2FRAG",
+        "/orders/1#/x?y=F3FRAG",
+        "/none#F4FRAG",
+        "http://user:F6FRAG@gateway.test/public/x",  # not a fragment: userinfo, as secret
+    ]
+    async with running_gateway(tmp_path, routes(upstream), extra(tmp_path, rsa), env=env) as gw:
+        for target in targets:
+            assert (await raw_request(gw.port, get(target))).status == 400, target
+        resp = await raw_request(gw.port, get("/public/x", "Referer: https://app.example/cb?s=1#access_token=F5FRAG"))
+        assert resp.status == 200
+        await _settle(gw)
+    assert "FRAG" not in (tmp_path / "gateway.log").read_text()
+    assert [(line["path"], line.get("referer")) for line in access_lines(tmp_path)] == [
+        ("/public/cb#[REDACTED]", None),
+        ("/public/cb?x=1#[REDACTED]", None),
+        ("/orders/1#[REDACTED]", None),
+        ("/none#[REDACTED]", None),
+        ("http://[REDACTED]@gateway.test/public/x", None),
+        ("/public/x", "https://app.example/cb?s=1#[REDACTED]"),
+    ]
+
+
+@pytest.mark.parametrize("parser", ["c", "python"])
+async def test_query_secrets_are_redacted_in_any_spelling(
+    tmp_path: Path, upstream: Upstream, rsa: SigningKey, parser: str
+) -> None:
+    """Issue 11, defect 8: these spellings of secret parameters were logged in clear."""
+    env = {"AIOHTTP_NO_EXTENSIONS": "1"} if parser == "python" else {}
+    targets = [
+        "/public/x?access_token[]=Q1SECRET",
+        "/public/x?access_token%00=Q2SECRET",
+        "/public/x?a=1;access_token=Q3SECRET",
+        "/public/x?api-key=Q4SECRET&x-api-key=Q5SECRET&access_key=Q6SECRET&auth=Q7SECRET",
+        "/public/app;jsessionid=Q8SECRET/x",
+        "/public/x?user%5Bpassword%5D=Q9SECRET&Custom.Secret=Q10SECRET",
+    ]
+    referer = "Referer: https://app.example/cb;jsessionid=Q11SECRET?x-api-key=Q12SECRET&user[password]=Q13SECRET"
+    async with running_gateway(tmp_path, routes(upstream), extra(tmp_path, rsa), env=env) as gw:
+        for target in targets:
+            assert (await raw_request(gw.port, get(target))).status == 200, target
+        assert (await raw_request(gw.port, get("/public/x", referer))).status == 200
+        await _settle(gw)
+    assert re.search(r"Q\d+SECRET", (tmp_path / "gateway.log").read_text()) is None
+    lines = access_lines(tmp_path)
+    assert [line["path"] for line in lines] == [
+        "/public/x?access_token[]=[REDACTED]",
+        "/public/x?access_token%00=[REDACTED]",
+        "/public/x?a=1;access_token=[REDACTED]",
+        "/public/x?api-key=[REDACTED]&x-api-key=[REDACTED]&access_key=[REDACTED]&auth=[REDACTED]",
+        "/public/app;jsessionid=[REDACTED]/x",
+        "/public/x?user%5Bpassword%5D=[REDACTED]&Custom.Secret=[REDACTED]",
+        "/public/x",
+    ]
+    assert lines[-1]["referer"] == (
+        "https://app.example/cb;jsessionid=[REDACTED]?x-api-key=[REDACTED]&user[password]=[REDACTED]"
+    )
+
+
 async def test_fields_subject_and_outcomes(tmp_path: Path, upstream: Upstream, rsa: SigningKey) -> None:
     token = sign(rsa, claims(ISS, sub="alice"), kid=None)
     async with running_gateway(tmp_path, routes(upstream), extra(tmp_path, rsa)) as gw:
@@ -150,6 +252,39 @@ async def test_text_format_without_subject(tmp_path: Path, upstream: Upstream, r
     assert 'route="orders"' in lines[0]
     assert "alice" not in lines[0]
     assert "subject" not in lines[0]
+
+
+async def test_a_403_is_logged_against_the_verified_subject(
+    tmp_path: Path, upstream: Upstream, rsa: SigningKey
+) -> None:
+    """Issue 11, defect 14: a refusal after verification logged `"subject": null`."""
+    token = sign(rsa, claims(ISS, sub="alice", scope="read"), kid=None)
+    auth = f"Authorization: Bearer {token}"
+    async with running_gateway(tmp_path, routes(upstream), extra(tmp_path, rsa)) as gw:
+        assert (await raw_request(gw.port, get("/admin/x", auth))).status == 403  # verified afresh
+        assert (await raw_request(gw.port, get("/orders/1", auth))).status == 200  # now cached
+        assert (await raw_request(gw.port, get("/admin/x", auth))).status == 403  # from the cache
+        assert (await raw_request(gw.port, get("/admin/x"))).status == 401
+        await _settle(gw)
+    lines = access_lines(tmp_path)
+    assert [(ln["status"], ln["reason"], ln["subject"], ln["provider"]) for ln in lines] == [
+        (403, "insufficient_scope", "alice", "files"),
+        (200, "-", "alice", "files"),
+        (403, "insufficient_scope", "alice", "files"),
+        (401, "token_missing", None, None),
+    ]
+
+
+async def test_text_format_writes_a_dash_for_no_value(tmp_path: Path, upstream: Upstream, rsa: SigningKey) -> None:
+    """Issue 11, defect 14: the text format wrote `subject=None`."""
+    async with running_gateway(tmp_path, routes(upstream), extra(tmp_path, rsa, "{format: text}")) as gw:
+        await raw_request(gw.port, get("/orders/1"))
+        await _settle(gw)
+    lines = [ln for ln in (tmp_path / "gateway.log").read_text().splitlines() if ln.startswith("ts=")]
+    assert len(lines) == 1
+    assert " subject=- provider=- upstream_seconds=- " in lines[0]
+    assert "None" not in lines[0]
+    assert 'reason="token_missing"' in lines[0]
 
 
 async def test_sighup_reloads_the_policy_and_a_bad_file_keeps_the_old_one(
