@@ -75,6 +75,7 @@ def _settings(policy: CompiledPolicy) -> HandlerSettings:
         identity=policy.identity,
         realm=policy.realm,
         max_token_bytes=policy.max_token_bytes,
+        upstream_keepalive=policy.upstream_keepalive,
     )
 
 

@@ -116,6 +116,7 @@ class CompiledPolicy:
     access_log: AccessLog
     cache_entries: int = 10_000
     cache_ttl: float = 300.0
+    upstream_keepalive: bool = True
     revocations: tuple[RevocationWatcher, ...] = ()
     # Public JWKS documents served on the public listener: path -> provider keys.
     published: Mapping[str, ProviderKeys] = dataclasses.field(default_factory=dict)
@@ -162,6 +163,7 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
         shutdown_timeout=policy.server.shutdown_timeout,
         keepalive_timeout=policy.server.keepalive_timeout,
         send_timeout=policy.server.send_timeout,
+        upstream_keepalive=policy.server.upstream_keepalive,
         table=RouteTable(tuple(routes)),
         providers=tuple(v.keys for v in verifiers.values()),
         identity=IdentityHeaders.of(identity.reserved_prefix, claim_headers),

@@ -145,6 +145,10 @@ class Server(Strict):
     keepalive_timeout: Duration = 75.0
     # nginx's send_timeout: a client that takes none of its response for this long is cut off.
     send_timeout: Duration = 60.0
+    # Upstream connections are kept alive per client connection, never shared. Off: one
+    # upstream connection per request, for a front proxy that carries many users on
+    # one connection to the gateway (see README "Upstream client").
+    upstream_keepalive: StrictBool = True
 
 
 _ALGORITHMS = (

@@ -125,6 +125,8 @@ class Request:
 
     @upstreams.setter
     def upstreams(self, value: Closeable) -> None:
+        if self._conn.transport is None:
+            value.close()  # connection_lost has run: nothing would ever close it
         self._conn.upstreams = value
 
     @property

@@ -83,6 +83,7 @@ class HandlerSettings:
     identity: IdentityHeaders
     realm: str
     max_token_bytes: int
+    upstream_keepalive: bool = True
     request_headers: RequestHeaderRules = field(init=False)
 
     def __post_init__(self) -> None:
@@ -321,11 +322,19 @@ class ProxyHandler:
             # The low-level server does not answer Expect; we do, only once the request
             # is allowed, so a refused upload is never read.
             request.send_continue()
-        slot = request.upstreams
-        if not isinstance(slot, UpstreamSlot):
+        if request.client_gone:
+            # The client left while we authenticated it (a key-set fetch, say): a
+            # request nobody will read the answer to is not sent (nginx's default,
+            # proxy_ignore_client_abort off).
+            raise ConnectionResetError("client disconnected")
+        slot: UpstreamSlot | None = None
+        if settings.upstream_keepalive:
             # Kept-alive upstream connections belong to this client connection alone
             # (see UpstreamSlot: no client can plant a response for another).
-            slot = request.upstreams = self._pool.slot()
+            kept = request.upstreams
+            slot = kept if isinstance(kept, UpstreamSlot) else self._pool.slot()
+            if slot is not kept:
+                request.upstreams = slot
         sent = time.perf_counter()
         try:
             upstream = await self._pool.request(

@@ -29,6 +29,15 @@ from gateway.routing import Upstream
 
 # Origins one client connection keeps an idle upstream connection to (one each).
 _SLOT_ORIGINS = 4
+# Idle upstream connections per origin, across all clients: a bound on what idle
+# clients hold open on a backend (thread-per-connection servers run out of threads).
+_MAX_IDLE_PER_ORIGIN = 256
+# An upstream connection idle this long is closed, within another second (the sweep).
+# Below the 5 s after which Node.js and many servers close an idle connection
+# themselves, so that the gateway, not the upstream, closes first, and a request is
+# rarely sent on a connection the upstream is closing.
+_IDLE_TIMEOUT = 3.0
+_SWEEP_EVERY = 1.0
 _MAX_INTERIM = 8
 # Retried once on a stale kept-alive connection: only methods that are safe to repeat
 # (RFC 9110 §9.2.1), since a close with no response does not prove nothing happened.
@@ -67,6 +76,7 @@ class _Conn(BaseProtocol):
         self._deadline: float | None = None
         self._skip_body = False
         self.interim = 0
+        self.parked_at = 0.0
 
     def begin(self, skip_body: bool, read_timeout: float | None) -> asyncio.Future[tuple[Any, StreamReader]]:
         # A new parser for every request, never the last one's: it may hold bytes that
@@ -360,8 +370,11 @@ class UpstreamSlot:
     park time could see; on a connection shared between clients, those bytes become
     the next client's response. Bound to one client connection (HAProxy's
     `http-reuse never`), an upstream connection can only ever answer that client, so
-    one client's request can never plant a response for another. The cost: a client
-    that opens a connection per request gets an upstream connection per request.
+    one client's request can never plant a response for another. (A front proxy that
+    carries many users on one connection to us is one client here: for it,
+    `server.upstream_keepalive: false` makes every upstream connection single-use.)
+    The cost: a client that opens a connection per request gets an upstream
+    connection per request.
     """
 
     __slots__ = ("_closed", "_idle", "_pool")
@@ -374,28 +387,46 @@ class UpstreamSlot:
 
     def take(self, key: tuple[str, str, int]) -> _Conn | None:
         conn = self._idle.pop(key, None)
-        if conn is not None and not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+        if conn is None:
+            return None
+        self._pool.unparked(key)
+        if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
             return conn
         return None
 
     def put(self, key: tuple[str, str, int], conn: _Conn) -> None:
         idle = self._idle
-        if self._closed or self._pool.closed:
-            conn.close()
-            return
+        pool = self._pool
         previous = idle.pop(key, None)
         if previous is not None:
             previous.close()
-        elif len(idle) >= _SLOT_ORIGINS:
-            idle.pop(next(iter(idle))).close()  # the origin idle longest
+            pool.unparked(key)
+        if self._closed or pool.closed or pool.idle.get(key, 0) >= _MAX_IDLE_PER_ORIGIN:
+            conn.close()
+            return
+        if len(idle) >= _SLOT_ORIGINS:
+            oldest = next(iter(idle))  # the origin idle longest
+            idle.pop(oldest).close()
+            pool.unparked(oldest)
+        conn.parked_at = conn._loop.time()
         idle[key] = conn
+        pool.parked(key)
+
+    def expire(self, before: float) -> None:
+        """Close the connections parked before `before` (or closed meanwhile)."""
+        for key, conn in list(self._idle.items()):
+            if conn.parked_at < before or conn.closed:
+                del self._idle[key]
+                conn.close()
+                self._pool.unparked(key)
 
     def close(self) -> None:
         """The client connection is gone: so are its upstream connections."""
         self._closed = True
         self._pool.slots.discard(self)
-        for conn in self._idle.values():
+        for key, conn in self._idle.items():
             conn.close()
+            self._pool.unparked(key)
         self._idle.clear()
 
 
@@ -417,13 +448,40 @@ class UpstreamPool:
 
     def __init__(self, coalescer: Coalescer | None = None) -> None:
         self.slots: set[UpstreamSlot] = set()
+        self.idle: dict[tuple[str, str, int], int] = {}  # idle connections per origin
         self.coalescer = coalescer or Coalescer()
         self._ssl = ssl.create_default_context()
+        self._sweeper: asyncio.TimerHandle | None = None
         self.closed = False
 
     def slot(self) -> UpstreamSlot:
         """Idle connections for one client connection; close it when that one closes."""
         return UpstreamSlot(self)
+
+    def parked(self, key: tuple[str, str, int]) -> None:
+        self.idle[key] = self.idle.get(key, 0) + 1
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_EVERY, self._sweep)
+
+    def unparked(self, key: tuple[str, str, int]) -> None:
+        left = self.idle[key] - 1
+        if left:
+            self.idle[key] = left
+        else:
+            del self.idle[key]
+
+    def _sweep(self) -> None:
+        """Close idle connections past the idle timeout; runs while any are idle. One
+        pass over the client connections a second, instead of a timer per request."""
+        self._sweeper = None
+        if self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        before = loop.time() - _IDLE_TIMEOUT
+        for slot in list(self.slots):
+            slot.expire(before)
+        if self.idle:
+            self._sweeper = loop.call_later(_SWEEP_EVERY, self._sweep)
 
     async def _connect(self, up: Upstream, connect_timeout: float | None) -> _Conn:
         loop = asyncio.get_running_loop()
@@ -502,6 +560,9 @@ class UpstreamPool:
 
     def close(self) -> None:
         self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for slot in list(self.slots):
             slot.close()
 

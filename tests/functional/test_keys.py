@@ -9,6 +9,8 @@ import asyncio
 import json
 import logging
 import secrets
+import socket
+import struct
 import time
 from pathlib import Path
 
@@ -361,3 +363,29 @@ async def test_an_ed25519_key_of_small_order_is_refused(
     assert upstream.seen == []
     assert "keys[0] (kid 'weak'): Ed25519 public key is a point of small order" in caplog.text
     assert await call(gw, sign(ec, claims(idp.issuer))) == 200
+
+
+async def test_a_request_whose_client_left_during_a_key_fetch_is_not_forwarded(
+    make_gateway: GatewayFactory, upstream: Upstream, idp: IdentityProvider, rsa: SigningKey
+) -> None:
+    gw = await make_gateway(policy(idp, upstream, "{unknown_kid_cooldown: 200ms}"))
+    await wait_ready(gw)
+    new = rsa_key("rsa-2")
+    idp.keys = [rsa, new]
+    idp.hang = 0.5  # the refetch the new kid triggers takes a while
+    request = get("/orders", f"Authorization: Bearer {sign(new, claims(idp.issuer))}", close=False)
+    clients = []
+    for _ in range(5):
+        _, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+        writer.write(request)
+        clients.append(writer)
+    await asyncio.sleep(0.1)
+    for writer in clients:  # leave for good: a reset, not a half-close
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+    await asyncio.sleep(0.8)
+    assert idp.jwks_hits == 2  # the fetch happened; the requests waited on it
+    assert upstream.seen == []  # and nobody was left to answer, so nothing was sent
+    assert gw._pool is not None
+    assert gw._pool.slots == set()  # no client's upstream connections outlive it

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from gateway.proxy import upstream as upstream_module
 from tests.conftest import GatewayFactory, Upstream
 from tests.rawhttp import KeptAlive, get, raw_request
 
@@ -21,6 +22,7 @@ class RawUpstream:
 
     def __init__(self) -> None:
         self.connections = 0
+        self.open = 0  # connections the gateway has not closed (nor we, after `close_after`)
         self.requests: list[bytes] = []
         self.script: list[bytes] = []
         self.close_after = False
@@ -33,6 +35,7 @@ class RawUpstream:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.open += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -46,6 +49,7 @@ class RawUpstream:
                     break
         except (asyncio.IncompleteReadError, ConnectionError, IndexError):
             pass
+        self.open -= 1
         writer.close()
 
 
@@ -58,9 +62,10 @@ async def raw_upstream() -> AsyncIterator[RawUpstream]:
     await up.server.wait_closed()
 
 
-async def gateway_for(make_gateway: GatewayFactory, up: RawUpstream) -> int:
+async def gateway_for(make_gateway: GatewayFactory, up: RawUpstream, server: str = "") -> int:
     gw = await make_gateway(
         f"""
+        {server}
         routes:
           - name: r
             match: {{prefix: /}}
@@ -451,3 +456,57 @@ async def test_a_route_read_timeout_holds_on_a_reused_upstream_connection(
     answer = await client.send(get("/slow", close=False))
     await client.close()
     assert answer.status == 504
+
+
+async def until(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+async def test_idle_upstream_connections_are_closed_after_the_idle_timeout(
+    make_gateway: GatewayFactory, raw_upstream: RawUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(upstream_module, "_IDLE_TIMEOUT", 0.3)
+    monkeypatch.setattr(upstream_module, "_SWEEP_EVERY", 0.1)
+    raw_upstream.script = [b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1"] * 3
+    port = await gateway_for(make_gateway, raw_upstream)
+    client = await KeptAlive.open(port)
+    assert (await client.send(get("/a", close=False))).status == 200
+    assert (await client.send(get("/b", close=False))).status == 200
+    assert (raw_upstream.connections, raw_upstream.open) == (1, 1)  # kept alive between requests
+    # The client stays connected but idle: the gateway closes the upstream side.
+    await until(lambda: raw_upstream.open == 0, seconds=2)
+    assert (await client.send(get("/c", close=False))).status == 200
+    await client.close()
+    assert raw_upstream.connections == 2
+
+
+async def test_idle_upstream_connections_per_origin_are_capped(
+    make_gateway: GatewayFactory, raw_upstream: RawUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(upstream_module, "_MAX_IDLE_PER_ORIGIN", 2)
+    raw_upstream.script = [b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1"] * 5
+    port = await gateway_for(make_gateway, raw_upstream)
+    clients = [await KeptAlive.open(port) for _ in range(5)]
+    for client in clients:  # five idle keep-alive clients, one request each
+        assert (await client.send(get("/a", close=False))).status == 200
+    await until(lambda: raw_upstream.open == 2)
+    for client in clients:
+        await client.close()
+    await until(lambda: raw_upstream.open == 0)
+
+
+async def test_without_upstream_keepalive_every_request_gets_its_own_connection(
+    make_gateway: GatewayFactory, raw_upstream: RawUpstream
+) -> None:
+    raw_upstream.script = [b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1"] * 3
+    port = await gateway_for(make_gateway, raw_upstream, "server: {upstream_keepalive: false}")
+    client = await KeptAlive.open(port)
+    for path in ("/a", "/b", "/c"):
+        assert (await client.send(get(path, close=False))).status == 200
+    await until(lambda: raw_upstream.open == 0)
+    await client.close()
+    assert raw_upstream.connections == 3
