@@ -24,7 +24,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
@@ -48,11 +48,31 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 Handler = Callable[["Request"], Awaitable[None]]
+# A request parsed and waiting for its turn, or (an int) the status refusing what could
+# not be parsed in its place.
+_Queued = tuple[RawRequestMessage | int, StreamReader]
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class UnsendableHeaderError(ValueError):
     """A response header value holds a control character; nothing was written."""
+
+
+class ClientBodyError(ConnectionResetError):
+    """The client's request body failed: the client's doing, never the upstream's.
+
+    Set on a request's body here (and by the parser, as its `payload_exception`) and
+    nowhere else, so that whoever reads the body (the upstream body sender, the handler)
+    knows where a failure came from instead of guessing. `detail` is fixed text for the
+    operator's log; the exception's own text can quote request data and is never shown."""
+
+    detail = "malformed request body"
+
+
+class ClientLeftError(ClientBodyError):
+    """The connection closed (or was reset) before the body was complete."""
+
+    detail = "client disconnected"
 
 
 _PHRASES = {s.value: s.phrase for s in HTTPStatus}
@@ -212,13 +232,13 @@ class ClientConnection(BaseProtocol):
             _READ_LIMIT,
             max_line_size=8190,
             max_field_size=server.max_field_size,
-            payload_exception=ConnectionResetError,
+            payload_exception=ClientBodyError,
             auto_decompress=False,
             max_msg_queue_size=_QUEUE,
         )
         # BaseProtocol pauses this parser along with the transport (request body flow control).
         super().__init__(server.loop, self._requests)
-        self._queue: deque[tuple[RawRequestMessage | int, StreamReader]] = deque()
+        self._queue: deque[_Queued] = deque()
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None  # set while the task waits for a request
         self._handling = False
@@ -258,10 +278,11 @@ class ClientConnection(BaseProtocol):
             self._idle = None
         # An upload still being relayed must fail, not hang or look complete.
         for _, payload in self._queue:
-            payload.set_exception(ConnectionResetError("client disconnected"))
+            payload.set_exception(ClientLeftError())
         self._server.coalescer.busy -= len(self._queue)
-        if self._current is not None and not self._current.is_eof():
-            self._current.set_exception(ConnectionResetError("client disconnected"))
+        current = self._current
+        if current is not None and not current.is_eof() and current.exception() is None:
+            current.set_exception(ClientLeftError())
         self._queue.clear()
         with contextlib.suppress(Exception):
             self._requests.feed_eof()
@@ -291,58 +312,92 @@ class ClientConnection(BaseProtocol):
             return
         self._feed(data, accept=True)
 
+    def _last_body(self, messages: Sequence[_Queued]) -> StreamReader | None:
+        """The body of the last request parsed, if it is not complete (being read, or
+        failed): only the last request's body can be open."""
+        if messages:
+            payload: StreamReader | None = messages[-1][1]
+        elif self._queue:
+            payload = self._queue[-1][1]
+        else:
+            payload = self._current
+        if payload is None or payload is EMPTY_PAYLOAD or payload.is_eof():
+            return None
+        return payload
+
     def _feed(self, data: bytes, accept: bool) -> None:
-        messages: list[tuple[RawRequestMessage | int, StreamReader]]
-        upgraded = False
+        parser = self._requests
+        messages: list[_Queued] = []
         try:
-            parsed, _, _ = self._requests.feed_data(data)
-            messages = []
+            parsed, _, _ = parser.feed_data(data)
             for message, payload in parsed if accept else ():
                 messages.append((message, payload))
                 # The flag on the message, not the parser's return value: the two
                 # aiohttp parsers disagree on the latter (the pure-Python one goes on
                 # parsing the bytes after an Upgrade request as HTTP).
                 if message.upgrade:
-                    upgraded = True
+                    # We never switch protocols (Upgrade is hop-by-hop and dropped):
+                    # answer it as plain HTTP, then close; no byte after it is HTTP.
+                    self._broken = True
                     break
         except HttpProcessingError as exc:
             code = exc.code if 400 <= exc.code < 500 else HTTPBadRequest.status_code
             log.info("unparseable request status=%d error=%s", code, type(exc).__name__)
-            self._broken = True  # the parser's place in the stream is lost: read no more
-            broken = self._open_body()
-            if broken is None:
-                # Between requests: answered in turn, after those already queued (only
-                # while new requests are still taken).
-                messages = [(code, EMPTY_PAYLOAD)] if accept else []
-            else:
-                # Inside a body (a bad chunk): that request fails, never hangs.
-                broken.set_exception(ConnectionResetError("malformed request body"))
-                messages = []
-                if self._queue:
-                    self._queue.pop()  # not started yet: answer it with the 400 instead
-                    self._server.coalescer.busy -= 1
-                    messages = [(code, EMPTY_PAYLOAD)]
-                else:
-                    self._closing = True  # in progress: its handler fails; close after it
-        if upgraded:
-            # We never switch protocols (Upgrade is hop-by-hop and dropped): answer the
-            # request as plain HTTP, then close, so no byte after it is read as HTTP.
-            self._broken = True
-        if messages:
-            self._disarm_idle()
-            self._queue.extend(messages)
-            # Every request from parsed to answered counts as busy (coalesce.py).
-            self._server.coalescer.busy += len(messages)
-            if len(self._queue) > 1:
-                self._pipelined = True
-            if len(self._queue) >= _QUEUE:
-                self._pause_reading_for_buffer()
-            waiter = self._waiter
-            if waiter is not None:
-                self._waiter = None
-                waiter.set_result(None)
-            elif self._task is None:
-                self._task = self._loop.create_task(self._serve())
+            messages = self._fail_body(messages, code, ClientBodyError(), accept)
+        else:
+            body = self._last_body(messages)
+            failed = body.exception() if body is not None else None
+            if isinstance(failed, ClientBodyError):
+                # The parser failed the body without raising (the pure-Python one does,
+                # for some framing errors, and then reads on as if it had ended): the
+                # same as a parse error, whichever parser runs.
+                log.info("unparseable request status=400 error=%s", type(failed).__name__)
+                messages = self._fail_body(messages, HTTPBadRequest.status_code, failed, accept)
+        self._enqueue(messages)
+
+    def _fail_body(self, messages: Sequence[_Queued], code: int, error: ClientBodyError, accept: bool) -> list[_Queued]:
+        """The stream cannot be read on (a parse error, or a body that can never be
+        complete): read no more. Requests parsed before the failure keep their turn;
+        the one it belongs to is answered `code` in its turn, or fails in its handler
+        if that runs already, as the client's error. Returns `messages` amended."""
+        out = list(messages)
+        self._broken = True  # the parser's place in the stream is lost
+        body = self._last_body(out)
+        if body is None:
+            # Between requests: answered in turn, after those already queued (only
+            # while new requests are still taken).
+            if accept:
+                out.append((code, EMPTY_PAYLOAD))
+            return out
+        if body.exception() is None:
+            body.set_exception(error)
+        if out:
+            out[-1] = (code, EMPTY_PAYLOAD)  # parsed just now, not started: refused instead
+        elif self._queue:
+            self._queue.pop()  # not started yet: answer it with the refusal instead
+            self._server.coalescer.busy -= 1
+            out.append((code, EMPTY_PAYLOAD))
+        else:
+            self._closing = True  # in progress: its handler fails; close after it
+        return out
+
+    def _enqueue(self, messages: list[_Queued]) -> None:
+        if not messages:
+            return
+        self._disarm_idle()
+        self._queue.extend(messages)
+        # Every request from parsed to answered counts as busy (coalesce.py).
+        self._server.coalescer.busy += len(messages)
+        if len(self._queue) > 1:
+            self._pipelined = True
+        if len(self._queue) >= _QUEUE:
+            self._pause_reading_for_buffer()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set_result(None)
+        elif self._task is None:
+            self._task = self._loop.create_task(self._serve())
 
     # -- writing -----------------------------------------------------------------------
 

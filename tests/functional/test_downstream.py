@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import socket
+import struct
 import time
 
 import pytest
@@ -215,6 +216,13 @@ async def held_request(upstream: Upstream, port: int) -> tuple[asyncio.Event, as
     return release, writer
 
 
+def abort(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a client that is gone for good."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
 async def test_client_leaving_early_is_logged_and_the_gateway_keeps_serving(
     make_gateway: GatewayFactory, upstream: Upstream
 ) -> None:
@@ -272,18 +280,37 @@ def in_flight(gw: Gateway) -> float | None:
     return gw.metrics.registry.get_sample_value("gateway_in_flight_requests")
 
 
-async def test_a_bad_chunk_inside_a_forwarded_upload_fails_it_and_frees_everything(
-    make_gateway: GatewayFactory, upstream: Upstream
+def access_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+
+
+def requests_counted(gw: Gateway, method: str, status_class: str, outcome: str, route: str = "open") -> float:
+    labels = {"route": route, "method": method, "status_class": status_class, "outcome": outcome}
+    return gw.metrics.registry.get_sample_value("gateway_requests_total", labels) or 0.0
+
+
+async def test_a_bad_chunk_inside_a_forwarded_upload_is_the_clients_fault_and_frees_everything(
+    make_gateway: GatewayFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The second chunk-size line is garbage while the upload is being relayed: a 400 and
+    a client-side reason, never a 502 `upstream_error` (any client could inflate it)."""
+    caplog.set_level(logging.INFO, logger="gateway.access")
     gw, reader, writer = await echo_connection(make_gateway, upstream)
-    writer.write(req("/open/echo", "Transfer-Encoding: chunked", method="POST", body=b"5\r\nhello\r\n"))
+    writer.write(req("/open/echo", "Transfer-Encoding: chunked", method="POST", body=b"2\r\nab\r\n"))
     await writer.drain()
-    await asyncio.sleep(0.2)  # the upload is being relayed when the bad chunk arrives
+    await asyncio.sleep(0.2)  # forwarded: the upstream is waiting for the rest
     writer.write(b"zz\r\n")
     await writer.drain()
     data = await asyncio.wait_for(reader.read(-1), 5)
     writer.close()
-    assert parse_response(data).status == 502  # answered and closed, never hung
+    resp = parse_response(data)
+    assert resp.status == 400  # answered and closed, never hung
+    assert resp.headers["Connection"] == "close"
+    assert json.loads(resp.body)["error"] == "invalid_request"
+    [record] = access_records(caplog)
+    assert (record["status"], record["outcome"], record["reason"]) == (400, "denied", "bad_request")
+    assert requests_counted(gw, "POST", "4xx", "denied") == 1
+    assert requests_counted(gw, "POST", "5xx", "error") == 0
     assert upstream.seen == []
     assert in_flight(gw) == 0.0
     assert gw._server is not None
@@ -292,6 +319,24 @@ async def test_a_bad_chunk_inside_a_forwarded_upload_fails_it_and_frees_everythi
             break
         await asyncio.sleep(0.1)
     assert not gw._server.connections
+
+
+async def test_a_client_that_leaves_mid_upload_is_client_closed_not_upstream_error(
+    make_gateway: GatewayFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw, _, writer = await echo_connection(make_gateway, upstream)
+    writer.write(req("/open/echo", "Content-Length: 10", method="POST", body=b"hello"))
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    abort(writer)  # a reset: gone (a FIN alone is a half-close, answered 400 below)
+    for _ in range(50):
+        if access_records(caplog):
+            break
+        await asyncio.sleep(0.05)
+    [record] = access_records(caplog)
+    assert (record["status"], record["outcome"], record["reason"]) == (499, "error", "client_closed")
+    assert requests_counted(gw, "POST", "5xx", "error") == 0
 
 
 async def test_upgrade_request_body_in_several_segments_is_forwarded_whole(
