@@ -234,7 +234,9 @@ class ClientConnection(BaseProtocol):
             max_field_size=server.max_field_size,
             payload_exception=ClientBodyError,
             auto_decompress=False,
-            max_msg_queue_size=_QUEUE,
+            # One message per feed_data() call (see `_feed`): both parsers lose every
+            # message they parsed in a call that raises. Our own queue holds _QUEUE.
+            max_msg_queue_size=1,
         )
         # BaseProtocol pauses this parser along with the transport (request body flow control).
         super().__init__(server.loop, self._requests)
@@ -247,7 +249,6 @@ class ClientConnection(BaseProtocol):
         self._closing = False  # close after the response being written
         self._broken = False  # parse no more: a parse error or an Upgrade request was queued last
         self._lingering = False  # reading only to discard an unwanted upload
-        self._pipelined = False  # more than one request was queued at once
         self._current: StreamReader | None = None
         self._out: list[bytes] = []  # written, not yet handed to the transport (coalesce.py)
         self.peer: str | None = None
@@ -329,17 +330,29 @@ class ClientConnection(BaseProtocol):
         parser = self._requests
         messages: list[_Queued] = []
         try:
+            # One message per call (max_msg_queue_size=1, the count reset before each
+            # call), then the rest of the segment: a parse error in a later request
+            # can then never take the requests before it down with it.
+            parser.message_consumed()
             parsed, _, _ = parser.feed_data(data)
-            for message, payload in parsed if accept else ():
-                messages.append((message, payload))
-                # The flag on the message, not the parser's return value: the two
-                # aiohttp parsers disagree on the latter (the pure-Python one goes on
-                # parsing the bytes after an Upgrade request as HTTP).
-                if message.upgrade:
-                    # We never switch protocols (Upgrade is hop-by-hop and dropped):
-                    # answer it as plain HTTP, then close; no byte after it is HTTP.
-                    self._broken = True
-                    break
+            while parsed and accept:
+                for message, payload in parsed:
+                    messages.append((message, payload))
+                    # The flag on the message, not the parser's return value: the two
+                    # aiohttp parsers disagree on the latter (the pure-Python one goes
+                    # on parsing the bytes after an Upgrade request as HTTP).
+                    if message.upgrade:
+                        # We never switch protocols (Upgrade is hop-by-hop and dropped):
+                        # answer it as plain HTTP, then close; no byte after it is HTTP.
+                        self._broken = True
+                        break
+                last = messages[-1][1]
+                if self._broken or (last is not EMPTY_PAYLOAD and not last.is_eof()):
+                    break  # its body goes on in later segments (or failed: below)
+                if len(self._queue) + len(messages) >= _QUEUE:
+                    break  # the rest waits in the parser; reading pauses in _enqueue
+                parser.message_consumed()
+                parsed, _, _ = parser.feed_data(b"")
         except HttpProcessingError as exc:
             code = exc.code if 400 <= exc.code < 500 else HTTPBadRequest.status_code
             log.info("unparseable request status=%d error=%s", code, type(exc).__name__)
@@ -388,8 +401,6 @@ class ClientConnection(BaseProtocol):
         self._queue.extend(messages)
         # Every request from parsed to answered counts as busy (coalesce.py).
         self._server.coalescer.busy += len(messages)
-        if len(self._queue) > 1:
-            self._pipelined = True
         if len(self._queue) >= _QUEUE:
             self._pause_reading_for_buffer()
         waiter = self._waiter
@@ -462,11 +473,6 @@ class ClientConnection(BaseProtocol):
         request costs less than starting a task per request."""
         try:
             while self.transport is not None:
-                if not self._queue and self._pipelined:
-                    # aiohttp's parser can hold back pipelined requests past its queue
-                    # limit and miscount them; ask it for anything it still holds.
-                    self._pipelined = False
-                    self.data_received(b"")
                 if self._closing or self.transport.is_closing():
                     # Draining (or closed under us while we waited to write): take no
                     # new request, or it could run upstream with no way to answer it.
@@ -482,7 +488,6 @@ class ClientConnection(BaseProtocol):
                 message, payload = self._queue.popleft()
                 coalescer = self._server.coalescer
                 try:
-                    self._requests.message_consumed()
                     if self._buffer_paused and len(self._queue) < _QUEUE // 2:
                         self._resume_reading_for_buffer()
                         self.data_received(b"")  # parse what was held back

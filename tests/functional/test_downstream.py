@@ -719,3 +719,34 @@ async def test_busy_returns_to_zero_after_odd_disconnects(make_gateway: GatewayF
             break
     await asyncio.sleep(0.2)
     assert gw._server.coalescer.busy == 0
+
+
+# -- requests parsed before a parse error are served first ----------------------------------
+
+
+async def test_requests_before_a_malformed_one_in_the_same_segment_are_served_first(
+    make_gateway: GatewayFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw = await make_gateway(open_policy(upstream))
+    bad = b"GET /open/bad HTTP/1.1\r\nBad Header\r\n\r\n"
+    cases = [
+        (req("/open/valid"), ["/open/valid"]),
+        (req("/open/a") + req("/open/b", "Content-Length: 2", method="POST", body=b"hi"), ["/open/a", "/open/b"]),
+    ]
+    for valid, paths in cases:
+        caplog.clear()
+        upstream.seen.clear()
+        data = await exchange(gw.public_port, valid + bad)
+        responses = [parse_response(r) for r in split_responses(data)]
+        assert [r.status for r in responses] == [200] * len(paths) + [400]
+        assert [json.loads(r.body)["path"] for r in responses[:-1]] == paths
+        assert [s.raw_path for s in upstream.seen] == paths
+        assert [r["path"] for r in access_records(caplog)] == paths
+    # The same, the error inside the body of the request after the valid one: the valid
+    # one is served, the broken upload is answered 400 and never forwarded.
+    upstream.seen.clear()
+    broken = req("/open/up", "Transfer-Encoding: chunked", method="POST", body=b"2\r\nab\r\nzz\r\n")
+    data = await exchange(gw.public_port, req("/open/valid") + broken)
+    assert [parse_response(r).status for r in split_responses(data)] == [200, 400]
+    assert [s.raw_path for s in upstream.seen] == ["/open/valid"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Upstream
-from tests.functional.test_downstream import segments
+from tests.functional.test_downstream import exchange, segments, split_responses
 from tests.procs import running_gateway
 from tests.rawhttp import get, parse_response, raw_request
 
@@ -68,11 +68,15 @@ async def test_hostile_targets_under_each_parser(tmp_path: Path, upstream: Upstr
         assert not [k for k in upstream.last.headers if "auth" in k]
 
 
+BAD = b"GET /public/bad HTTP/1.1\r\nBad Header\r\n\r\n"
+
+
 @pytest.mark.parametrize("parser", ["c", "python"])
 async def test_client_failures_are_the_clients_under_each_parser(
     tmp_path: Path, upstream: Upstream, parser: str
 ) -> None:
-    """A client's broken upload is its own 400, never a 502 `upstream_error`."""
+    """A client's broken upload is its own 400, never a 502 `upstream_error`; requests
+    before a malformed one are served first."""
     env = {"AIOHTTP_NO_EXTENSIONS": "1"} if parser == "python" else {}
     async with running_gateway(
         tmp_path, f'- {{name: pub, match: {{prefix: /public}}, upstream: "{upstream.url}", auth: public}}', env=env
@@ -84,10 +88,15 @@ async def test_client_failures_are_the_clients_under_each_parser(
             data = await segments(gw.port, head, rest)
             assert parse_response(data).status == 400, (parser, rest[:8])
         assert upstream.seen == []
-        records = await access_records(tmp_path, count=2)  # the unparseable GET has none
+        # Requests before a malformed one in the same segment are served first.
+        data = await exchange(gw.port, b"GET /public/valid HTTP/1.1\r\nHost: g\r\n\r\n" + BAD)
+        assert [parse_response(r).status for r in split_responses(data)] == [200, 400], parser
+        assert [s.raw_path for s in upstream.seen] == ["/public/valid"]
+        records = await access_records(tmp_path, count=3)  # the unparseable GET has none
         assert [(r["method"], r["status"], r["reason"]) for r in records] == [
             ("POST", 400, "bad_request"),
             ("POST", 400, "bad_request"),
+            ("GET", 200, "-"),
         ], parser
 
 
