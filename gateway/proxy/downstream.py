@@ -69,6 +69,12 @@ class ClientBodyError(ConnectionResetError):
     detail = "malformed request body"
 
 
+class BodyCutShortError(ClientBodyError):
+    """The client half-closed before the body was complete: it can still read an answer."""
+
+    detail = "request body cut short"
+
+
 class ClientLeftError(ClientBodyError):
     """The connection closed (or was reset) before the body was complete."""
 
@@ -249,16 +255,30 @@ class ClientConnection(BaseProtocol):
         self._closing = False  # close after the response being written
         self._broken = False  # parse no more: a parse error or an Upgrade request was queued last
         self._lingering = False  # reading only to discard an unwanted upload
+        self._eof = False  # the client half-closed: answer what it sent, then close
         self._current: StreamReader | None = None
         self._out: list[bytes] = []  # written, not yet handed to the transport (coalesce.py)
         self.peer: str | None = None
 
     # -- transport events --------------------------------------------------------------
 
-    def eof_received(self) -> None:
-        # The client half-closed. The transport closes itself now, sending what it
-        # holds: an answer still queued for coalescing (coalesce.py) must be in it.
+    def eof_received(self) -> bool:
+        """The client half-closed: it sends nothing more, but may still read (RFC 9112
+        §9.6). Requests it sent are answered, in order, then the connection closes.
+        True keeps the transport half-open; asyncio and uvloop close it on a falsy
+        return. May be called again (a transport resumed after EOF reports it again)."""
+        self._eof = True
+        if not self._lingering and self.transport is not None:
+            body = self._last_body(())
+            if body is not None and body.exception() is None:
+                # No byte more will come: the upload being read can never be complete.
+                self._enqueue(self._fail_body((), HTTPBadRequest.status_code, BodyCutShortError(), accept=True))
+            if self._handling or self._queue:
+                return True
+        # Closing now: the transport sends what it holds, and an answer still queued
+        # for coalescing (coalesce.py) must be in it.
         self.flush_output()
+        return False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # also sets TCP_NODELAY
@@ -481,6 +501,9 @@ class ClientConnection(BaseProtocol):
                 if not self._queue:
                     if self._broken:
                         return
+                    if self._eof:
+                        self._close()  # half-closed, and every request answered
+                        return
                     self._arm_idle()
                     self._waiter = self._loop.create_future()
                     await self._waiter  # data_received or connection_lost
@@ -504,7 +527,7 @@ class ClientConnection(BaseProtocol):
                         self._current = None
                 finally:
                     coalescer.busy -= 1  # answered (or failed): no longer queued or handled
-                if not request.started or not request.keep_alive or self._closing or (self._broken and not self._queue):
+                if not request.started or not request.keep_alive or self.closing or (self._broken and not self._queue):
                     self._finish(payload)
                     return
                 if self._queue:
@@ -561,6 +584,9 @@ class ClientConnection(BaseProtocol):
         transport = self.transport
         if transport is None or self._lingering:
             return
+        if self._eof:
+            transport.close()  # the client sends nothing more: nothing to wait for
+            return
         self._lingering = True
         if transport.can_write_eof():
             with contextlib.suppress(OSError, RuntimeError):
@@ -602,7 +628,8 @@ class ClientConnection(BaseProtocol):
 
     @property
     def closing(self) -> bool:
-        return self._closing
+        """No request follows the response being written: it says `Connection: close`."""
+        return self._closing or (self._eof and not self._queue)
 
     def drain_and_close(self) -> None:
         """Close now if idle; otherwise after the response in progress (`Connection: close`)."""

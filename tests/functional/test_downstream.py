@@ -228,7 +228,9 @@ async def test_client_leaving_early_is_logged_and_the_gateway_keeps_serving(
 ) -> None:
     gw = await make_gateway(open_policy(upstream))
     release, writer = await held_request(upstream, gw.public_port)
-    writer.close()
+    # Gone for good: a reset. A FIN alone is a half-close, and the answer is still
+    # written (see the half-close tests below); only a later write could tell them apart.
+    abort(writer)
     await asyncio.sleep(0.1)
     release.set()
     await asyncio.sleep(0.2)
@@ -719,6 +721,95 @@ async def test_busy_returns_to_zero_after_odd_disconnects(make_gateway: GatewayF
             break
     await asyncio.sleep(0.2)
     assert gw._server.coalescer.busy == 0
+
+
+# -- half-closed clients: answer what was received, then close (RFC 9112 §9.6) -------------
+
+BOTH_LOOPS = pytest.mark.asyncio(loop_factories=["uvloop", "asyncio"])  # see conftest.py
+
+
+async def half_closed(port: int, data: bytes, wait: float = 5.0) -> bytes:
+    """Send `data`, shut our sending side (FIN), read until the gateway closes."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(sock, data)
+        sock.shutdown(socket.SHUT_WR)
+        out = b""
+        async with asyncio.timeout(wait):
+            while chunk := await loop.sock_recv(sock, 65536):
+                out += chunk
+        return out
+    finally:
+        sock.close()
+
+
+@BOTH_LOOPS
+async def test_a_complete_upload_then_a_half_close_is_answered(
+    make_gateway: GatewayFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    upstream.routes["/open/echo"] = echo
+    gw = await make_gateway(open_policy(upstream))
+    data = await half_closed(gw.public_port, req("/open/echo", "Content-Length: 5", method="POST", body=b"hello"))
+    resp = parse_response(data)
+    assert resp.status == 200
+    assert json.loads(resp.body)["body"] == "hello"
+    [record] = access_records(caplog)
+    assert (record["status"], record["outcome"]) == (200, "allowed")
+    assert requests_counted(gw, "POST", "4xx", "error") == 0
+
+
+@BOTH_LOOPS
+async def test_pipelined_requests_then_a_half_close_are_all_answered_in_order(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    upstream.routes["/open/slow"] = slow  # the FIN arrives while the first is upstream
+    gw = await make_gateway(open_policy(upstream))
+    data = await half_closed(gw.public_port, req("/open/slow") + b"".join(req(f"/open/{i}") for i in range(40)))
+    responses = [parse_response(r) for r in split_responses(data)]
+    assert [r.status for r in responses] == [200] * 41
+    assert [json.loads(r.body)["path"] for r in responses] == ["/open/slow"] + [f"/open/{i}" for i in range(40)]
+    assert responses[-1].headers["Connection"] == "close"  # the last answer says so
+
+
+@BOTH_LOOPS
+async def test_a_half_close_mid_upload_fails_that_upload_as_the_clients_error(
+    make_gateway: GatewayFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    upstream.routes["/open/echo"] = echo
+    upstream.routes["/open/slow"] = slow
+    gw = await make_gateway(open_policy(upstream))
+    for framing, body in (("Content-Length: 10", b"hello"), ("Transfer-Encoding: chunked", b"5\r\nhello\r\n")):
+        caplog.clear()
+        # Alone, then behind a request the upstream holds: the cut upload is then still
+        # queued when the FIN arrives, and is answered in its turn, never forwarded.
+        for before in (b"", req("/open/slow")):
+            data = await half_closed(gw.public_port, before + req("/open/echo", framing, method="POST", body=body))
+            responses = [parse_response(r) for r in split_responses(data)]
+            assert [r.status for r in responses] == [200] * bool(before) + [400], (framing, before)
+            assert responses[-1].headers["Connection"] == "close"
+    records = [r for r in access_records(caplog) if r["method"] == "POST"]
+    assert {(r["status"], r["reason"]) for r in records} <= {(400, "bad_request")}
+    assert requests_counted(gw, "POST", "5xx", "error") == 0
+    assert requests_counted(gw, "POST", "4xx", "error") == 0  # never taken for a client that left
+
+
+@BOTH_LOOPS
+async def test_a_half_close_while_idle_closes_the_connection(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    gw = await make_gateway(open_policy(upstream, "server: {keepalive_timeout: 30s}"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    try:
+        writer.write(req("/open/1"))
+        await writer.drain()
+        assert parse_response(await asyncio.wait_for(read_one(reader), 5)).status == 200
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(-1), 5) == b""  # closed now, not after 30 s
+    finally:
+        writer.close()
 
 
 # -- requests parsed before a parse error are served first ----------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Upstream
-from tests.functional.test_downstream import exchange, segments, split_responses
+from tests.functional.test_downstream import exchange, half_closed, segments, split_responses
 from tests.procs import running_gateway
 from tests.rawhttp import get, parse_response, raw_request
 
@@ -76,7 +76,7 @@ async def test_client_failures_are_the_clients_under_each_parser(
     tmp_path: Path, upstream: Upstream, parser: str
 ) -> None:
     """A client's broken upload is its own 400, never a 502 `upstream_error`; requests
-    before a malformed one are served first."""
+    before a malformed one are served first; a half-closed client gets its answer."""
     env = {"AIOHTTP_NO_EXTENSIONS": "1"} if parser == "python" else {}
     async with running_gateway(
         tmp_path, f'- {{name: pub, match: {{prefix: /public}}, upstream: "{upstream.url}", auth: public}}', env=env
@@ -92,11 +92,17 @@ async def test_client_failures_are_the_clients_under_each_parser(
         data = await exchange(gw.port, b"GET /public/valid HTTP/1.1\r\nHost: g\r\n\r\n" + BAD)
         assert [parse_response(r).status for r in split_responses(data)] == [200, 400], parser
         assert [s.raw_path for s in upstream.seen] == ["/public/valid"]
-        records = await access_records(tmp_path, count=3)  # the unparseable GET has none
+        # A complete upload, then a half-close: answered.
+        upload = b"POST /public/up HTTP/1.1\r\nHost: g\r\nContent-Length: 5\r\n\r\nhello"
+        assert parse_response(await half_closed(gw.port, upload)).status == 200, parser
+        assert upstream.last.body == b"hello"
+
+        records = await access_records(tmp_path, count=4)  # the unparseable GET has none
         assert [(r["method"], r["status"], r["reason"]) for r in records] == [
             ("POST", 400, "bad_request"),
             ("POST", 400, "bad_request"),
             ("GET", 200, "-"),
+            ("POST", 200, "-"),
         ], parser
 
 
