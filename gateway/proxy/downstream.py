@@ -136,6 +136,12 @@ class Request:
         return self.content is not EMPTY_PAYLOAD
 
     @property
+    def body_failure(self) -> ClientBodyError | None:
+        """Why the body can never be read whole, if that is known already."""
+        failure = self.content.exception()
+        return failure if isinstance(failure, ClientBodyError) else None
+
+    @property
     def started(self) -> bool:
         return self.status != 0
 
@@ -390,9 +396,11 @@ class ClientConnection(BaseProtocol):
 
     def _fail_body(self, messages: Sequence[_Queued], code: int, error: ClientBodyError, accept: bool) -> list[_Queued]:
         """The stream cannot be read on (a parse error, or a body that can never be
-        complete): read no more. Requests parsed before the failure keep their turn;
-        the one it belongs to is answered `code` in its turn, or fails in its handler
-        if that runs already, as the client's error. Returns `messages` amended."""
+        complete): read no more. Requests parsed before the failure keep their turn.
+        A failure between requests is answered `code` in its turn; one inside a body
+        fails that request as the client's error, in its handler (which refuses it,
+        logged and counted, if it has not reached the upstream yet). Returns
+        `messages` amended."""
         out = list(messages)
         self._broken = True  # the parser's place in the stream is lost
         body = self._last_body(out)
@@ -404,13 +412,7 @@ class ClientConnection(BaseProtocol):
             return out
         if body.exception() is None:
             body.set_exception(error)
-        if out:
-            out[-1] = (code, EMPTY_PAYLOAD)  # parsed just now, not started: refused instead
-        elif self._queue:
-            self._queue.pop()  # not started yet: answer it with the refusal instead
-            self._server.coalescer.busy -= 1
-            out.append((code, EMPTY_PAYLOAD))
-        else:
+        if not out and not self._queue:
             self._closing = True  # in progress: its handler fails; close after it
         return out
 

@@ -312,6 +312,11 @@ class ProxyHandler:
             keep_authorization=route.forward_authorization,
             claims=claims,
         )
+        failed = request.body_failure
+        if failed is not None:
+            # Known broken before anything reached the upstream (an upload that failed,
+            # or was cut short by a half-close, while it waited its turn): refused.
+            return self._bad_body(request, runtime, ex, failed)
         has_body = request.body_exists
         # The client's framing is kept: a declared length (even 0) goes upstream as a
         # length, so upstreams that refuse chunked uploads, or a bodiless POST without

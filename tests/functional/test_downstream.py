@@ -570,6 +570,7 @@ async def test_a_broken_body_is_reported_once_and_reading_stops(
     make_gateway: GatewayFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.proxy")
+    caplog.set_level(logging.INFO, logger="gateway.access")
     upstream.routes["/open/echo"] = echo
     upstream.routes["/open/slow"] = slow
     gw = await make_gateway(open_policy(upstream))
@@ -590,6 +591,13 @@ async def test_a_broken_body_is_reported_once_and_reading_stops(
     assert [parse_response(r).status for r in split_responses(data)] == [200, 400]
     assert caplog.text.count("unparseable request") == 1
     assert len(upstream.seen) == 0  # `slow` is special (not recorded); `echo` never ran
+    # The broken upload, refused before it reached the upstream, is logged and counted
+    # as the client's error like any other refusal.
+    assert [(r["method"], r["status"], r["reason"]) for r in access_records(caplog)] == [
+        ("GET", 200, "-"),
+        ("POST", 400, "bad_request"),
+    ]
+    assert requests_counted(gw, "POST", "4xx", "denied") == 1
 
 
 async def test_answers_before_a_close_are_not_lost_to_a_reset(make_gateway: GatewayFactory, upstream: Upstream) -> None:
@@ -793,7 +801,8 @@ async def test_a_half_close_mid_upload_fails_that_upload_as_the_clients_error(
             assert [r.status for r in responses] == [200] * bool(before) + [400], (framing, before)
             assert responses[-1].headers["Connection"] == "close"
     records = [r for r in access_records(caplog) if r["method"] == "POST"]
-    assert {(r["status"], r["reason"]) for r in records} <= {(400, "bad_request")}
+    assert [(r["status"], r["reason"]) for r in records] == [(400, "bad_request")] * 2
+    assert requests_counted(gw, "POST", "4xx", "denied") == 4  # each logged and counted
     assert requests_counted(gw, "POST", "5xx", "error") == 0
     assert requests_counted(gw, "POST", "4xx", "error") == 0  # never taken for a client that left
 
