@@ -272,7 +272,8 @@ class ClientConnection(BaseProtocol):
         """The client half-closed: it sends nothing more, but may still read (RFC 9112
         §9.6). Requests it sent are answered, in order, then the connection closes.
         True keeps the transport half-open; asyncio and uvloop close it on a falsy
-        return. May be called again (a transport resumed after EOF reports it again)."""
+        return. (asyncio's TLS transport ignores True, with a warning per connection:
+        to revisit if this listener ever terminates TLS.) Idempotent."""
         self._eof = True
         if not self._lingering and self.transport is not None:
             body = self._last_body(())
