@@ -113,5 +113,9 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     its transports close and call back in another order than asyncio's. The rest keep
     asyncio's default loop."""
     if item.path.name == "test_downstream.py":
+        # A test may ask for both with `@pytest.mark.asyncio(loop_factories=[...])`.
+        marker = item.get_closest_marker("asyncio")
+        if marker is not None and "loop_factories" in marker.kwargs:
+            return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
         return {"uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop}

@@ -24,7 +24,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -48,6 +48,9 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 Handler = Callable[["Request"], Awaitable[None]]
+# A request parsed and waiting for its turn, or (an int) the status refusing what could
+# not be parsed in its place.
+_Queued = tuple[RawRequestMessage | int, StreamReader]
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -57,6 +60,29 @@ class Closeable(Protocol):
 
 class UnsendableHeaderError(ValueError):
     """A response header value holds a control character; nothing was written."""
+
+
+class ClientBodyError(ConnectionResetError):
+    """The client's request body failed: the client's doing, never the upstream's.
+
+    Set on a request's body here (and by the parser, as its `payload_exception`) and
+    nowhere else, so that whoever reads the body (the upstream body sender, the handler)
+    knows where a failure came from instead of guessing. `detail` is fixed text for the
+    operator's log; the exception's own text can quote request data and is never shown."""
+
+    detail = "malformed request body"
+
+
+class BodyCutShortError(ClientBodyError):
+    """The client half-closed before the body was complete: it can still read an answer."""
+
+    detail = "request body cut short"
+
+
+class ClientLeftError(ClientBodyError):
+    """The connection closed (or was reset) before the body was complete."""
+
+    detail = "client disconnected"
 
 
 _PHRASES = {s.value: s.phrase for s in HTTPStatus}
@@ -112,6 +138,12 @@ class Request:
     @property
     def body_exists(self) -> bool:
         return self.content is not EMPTY_PAYLOAD
+
+    @property
+    def body_failure(self) -> ClientBodyError | None:
+        """Why the body can never be read whole, if that is known already."""
+        failure = self.content.exception()
+        return failure if isinstance(failure, ClientBodyError) else None
 
     @property
     def started(self) -> bool:
@@ -228,13 +260,15 @@ class ClientConnection(BaseProtocol):
             _READ_LIMIT,
             max_line_size=8190,
             max_field_size=server.max_field_size,
-            payload_exception=ConnectionResetError,
+            payload_exception=ClientBodyError,
             auto_decompress=False,
-            max_msg_queue_size=_QUEUE,
+            # One message per feed_data() call (see `_feed`): both parsers lose every
+            # message they parsed in a call that raises. Our own queue holds _QUEUE.
+            max_msg_queue_size=1,
         )
         # BaseProtocol pauses this parser along with the transport (request body flow control).
         super().__init__(server.loop, self._requests)
-        self._queue: deque[tuple[RawRequestMessage | int, StreamReader]] = deque()
+        self._queue: deque[_Queued] = deque()
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None  # set while the task waits for a request
         self._handling = False
@@ -243,7 +277,7 @@ class ClientConnection(BaseProtocol):
         self._closing = False  # close after the response being written
         self._broken = False  # parse no more: a parse error or an Upgrade request was queued last
         self._lingering = False  # reading only to discard an unwanted upload
-        self._pipelined = False  # more than one request was queued at once
+        self._eof = False  # the client half-closed: answer what it sent, then close
         self._current: StreamReader | None = None
         self._out: list[bytes] = []  # written, not yet handed to the transport (coalesce.py)
         self.peer: str | None = None
@@ -251,10 +285,24 @@ class ClientConnection(BaseProtocol):
 
     # -- transport events --------------------------------------------------------------
 
-    def eof_received(self) -> None:
-        # The client half-closed. The transport closes itself now, sending what it
-        # holds: an answer still queued for coalescing (coalesce.py) must be in it.
+    def eof_received(self) -> bool:
+        """The client half-closed: it sends nothing more, but may still read (RFC 9112
+        §9.6). Requests it sent are answered, in order, then the connection closes.
+        True keeps the transport half-open; asyncio and uvloop close it on a falsy
+        return. (asyncio's TLS transport ignores True, with a warning per connection:
+        to revisit if this listener ever terminates TLS.) Idempotent."""
+        self._eof = True
+        if not self._lingering and self.transport is not None:
+            body = self._last_body(())
+            if body is not None and body.exception() is None:
+                # No byte more will come: the upload being read can never be complete.
+                self._enqueue(self._fail_body((), HTTPBadRequest.status_code, BodyCutShortError(), accept=True))
+            if self._handling or self._queue:
+                return True
+        # Closing now: the transport sends what it holds, and an answer still queued
+        # for coalescing (coalesce.py) must be in it.
         self.flush_output()
+        return False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # also sets TCP_NODELAY
@@ -278,10 +326,11 @@ class ClientConnection(BaseProtocol):
             self._idle = None
         # An upload still being relayed must fail, not hang or look complete.
         for _, payload in self._queue:
-            payload.set_exception(ConnectionResetError("client disconnected"))
+            payload.set_exception(ClientLeftError())
         self._server.coalescer.busy -= len(self._queue)
-        if self._current is not None and not self._current.is_eof():
-            self._current.set_exception(ConnectionResetError("client disconnected"))
+        current = self._current
+        if current is not None and not current.is_eof() and current.exception() is None:
+            current.set_exception(ClientLeftError())
         self._queue.clear()
         with contextlib.suppress(Exception):
             self._requests.feed_eof()
@@ -311,58 +360,98 @@ class ClientConnection(BaseProtocol):
             return
         self._feed(data, accept=True)
 
+    def _last_body(self, messages: Sequence[_Queued]) -> StreamReader | None:
+        """The body of the last request parsed, if it is not complete (being read, or
+        failed): only the last request's body can be open."""
+        if messages:
+            payload: StreamReader | None = messages[-1][1]
+        elif self._queue:
+            payload = self._queue[-1][1]
+        else:
+            payload = self._current
+        if payload is None or payload is EMPTY_PAYLOAD or payload.is_eof():
+            return None
+        return payload
+
     def _feed(self, data: bytes, accept: bool) -> None:
-        messages: list[tuple[RawRequestMessage | int, StreamReader]]
-        upgraded = False
+        parser = self._requests
+        messages: list[_Queued] = []
         try:
-            parsed, _, _ = self._requests.feed_data(data)
-            messages = []
-            for message, payload in parsed if accept else ():
-                messages.append((message, payload))
-                # The flag on the message, not the parser's return value: the two
-                # aiohttp parsers disagree on the latter (the pure-Python one goes on
-                # parsing the bytes after an Upgrade request as HTTP).
-                if message.upgrade:
-                    upgraded = True
-                    break
+            # One message per call (max_msg_queue_size=1, the count reset before each
+            # call), then the rest of the segment: a parse error in a later request
+            # can then never take the requests before it down with it.
+            parser.message_consumed()
+            parsed, _, _ = parser.feed_data(data)
+            while parsed and accept:
+                for message, payload in parsed:
+                    messages.append((message, payload))
+                    # The flag on the message, not the parser's return value: the two
+                    # aiohttp parsers disagree on the latter (the pure-Python one goes
+                    # on parsing the bytes after an Upgrade request as HTTP).
+                    if message.upgrade:
+                        # We never switch protocols (Upgrade is hop-by-hop and dropped):
+                        # answer it as plain HTTP, then close; no byte after it is HTTP.
+                        self._broken = True
+                        break
+                last = messages[-1][1]
+                if self._broken or (last is not EMPTY_PAYLOAD and not last.is_eof()):
+                    break  # its body goes on in later segments (or failed: below)
+                if len(self._queue) + len(messages) >= _QUEUE:
+                    break  # the rest waits in the parser; reading pauses in _enqueue
+                parser.message_consumed()
+                parsed, _, _ = parser.feed_data(b"")
         except HttpProcessingError as exc:
             code = exc.code if 400 <= exc.code < 500 else HTTPBadRequest.status_code
             log.info("unparseable request status=%d error=%s", code, type(exc).__name__)
-            self._broken = True  # the parser's place in the stream is lost: read no more
-            broken = self._open_body()
-            if broken is None:
-                # Between requests: answered in turn, after those already queued (only
-                # while new requests are still taken).
-                messages = [(code, EMPTY_PAYLOAD)] if accept else []
-            else:
-                # Inside a body (a bad chunk): that request fails, never hangs.
-                broken.set_exception(ConnectionResetError("malformed request body"))
-                messages = []
-                if self._queue:
-                    self._queue.pop()  # not started yet: answer it with the 400 instead
-                    self._server.coalescer.busy -= 1
-                    messages = [(code, EMPTY_PAYLOAD)]
-                else:
-                    self._closing = True  # in progress: its handler fails; close after it
-        if upgraded:
-            # We never switch protocols (Upgrade is hop-by-hop and dropped): answer the
-            # request as plain HTTP, then close, so no byte after it is read as HTTP.
-            self._broken = True
-        if messages:
-            self._disarm_idle()
-            self._queue.extend(messages)
-            # Every request from parsed to answered counts as busy (coalesce.py).
-            self._server.coalescer.busy += len(messages)
-            if len(self._queue) > 1:
-                self._pipelined = True
-            if len(self._queue) >= _QUEUE:
-                self._pause_reading_for_buffer()
-            waiter = self._waiter
-            if waiter is not None:
-                self._waiter = None
-                waiter.set_result(None)
-            elif self._task is None:
-                self._task = self._loop.create_task(self._serve())
+            messages = self._fail_body(messages, code, ClientBodyError(), accept)
+        else:
+            body = self._last_body(messages)
+            failed = body.exception() if body is not None else None
+            if isinstance(failed, ClientBodyError):
+                # The parser failed the body without raising (the pure-Python one does,
+                # for some framing errors, and then reads on as if it had ended): the
+                # same as a parse error, whichever parser runs.
+                log.info("unparseable request status=400 error=%s", type(failed).__name__)
+                messages = self._fail_body(messages, HTTPBadRequest.status_code, failed, accept)
+        self._enqueue(messages)
+
+    def _fail_body(self, messages: Sequence[_Queued], code: int, error: ClientBodyError, accept: bool) -> list[_Queued]:
+        """The stream cannot be read on (a parse error, or a body that can never be
+        complete): read no more. Requests parsed before the failure keep their turn.
+        A failure between requests is answered `code` in its turn; one inside a body
+        fails that request as the client's error, in its handler (which refuses it,
+        logged and counted, if it has not reached the upstream yet). Returns
+        `messages` amended."""
+        out = list(messages)
+        self._broken = True  # the parser's place in the stream is lost
+        body = self._last_body(out)
+        if body is None:
+            # Between requests: answered in turn, after those already queued (only
+            # while new requests are still taken).
+            if accept:
+                out.append((code, EMPTY_PAYLOAD))
+            return out
+        if body.exception() is None:
+            body.set_exception(error)
+        if not out and not self._queue:
+            self._closing = True  # in progress: its handler fails; close after it
+        return out
+
+    def _enqueue(self, messages: list[_Queued]) -> None:
+        if not messages:
+            return
+        self._disarm_idle()
+        self._queue.extend(messages)
+        # Every request from parsed to answered counts as busy (coalesce.py).
+        self._server.coalescer.busy += len(messages)
+        if len(self._queue) >= _QUEUE:
+            self._pause_reading_for_buffer()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set_result(None)
+        elif self._task is None:
+            self._task = self._loop.create_task(self._serve())
 
     # -- writing -----------------------------------------------------------------------
 
@@ -427,11 +516,6 @@ class ClientConnection(BaseProtocol):
         request costs less than starting a task per request."""
         try:
             while self.transport is not None:
-                if not self._queue and self._pipelined:
-                    # aiohttp's parser can hold back pipelined requests past its queue
-                    # limit and miscount them; ask it for anything it still holds.
-                    self._pipelined = False
-                    self.data_received(b"")
                 if self._closing or self.transport.is_closing():
                     # Draining (or closed under us while we waited to write): take no
                     # new request, or it could run upstream with no way to answer it.
@@ -440,6 +524,9 @@ class ClientConnection(BaseProtocol):
                 if not self._queue:
                     if self._broken:
                         return
+                    if self._eof:
+                        self._close()  # half-closed, and every request answered
+                        return
                     self._arm_idle()
                     self._waiter = self._loop.create_future()
                     await self._waiter  # data_received or connection_lost
@@ -447,7 +534,6 @@ class ClientConnection(BaseProtocol):
                 message, payload = self._queue.popleft()
                 coalescer = self._server.coalescer
                 try:
-                    self._requests.message_consumed()
                     if self._buffer_paused and len(self._queue) < _QUEUE // 2:
                         self._resume_reading_for_buffer()
                         self.data_received(b"")  # parse what was held back
@@ -464,7 +550,7 @@ class ClientConnection(BaseProtocol):
                         self._current = None
                 finally:
                     coalescer.busy -= 1  # answered (or failed): no longer queued or handled
-                if not request.started or not request.keep_alive or self._closing or (self._broken and not self._queue):
+                if not request.started or not request.keep_alive or self.closing or (self._broken and not self._queue):
                     self._finish(payload)
                     return
                 if self._queue:
@@ -521,6 +607,9 @@ class ClientConnection(BaseProtocol):
         transport = self.transport
         if transport is None or self._lingering:
             return
+        if self._eof:
+            transport.close()  # the client sends nothing more: nothing to wait for
+            return
         self._lingering = True
         if transport.can_write_eof():
             with contextlib.suppress(OSError, RuntimeError):
@@ -562,7 +651,8 @@ class ClientConnection(BaseProtocol):
 
     @property
     def closing(self) -> bool:
-        return self._closing
+        """No request follows the response being written: it says `Connection: close`."""
+        return self._closing or (self._eof and not self._queue)
 
     def drain_and_close(self) -> None:
         """Close now if idle; otherwise after the response in progress (`Connection: close`)."""

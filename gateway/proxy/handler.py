@@ -27,7 +27,7 @@ from gateway.keys.provider_keys import ProviderKeys
 from gateway.obs.access import AccessLog, Exchange
 from gateway.obs.metrics import PUBLISHED_JWKS, UNMATCHED, Metrics, RouteMetrics
 from gateway.pathnorm import Rejected, normalize_target
-from gateway.proxy.downstream import Request, UnsendableHeaderError, phrase
+from gateway.proxy.downstream import ClientBodyError, Request, UnsendableHeaderError, phrase
 from gateway.proxy.headers import (
     ForwardedFor,
     RequestHeaderRules,
@@ -145,20 +145,41 @@ class ProxyHandler:
         self._in_flight(1)
         try:
             await self._handle(request, runtime, ex)
+        except ClientBodyError as exc:
+            # The request's own body failed (malformed, cut short, or its client left),
+            # wherever that surfaced: the client's doing, never the upstream's. Said
+            # apart by its type, set where the body is read (downstream.py).
+            if request.client_gone:
+                self._client_left(request, ex)
+                raise
+            self._bad_body(request, runtime, ex, exc)
         except ConnectionError as exc:
             if not request.client_gone:
                 # Not the client: some other connection broke where we did not expect it.
                 self._fail_closed(request, ex, exc)
                 return
             # The client went away; nothing is left to answer. Not our failure.
-            if not request.started:
-                ex.outcome, ex.reason = "error", "client_closed"
+            self._client_left(request, ex)
             raise
         except Exception as exc:
             self._fail_closed(request, ex, exc)
         finally:
             self._in_flight(-1)
             self._finish(request, runtime, ex, request.status or CLIENT_CLOSED)
+
+    @staticmethod
+    def _client_left(request: Request, ex: Exchange) -> None:
+        if not request.started:
+            ex.outcome, ex.reason = "error", "client_closed"
+
+    def _bad_body(self, request: Request, runtime: Runtime, ex: Exchange, exc: ClientBodyError) -> None:
+        """A 400 for a client that can still read; a cut connection if the upstream's
+        answer had started (it cannot be finished: the upstream is mid-request)."""
+        if not request.started:
+            return self._refuse(request, runtime, ex, None, Reason.BAD_REQUEST, exc.detail)
+        ex.outcome, ex.reason = "error", Reason.BAD_REQUEST.ident
+        log.info("request body failed route=%s detail=%s", ex.route, exc.detail)
+        request.reset()
 
     @staticmethod
     def _fail_closed(request: Request, ex: Exchange, exc: Exception) -> None:
@@ -313,6 +334,11 @@ class ProxyHandler:
             keep_authorization=route.forward_authorization,
             claims=claims,
         )
+        failed = request.body_failure
+        if failed is not None:
+            # Known broken before anything reached the upstream (an upload that failed,
+            # or was cut short by a half-close, while it waited its turn): refused.
+            return self._bad_body(request, runtime, ex, failed)
         has_body = request.body_exists
         # The client's framing is kept: a declared length (even 0) goes upstream as a
         # length, so upstreams that refuse chunked uploads, or a bodiless POST without
@@ -402,6 +428,8 @@ class ProxyHandler:
                 await request.write(chunk)
                 ex.bytes_out += len(chunk)
             await request.write_eof()
+        except ClientBodyError:
+            raise  # the client's body failed, not the relay: the caller says so
         except Exception as exc:
             # Status and headers are gone already (or the client is): the only honest
             # signal left is to cut the client's connection, so that a truncated body

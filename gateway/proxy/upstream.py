@@ -25,6 +25,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDictProxy
 
 from gateway.proxy.coalesce import Coalescer
+from gateway.proxy.downstream import ClientBodyError
 from gateway.routing import Upstream
 
 # Origins one client connection keeps an idle upstream connection to (one each).
@@ -169,10 +170,15 @@ class _Conn(BaseProtocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(exc)
         payload = self.payload
-        if payload is not None and payload is not EMPTY_PAYLOAD and not payload.is_eof():
-            # A stall stays a timeout (504 while nothing was sent); anything else is a
-            # broken body.
-            failure = exc if isinstance(exc, TimeoutError) else ClientPayloadError(str(exc))
+        if (
+            payload is not None
+            and payload is not EMPTY_PAYLOAD
+            and not payload.is_eof()
+            and payload.exception() is None  # the first cause stays (the close follows it)
+        ):
+            # A stall stays a timeout (504 while nothing was sent), the client's failed
+            # body stays the client's; anything else is a broken body.
+            failure = exc if isinstance(exc, (TimeoutError, ClientBodyError)) else ClientPayloadError(str(exc))
             set_exception(payload, failure, exc)
 
     # -- asyncio.Protocol
@@ -537,7 +543,7 @@ class UpstreamPool:
                 conn.start_timer()
             else:
                 task = asyncio.ensure_future(_send_body(conn, body, chunked=length is None))
-                task.add_done_callback(functools.partial(_body_done, conn=conn))
+                task.add_done_callback(functools.partial(_body_done, conn=conn, body=body))
             try:
                 message, payload = await waiter
             except _DisconnectedError:
@@ -573,9 +579,15 @@ def _abandon(conn: _Conn, task: asyncio.Task[None] | None) -> None:
         task.cancel()
 
 
-def _body_done(task: asyncio.Task[None], *, conn: _Conn) -> None:
+def _body_done(task: asyncio.Task[None], *, conn: _Conn, body: StreamReader) -> None:
     if task.cancelled() or task.exception() is not None:
         # The client's body failed or was abandoned: the upstream is mid-request.
+        client = body.exception()
+        if isinstance(client, ClientBodyError):
+            # The client's failure, as the listener marked it on the body (the task may
+            # have seen a parser error raised first): report it, not the close it causes
+            # below, else the request (or its answer's body) fails as the upstream's.
+            conn._fail(client)
         conn.should_close = True
         conn.close()
 

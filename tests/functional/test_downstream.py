@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import socket
+import struct
 import time
 
 import pytest
@@ -215,12 +216,21 @@ async def held_request(upstream: Upstream, port: int) -> tuple[asyncio.Event, as
     return release, writer
 
 
+def abort(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a client that is gone for good."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
 async def test_client_leaving_early_is_logged_and_the_gateway_keeps_serving(
     make_gateway: GatewayFactory, upstream: Upstream
 ) -> None:
     gw = await make_gateway(open_policy(upstream))
     release, writer = await held_request(upstream, gw.public_port)
-    writer.close()
+    # Gone for good: a reset. A FIN alone is a half-close, and the answer is still
+    # written (see the half-close tests below); only a later write could tell them apart.
+    abort(writer)
     await asyncio.sleep(0.1)
     release.set()
     await asyncio.sleep(0.2)
@@ -272,18 +282,37 @@ def in_flight(gw: Gateway) -> float | None:
     return gw.metrics.registry.get_sample_value("gateway_in_flight_requests")
 
 
-async def test_a_bad_chunk_inside_a_forwarded_upload_fails_it_and_frees_everything(
-    make_gateway: GatewayFactory, upstream: Upstream
+def access_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+
+
+def requests_counted(gw: Gateway, method: str, status_class: str, outcome: str, route: str = "open") -> float:
+    labels = {"route": route, "method": method, "status_class": status_class, "outcome": outcome}
+    return gw.metrics.registry.get_sample_value("gateway_requests_total", labels) or 0.0
+
+
+async def test_a_bad_chunk_inside_a_forwarded_upload_is_the_clients_fault_and_frees_everything(
+    make_gateway: GatewayFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The second chunk-size line is garbage while the upload is being relayed: a 400 and
+    a client-side reason, never a 502 `upstream_error` (any client could inflate it)."""
+    caplog.set_level(logging.INFO, logger="gateway.access")
     gw, reader, writer = await echo_connection(make_gateway, upstream)
-    writer.write(req("/open/echo", "Transfer-Encoding: chunked", method="POST", body=b"5\r\nhello\r\n"))
+    writer.write(req("/open/echo", "Transfer-Encoding: chunked", method="POST", body=b"2\r\nab\r\n"))
     await writer.drain()
-    await asyncio.sleep(0.2)  # the upload is being relayed when the bad chunk arrives
+    await asyncio.sleep(0.2)  # forwarded: the upstream is waiting for the rest
     writer.write(b"zz\r\n")
     await writer.drain()
     data = await asyncio.wait_for(reader.read(-1), 5)
     writer.close()
-    assert parse_response(data).status == 502  # answered and closed, never hung
+    resp = parse_response(data)
+    assert resp.status == 400  # answered and closed, never hung
+    assert resp.headers["Connection"] == "close"
+    assert json.loads(resp.body)["error"] == "invalid_request"
+    [record] = access_records(caplog)
+    assert (record["status"], record["outcome"], record["reason"]) == (400, "denied", "bad_request")
+    assert requests_counted(gw, "POST", "4xx", "denied") == 1
+    assert requests_counted(gw, "POST", "5xx", "error") == 0
     assert upstream.seen == []
     assert in_flight(gw) == 0.0
     assert gw._server is not None
@@ -292,6 +321,24 @@ async def test_a_bad_chunk_inside_a_forwarded_upload_fails_it_and_frees_everythi
             break
         await asyncio.sleep(0.1)
     assert not gw._server.connections
+
+
+async def test_a_client_that_leaves_mid_upload_is_client_closed_not_upstream_error(
+    make_gateway: GatewayFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw, _, writer = await echo_connection(make_gateway, upstream)
+    writer.write(req("/open/echo", "Content-Length: 10", method="POST", body=b"hello"))
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    abort(writer)  # a reset: gone (a FIN alone is a half-close, answered 400 below)
+    for _ in range(50):
+        if access_records(caplog):
+            break
+        await asyncio.sleep(0.05)
+    [record] = access_records(caplog)
+    assert (record["status"], record["outcome"], record["reason"]) == (499, "error", "client_closed")
+    assert requests_counted(gw, "POST", "5xx", "error") == 0
 
 
 async def test_upgrade_request_body_in_several_segments_is_forwarded_whole(
@@ -523,6 +570,7 @@ async def test_a_broken_body_is_reported_once_and_reading_stops(
     make_gateway: GatewayFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.proxy")
+    caplog.set_level(logging.INFO, logger="gateway.access")
     upstream.routes["/open/echo"] = echo
     upstream.routes["/open/slow"] = slow
     gw = await make_gateway(open_policy(upstream))
@@ -543,6 +591,13 @@ async def test_a_broken_body_is_reported_once_and_reading_stops(
     assert [parse_response(r).status for r in split_responses(data)] == [200, 400]
     assert caplog.text.count("unparseable request") == 1
     assert len(upstream.seen) == 0  # `slow` is special (not recorded); `echo` never ran
+    # The broken upload, refused before it reached the upstream, is logged and counted
+    # as the client's error like any other refusal.
+    assert [(r["method"], r["status"], r["reason"]) for r in access_records(caplog)] == [
+        ("GET", 200, "-"),
+        ("POST", 400, "bad_request"),
+    ]
+    assert requests_counted(gw, "POST", "4xx", "denied") == 1
 
 
 async def test_answers_before_a_close_are_not_lost_to_a_reset(make_gateway: GatewayFactory, upstream: Upstream) -> None:
@@ -674,3 +729,124 @@ async def test_busy_returns_to_zero_after_odd_disconnects(make_gateway: GatewayF
             break
     await asyncio.sleep(0.2)
     assert gw._server.coalescer.busy == 0
+
+
+# -- half-closed clients: answer what was received, then close (RFC 9112 §9.6) -------------
+
+BOTH_LOOPS = pytest.mark.asyncio(loop_factories=["uvloop", "asyncio"])  # see conftest.py
+
+
+async def half_closed(port: int, data: bytes, wait: float = 5.0) -> bytes:
+    """Send `data`, shut our sending side (FIN), read until the gateway closes."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(sock, data)
+        sock.shutdown(socket.SHUT_WR)
+        out = b""
+        async with asyncio.timeout(wait):
+            while chunk := await loop.sock_recv(sock, 65536):
+                out += chunk
+        return out
+    finally:
+        sock.close()
+
+
+@BOTH_LOOPS
+async def test_a_complete_upload_then_a_half_close_is_answered(
+    make_gateway: GatewayFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    upstream.routes["/open/echo"] = echo
+    gw = await make_gateway(open_policy(upstream))
+    data = await half_closed(gw.public_port, req("/open/echo", "Content-Length: 5", method="POST", body=b"hello"))
+    resp = parse_response(data)
+    assert resp.status == 200
+    assert json.loads(resp.body)["body"] == "hello"
+    [record] = access_records(caplog)
+    assert (record["status"], record["outcome"]) == (200, "allowed")
+    assert requests_counted(gw, "POST", "4xx", "error") == 0
+
+
+@BOTH_LOOPS
+async def test_pipelined_requests_then_a_half_close_are_all_answered_in_order(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    upstream.routes["/open/slow"] = slow  # the FIN arrives while the first is upstream
+    gw = await make_gateway(open_policy(upstream))
+    data = await half_closed(gw.public_port, req("/open/slow") + b"".join(req(f"/open/{i}") for i in range(40)))
+    responses = [parse_response(r) for r in split_responses(data)]
+    assert [r.status for r in responses] == [200] * 41
+    assert [json.loads(r.body)["path"] for r in responses] == ["/open/slow"] + [f"/open/{i}" for i in range(40)]
+    assert responses[-1].headers["Connection"] == "close"  # the last answer says so
+
+
+@BOTH_LOOPS
+async def test_a_half_close_mid_upload_fails_that_upload_as_the_clients_error(
+    make_gateway: GatewayFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    upstream.routes["/open/echo"] = echo
+    upstream.routes["/open/slow"] = slow
+    gw = await make_gateway(open_policy(upstream))
+    for framing, body in (("Content-Length: 10", b"hello"), ("Transfer-Encoding: chunked", b"5\r\nhello\r\n")):
+        caplog.clear()
+        # Alone, then behind a request the upstream holds: the cut upload is then still
+        # queued when the FIN arrives, and is answered in its turn, never forwarded.
+        for before in (b"", req("/open/slow")):
+            data = await half_closed(gw.public_port, before + req("/open/echo", framing, method="POST", body=body))
+            responses = [parse_response(r) for r in split_responses(data)]
+            assert [r.status for r in responses] == [200] * bool(before) + [400], (framing, before)
+            assert responses[-1].headers["Connection"] == "close"
+    records = [r for r in access_records(caplog) if r["method"] == "POST"]
+    assert [(r["status"], r["reason"]) for r in records] == [(400, "bad_request")] * 2
+    assert requests_counted(gw, "POST", "4xx", "denied") == 4  # each logged and counted
+    assert requests_counted(gw, "POST", "5xx", "error") == 0
+    assert requests_counted(gw, "POST", "4xx", "error") == 0  # never taken for a client that left
+
+
+@BOTH_LOOPS
+async def test_a_half_close_while_idle_closes_the_connection(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    gw = await make_gateway(open_policy(upstream, "server: {keepalive_timeout: 30s}"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    try:
+        writer.write(req("/open/1"))
+        await writer.drain()
+        assert parse_response(await asyncio.wait_for(read_one(reader), 5)).status == 200
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(-1), 5) == b""  # closed now, not after 30 s
+    finally:
+        writer.close()
+
+
+# -- requests parsed before a parse error are served first ----------------------------------
+
+
+async def test_requests_before_a_malformed_one_in_the_same_segment_are_served_first(
+    make_gateway: GatewayFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw = await make_gateway(open_policy(upstream))
+    bad = b"GET /open/bad HTTP/1.1\r\nBad Header\r\n\r\n"
+    cases = [
+        (req("/open/valid"), ["/open/valid"]),
+        (req("/open/a") + req("/open/b", "Content-Length: 2", method="POST", body=b"hi"), ["/open/a", "/open/b"]),
+    ]
+    for valid, paths in cases:
+        caplog.clear()
+        upstream.seen.clear()
+        data = await exchange(gw.public_port, valid + bad)
+        responses = [parse_response(r) for r in split_responses(data)]
+        assert [r.status for r in responses] == [200] * len(paths) + [400]
+        assert [json.loads(r.body)["path"] for r in responses[:-1]] == paths
+        assert [s.raw_path for s in upstream.seen] == paths
+        assert [r["path"] for r in access_records(caplog)] == paths
+    # The same, the error inside the body of the request after the valid one: the valid
+    # one is served, the broken upload is answered 400 and never forwarded.
+    upstream.seen.clear()
+    broken = req("/open/up", "Transfer-Encoding: chunked", method="POST", body=b"2\r\nab\r\nzz\r\n")
+    data = await exchange(gw.public_port, req("/open/valid") + broken)
+    assert [parse_response(r).status for r in split_responses(data)] == [200, 400]
+    assert [s.raw_path for s in upstream.seen] == ["/open/valid"]
