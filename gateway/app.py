@@ -136,7 +136,7 @@ class Gateway:
         self._pool = UpstreamPool(coalescer)
         self._handler = ProxyHandler(self._runtime(policy), self._pool, self.metrics)
         self._server = make_server(
-            self._handler, policy.max_token_bytes, policy.keepalive_timeout, policy.send_timeout, coalescer
+            self._handler, policy.limits, policy.keepalive_timeout, policy.send_timeout, coalescer
         )
         listener = await asyncio.get_running_loop().create_server(
             self._server, policy.listen.host, policy.listen.port, reuse_address=True, backlog=1024

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError
@@ -37,7 +37,9 @@ from aiohttp.web_exceptions import HTTPBadRequest
 from multidict import CIMultiDictProxy
 
 from gateway.errors import Reason, bug_report
+from gateway.limits import Limits
 from gateway.proxy.coalesce import Coalescer
+from gateway.proxy.framing import RequestGuard
 
 log = logging.getLogger("gateway.proxy")
 
@@ -206,18 +208,26 @@ class ClientConnection(BaseProtocol):
 
     def __init__(self, server: Server) -> None:
         self._server = server
-        self._requests = HttpRequestParser(
+        server.open += 1  # until connection_lost
+        limits = server.limits
+        parser = HttpRequestParser(
             self,
             server.loop,
             _READ_LIMIT,
-            max_line_size=8190,
-            max_field_size=server.max_field_size,
+            max_line_size=limits.max_request_line,
+            # The largest line the framer lets through (an Authorization line): the
+            # framer (framing.py) holds every other line to the smaller limit.
+            max_field_size=limits.max_authorization_line,
+            # Never reached (the framer counts fields and trailers first), so that the
+            # two aiohttp parsers, which count differently, never decide.
+            max_headers=limits.max_headers + limits.max_trailers + 4,
             payload_exception=ConnectionResetError,
             auto_decompress=False,
             max_msg_queue_size=_QUEUE,
         )
+        self._requests = RequestGuard(parser, self, limits)
         # BaseProtocol pauses this parser along with the transport (request body flow control).
-        super().__init__(server.loop, self._requests)
+        super().__init__(server.loop, cast(Any, self._requests))
         self._queue: deque[tuple[RawRequestMessage | int, StreamReader]] = deque()
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None  # set while the task waits for a request
@@ -250,6 +260,7 @@ class ClientConnection(BaseProtocol):
         super().connection_lost(exc)
         self._out = []
         self._server.connections.discard(self)
+        self._server.open -= 1
         self.transport = None
         self._closing = True
         self._disarm_idle()
@@ -552,6 +563,33 @@ class ClientConnection(BaseProtocol):
             self._closing = True
 
 
+class _Overloaded(asyncio.Protocol):
+    """A connection past `max_connections`: 503 and close, without reading a byte.
+
+    Accepted and answered rather than left in the backlog: a client (or a load
+    balancer) told 503 retries elsewhere at once, where one left waiting would hold
+    the connection until its own timeout; and asyncio has no way to pause `accept`."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        server.open += 1  # until connection_lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(_OVERLOADED)
+        transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._server.open -= 1
+
+
+_OVERLOADED_BODY = b'{"error": "temporarily_unavailable", "error_description": "the gateway has too many connections"}'
+_OVERLOADED = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%b"
+) % (len(_OVERLOADED_BODY), _OVERLOADED_BODY)
+
+
 class Server:
     """Protocol factory plus the set of live connections, for a draining shutdown."""
 
@@ -559,20 +597,36 @@ class Server:
         self,
         handler: Handler,
         loop: asyncio.AbstractEventLoop,
-        max_field_size: int,
+        limits: Limits,
         keepalive_timeout: float = 75.0,
         send_timeout: float = 60.0,
         coalescer: Coalescer | None = None,
     ) -> None:
         self.handler = handler
         self.loop = loop
-        self.max_field_size = max_field_size
+        self.limits = limits
         self.keepalive_timeout = keepalive_timeout
         self.send_timeout = send_timeout
         self.connections: set[ClientConnection] = set()
+        # Accepted and not yet closed, counted from the protocol's creation: `connections`
+        # fills one loop iteration later, and asyncio accepts a whole backlog at once.
+        self.open = 0
+        self.refused = 0  # connections answered 503 for being past `max_connections`
+        self._refusal_logged = -60.0
         self.coalescer = coalescer or Coalescer()
 
-    def __call__(self) -> ClientConnection:
+    def __call__(self) -> asyncio.Protocol:
+        if self.open >= self.limits.max_connections:
+            self.refused += 1
+            now = self.loop.time()
+            if now - self._refusal_logged >= 10.0:  # a flood of refusals is one log line
+                self._refusal_logged = now
+                log.warning(
+                    "max_connections (%d) reached: new connections get 503 (%d so far)",
+                    self.limits.max_connections,
+                    self.refused,
+                )
+            return _Overloaded(self)
         return ClientConnection(self)
 
     async def shutdown(self, grace: float) -> None:

@@ -50,13 +50,14 @@ async def test_access_log_json_lines_match_the_json_module() -> None:
     import asyncio
     import json
 
+    from gateway.limits import Limits
     from gateway.obs.access import AccessLog, Exchange
-    from gateway.proxy.downstream import Request, Server
+    from gateway.proxy.downstream import ClientConnection, Request, Server
 
     async def nothing(_: Request) -> None:
         return None
 
-    conn = Server(nothing, asyncio.get_running_loop(), 8190)()
+    conn = ClientConnection(Server(nothing, asyncio.get_running_loop(), Limits()))
     conn.peer = "10.0.0.1"
     raw = (
         b'GET /a?b="c"&token=SECRET HTTP/1.1\r\nHost: h\r\nUser-Agent: q"\\ \xc3\xa9 \xff\tx\r\n'
