@@ -50,9 +50,12 @@ class Limits:
     max_connections: int = _DEFAULT_MAX_CONNECTIONS
 
     def worst_case_bytes(self) -> int:
-        """An upper estimate of what one connection can make the process hold."""
-        parsed = PARSED_OVERHEAD * (self.max_pipelined_bytes + 2 * self.max_head_bytes)
-        return parsed + READ_CHUNK + BODY_BUFFER + 2**16  # + the transport's write buffer
+        """An upper estimate of what one client connection can make the process hold:
+        parsed heads (the one being answered, those queued up to the budget plus the one
+        that crossed it, the one arriving), the unread socket read held past the budget,
+        a request body's buffer, and the transport's write buffer."""
+        parsed = PARSED_OVERHEAD * (self.max_pipelined_bytes + 3 * self.max_head_bytes)
+        return parsed + READ_CHUNK + BODY_BUFFER + 2**16
 
 
 def default_max_connections() -> int:

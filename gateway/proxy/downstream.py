@@ -214,9 +214,10 @@ class ClientConnection(BaseProtocol):
             self,
             server.loop,
             _READ_LIMIT,
-            max_line_size=limits.max_request_line,
-            # The largest line the framer lets through (an Authorization line): the
-            # framer (framing.py) holds every other line to the smaller limit.
+            # The largest line the framer (framing.py) lets through, an Authorization
+            # line; it holds every other line to its own, smaller limit. Both, since
+            # the pure-Python parser bounds an unfinished header line by the first.
+            max_line_size=limits.max_authorization_line,
             max_field_size=limits.max_authorization_line,
             # Never reached (the framer counts fields and trailers first), so that the
             # two aiohttp parsers, which count differently, never decide.
