@@ -110,6 +110,9 @@ class ChunkScanner:
                 self._line += data[pos:]
                 if len(self._line) > limit:
                     raise FramingError(message="chunk line too long" if self._state == 0 else "trailer line too long")
+                if self._state == 0 and len(self._line) > _MAX_SIZE_DIGITS:
+                    # As llhttp does, at the digit that overflows, not at the line's end.
+                    self._size(self._line.partition(b";")[0].rstrip(b"\r"), partial=True)
                 return end
             line = self._line + data[pos:nl]
             self._line = b""
@@ -132,11 +135,13 @@ class ChunkScanner:
                 self._trailer(line)
         return end
 
-    def _size(self, line: bytes) -> int:
+    def _size(self, line: bytes, partial: bool = False) -> int:
         digits, semi, ext = line.partition(b";")
         # Responses may pad the size with blanks (llhttp's lenient mode); requests may
         # not, which the parser checks.
         digits = digits.strip(b" \t")
+        if not digits and partial:
+            return 0
         if not digits or not _HEX.issuperset(digits):
             raise FramingError(message="invalid chunk size")
         if len(digits.lstrip(b"0")) > _MAX_SIZE_DIGITS:
@@ -154,6 +159,11 @@ class ChunkScanner:
 
 
 _HEAD, _LENGTH, _CHUNKED, _OPAQUE = range(4)
+
+
+# Header names that give a request a body or switch its connection's protocol; a
+# head with none of them is followed by the next head.
+_BODY_OR_SWITCH = re.compile(rb"\n(?:content-length|transfer-encoding|upgrade):", re.IGNORECASE)
 
 
 class TargetTooLongError(HeadTooLargeError):
@@ -178,6 +188,7 @@ class RequestFramer:
         "_limits",
         "_opaque_next",
         "_remaining",
+        "_short",
         "_state",
         "boundary",
         "heads",
@@ -192,6 +203,8 @@ class RequestFramer:
         self._remaining = 0
         self._chunks: ChunkScanner | None = None
         self._opaque_next = False
+        # A head no longer than any line limit needs no per-line check.
+        self._short = min(limits.max_header_line, limits.max_request_line)
         # Sizes of the heads seen and not yet consumed, oldest first (RequestGuard).
         self.heads: deque[int] = deque()
         # In the data of the last `scan`: just past the last whole request.
@@ -212,16 +225,23 @@ class RequestFramer:
                     if pos >= end:
                         break
                 head_end = self._find_head_end(data, pos)
-                self._head += data[pos : end if head_end < 0 else head_end]
-                if len(self._head) > self._limits.max_head_bytes:
-                    raise HeadTooLargeError(message="request head too large")
-                self._check_lines()
-                if head_end < 0:
-                    break
+                if not self._head and 0 <= head_end - pos <= self._short:
+                    # The common case, a whole short head in one read: no line can be
+                    # over a line limit, so only the field count is left to check.
+                    head = data[pos:head_end]
+                    if head.count(b"\n") - 2 > self._limits.max_headers:
+                        raise HeadTooLargeError(message="too many header fields")
+                else:
+                    self._head += data[pos : end if head_end < 0 else head_end]
+                    if len(self._head) > self._limits.max_head_bytes:
+                        raise HeadTooLargeError(message="request head too large")
+                    self._check_lines()
+                    if head_end < 0:
+                        break
+                    head = bytes(self._head)
+                    self._head = bytearray()
+                    self._checked = self._fields = 0
                 pos = head_end
-                head = bytes(self._head)
-                self._head = bytearray()
-                self._checked = self._fields = 0
                 self._begin_body(head)
                 self.heads.append(len(head))
                 if self._state == _HEAD:
@@ -291,6 +311,9 @@ class RequestFramer:
                 raise HeadTooLargeError(message="too many header fields")
 
     def _begin_body(self, head: bytes) -> None:
+        if _BODY_OR_SWITCH.search(head) is None and not head.startswith(b"CONNECT "):
+            self._opaque_next = False
+            return  # no body, no protocol switch: the next head follows
         lines = head.split(b"\r\n")
         method = lines[0].partition(b" ")[0]
         chunked = False
@@ -379,20 +402,25 @@ class RequestGuard:
 
 
 _RESPONSE_HEAD_END = re.compile(rb"\n\r?\n")
+# A head needs the careful path if it may be chunked, or is not plainly a final status
+# (an interim 1xx is followed by another head).
+_TRANSFER_ENCODING = re.compile(rb"\ntransfer-encoding:", re.IGNORECASE)
+_FINAL_STATUS = re.compile(rb"HTTP/\d\.\d [2-9]")
 
 
 class ResponseGuard:
     """aiohttp's response parser with a ChunkScanner in front of a chunked body.
 
-    The head is fed alone, so the parser says (from the message) how the body is framed
-    before any byte of it is fed."""
+    A head that may be followed by a chunked body (or by another head) is fed alone,
+    so the parser says from the message how the body is framed before any byte of it
+    is fed; any other response goes to the parser whole."""
 
     def __init__(self, parser: Any, skip_body: bool, limits: Limits) -> None:
         self._parser = parser
         self._skip_body = skip_body
         self._limits = limits
         self._chunks: ChunkScanner | None = None
-        self._head = b""
+        self._carried = b""  # the end of a head begun in an earlier read
         self._passing = False
 
     def feed_data(self, data: bytes) -> tuple[list[Any], bool, bytes]:
@@ -408,27 +436,44 @@ class ResponseGuard:
                 if self._chunks.done:
                     self._passing = True  # anything after the body is the parser's to judge
             else:
-                carried = len(self._head)
-                match = _RESPONSE_HEAD_END.search(self._head + data[pos:])
-                if match is None:
-                    # Bounded by the parser's own line and field limits.
-                    self._head = (self._head + data[pos:])[-2:]
+                stop = self._head_end(data, pos)
+                if stop < 0:
                     stop = end
+                elif (
+                    not self._carried
+                    and _FINAL_STATUS.match(data, pos) is not None
+                    and _TRANSFER_ENCODING.search(data, pos, stop) is None
+                ):
+                    # A whole final head, not chunked: nothing more to follow.
+                    self._passing = True
+                    stop = end
+                if stop == end:
+                    # Bounded by the parser's own line and field limits.
+                    self._carried = data[-3:] if not self._passing else b""
                 else:
-                    self._head = b""
-                    stop = pos + match.end() - carried
-            got, up, tail = self._parser.feed_data(data[pos:stop])
+                    self._carried = b""
+            got, up, tail = self._parser.feed_data(data[pos:stop] if pos or stop < end else data)
             upgraded |= up
             pos = stop
             for message, payload in got:
                 messages.append((message, payload))
                 if message.code >= 200 or message.code == 101:
                     self._final(message)
-        if pos < end:  # after the head of a body not chunked, or after a chunked body
+        if pos < end:  # after a chunked body
             got, up, tail = self._parser.feed_data(data[pos:])
             messages.extend(got)
             upgraded |= up
         return messages, upgraded, tail
+
+    def _head_end(self, data: bytes, pos: int) -> int:
+        """Just past the blank line ending the head, or -1, across reads."""
+        carried = self._carried
+        if carried:
+            match = _RESPONSE_HEAD_END.search(carried + data[pos : pos + 2])
+            if match is not None and match.start() < len(carried):
+                return pos + match.end() - len(carried)
+        match = _RESPONSE_HEAD_END.search(data, pos)
+        return -1 if match is None else match.end()
 
     def _final(self, message: Any) -> None:
         if message.chunked and not self._skip_body and message.code not in (204, 304):

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
+from aiohttp import http_parser
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_parser import HttpResponseParserPy
 
 from gateway.limits import Limits
-from gateway.proxy.framing import ChunkScanner, FramingError, HeadTooLargeError, RequestFramer
+from gateway.proxy.framing import ChunkScanner, FramingError, HeadTooLargeError, RequestFramer, ResponseGuard
+
+HttpResponseParserC = getattr(http_parser, "HttpResponseParserC", None)
 
 BODY = b"5;name=value\r\nhello\r\n10\r\n" + b"x" * 16 + b"\r\n0\r\nX-Checksum: 1\r\n\r\n"
 
@@ -88,3 +96,35 @@ def test_scanning_stops_after_the_head_that_passes_the_budget() -> None:
     framer = RequestFramer(Limits())
     two = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n" * 2
     assert framer.scan(two, 0, 10) == len(two) // 2
+
+
+_PARSERS = [HttpResponseParserPy] + ([HttpResponseParserC] if HttpResponseParserC is not None else [])
+_INTERIM_THEN_CHUNKED = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("parser_class", _PARSERS)
+@pytest.mark.parametrize("step", [1, 2, 5, 1000])
+async def test_a_response_body_is_scanned_however_the_heads_arrive(parser_class: Any, step: int) -> None:
+    """An interim head, then a chunked one split anywhere: the bad chunk size is found."""
+    loop = asyncio.get_running_loop()
+    parser = parser_class(BaseProtocol(loop), loop, 2**16, read_until_eof=True, auto_decompress=False)
+    guard = ResponseGuard(parser, skip_body=False, limits=Limits())
+    data = _INTERIM_THEN_CHUNKED + b"10000000000000000\r\n" + b"a" * 64
+
+    def in_steps() -> None:
+        for i in range(0, len(data), step):
+            guard.feed_data(data[i : i + step])
+
+    with pytest.raises(FramingError):
+        in_steps()
+
+
+@pytest.mark.parametrize("parser_class", _PARSERS)
+async def test_a_plain_response_is_fed_whole(parser_class: Any) -> None:
+    loop = asyncio.get_running_loop()
+    parser = parser_class(BaseProtocol(loop), loop, 2**16, read_until_eof=True, auto_decompress=False)
+    guard = ResponseGuard(parser, skip_body=False, limits=Limits())
+    messages, _, _ = guard.feed_data(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+    ((message, payload),) = messages
+    assert message.code == 200
+    assert payload.read_nowait() == b"hi"
