@@ -138,6 +138,9 @@ class Gateway:
         self._server = make_server(
             self._handler, policy.limits, policy.keepalive_timeout, policy.send_timeout, coalescer
         )
+        server = self._server
+        self.metrics.client_connections.set_function(lambda: server.open)
+        server.on_refused = self.metrics.connections_refused.inc
         listener = await asyncio.get_running_loop().create_server(
             self._server, policy.listen.host, policy.listen.port, reuse_address=True, backlog=1024
         )

@@ -564,6 +564,10 @@ class ClientConnection(BaseProtocol):
             self._closing = True
 
 
+def _nothing() -> None:
+    pass
+
+
 class _Overloaded(asyncio.Protocol):
     """A connection past `max_connections`: 503 and close, without reading a byte.
 
@@ -613,12 +617,14 @@ class Server:
         # fills one loop iteration later, and asyncio accepts a whole backlog at once.
         self.open = 0
         self.refused = 0  # connections answered 503 for being past `max_connections`
+        self.on_refused: Callable[[], None] = _nothing  # the metric (app.py)
         self._refusal_logged = -60.0
         self.coalescer = coalescer or Coalescer()
 
     def __call__(self) -> asyncio.Protocol:
         if self.open >= self.limits.max_connections:
             self.refused += 1
+            self.on_refused()
             now = self.loop.time()
             if now - self._refusal_logged >= 10.0:  # a flood of refusals is one log line
                 self._refusal_logged = now

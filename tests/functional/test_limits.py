@@ -21,6 +21,7 @@ from gateway.policy import ConfigError, load_policy
 from gateway.proxy.downstream import ClientConnection
 from gateway.proxy.framing import RequestGuard
 from tests.conftest import GatewayFactory, Upstream
+from tests.metrics_parse import scrape
 from tests.procs import running_gateway
 from tests.rawhttp import get, raw_request
 
@@ -145,6 +146,9 @@ async def test_connections_past_max_connections_get_503(make_gateway: GatewayFac
     assert refused.headers["Retry-After"] == "1"
     assert json.loads(refused.body)["error"] == "temporarily_unavailable"
     assert upstream.seen == []
+    metrics = await scrape(gw.admin_port)
+    assert metrics.get("gateway_connections_refused_total") == 1
+    assert metrics.get("gateway_client_connections") == 3
     # A slot freed is a slot taken again.
     idle[0][1].close()
     for _ in range(50):
