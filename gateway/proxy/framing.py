@@ -9,6 +9,7 @@ are scanned before either parser sees them, with one set of rules:
 - a request head is at most `max_head_bytes` (431), holds at most `max_headers` fields
   (431), and each line is at most `max_header_line`, or `max_authorization_line` for
   Authorization (431); the parser still judges the syntax;
+- a Content-Length is at most 2**63 - 1 (nginx's bound; see MAX_CONTENT_LENGTH);
 - a chunk size is hex and fits in 64 bits (at most 16 significant digits: llhttp's own
   bound); its line, extensions included, is at most 4 KiB, and an extension holds no
   control character but HTAB (chunk extensions are never relayed);
@@ -73,6 +74,20 @@ class HeadTooLargeError(FramingError):
     """A request head over one of its size or count limits (RFC 6585 §5)."""
 
     code = 431
+
+
+# nginx's bound (off_t): llhttp takes up to 2**64 - 1, and aiohttp then reads exactly
+# 2**64 - 1 as "no body" (the body would be parsed as the next request), while the
+# Python parser takes any length, and int() refuses more than 4 300 digits.
+MAX_CONTENT_LENGTH = 2**63 - 1
+
+
+def content_length(digits: bytes) -> int:
+    """A Content-Length value (ASCII digits) within MAX_CONTENT_LENGTH, or FramingError."""
+    significant = digits.lstrip(b"0")
+    if len(significant) > 19 or (significant and int(significant) > MAX_CONTENT_LENGTH):
+        raise FramingError(message="Content-Length does not fit in 63 bits")
+    return int(significant or b"0")
 
 
 def _line_name(line: bytes) -> bytes:
@@ -327,7 +342,7 @@ class RequestFramer:
                 # Anything but a final "chunked" is refused by the parser.
                 chunked = value.rpartition(b",")[2].strip(b" \t").lower() == b"chunked"
             elif name == b"content-length" and value.isdigit():
-                length = int(value)
+                length = content_length(value)
             elif name == b"connection":
                 connection_upgrade |= b"upgrade" in (t.strip(b" \t").lower() for t in value.split(b","))
             elif name == b"upgrade":
@@ -476,6 +491,9 @@ class ResponseGuard:
         return -1 if match is None else match.end()
 
     def _final(self, message: Any) -> None:
+        length = message.headers.get("Content-Length")
+        if length is not None and length.isascii() and length.isdigit():
+            content_length(length.encode())
         if message.chunked and not self._skip_body and message.code not in (204, 304):
             limits = self._limits
             self._chunks = ChunkScanner(limits.max_trailers, min(limits.max_header_line, 8190))

@@ -32,6 +32,25 @@ REQUESTS = [
     ("a few plain trailers (dropped)", b"1\r\na\r\n0\r\nX-Checksum: 1\r\n\r\n", 200),
 ]
 
+_SMUGGLED = b"GET /in/smuggled HTTP/1.1\r\nHost: g\r\n\r\n"
+# (what, whole request, status)
+WHOLE_REQUESTS = [
+    # llhttp takes 2**64 - 1, and aiohttp then reads it as "no body": what follows was
+    # parsed as the next request. The Python parser took it as an endless body.
+    (
+        "Content-Length 2**64 - 1",
+        b"POST /in HTTP/1.1\r\nHost: g\r\nContent-Length: 18446744073709551615\r\n\r\n" + _SMUGGLED,
+        400,
+    ),
+    ("Content-Length 2**63", b"POST /in HTTP/1.1\r\nHost: g\r\nContent-Length: 9223372036854775808\r\n\r\n", 400),
+    # int() refuses more than 4 300 digits: the Python parser's ValueError escaped.
+    (
+        "Content-Length of 5 000 digits",
+        b"POST /in HTTP/1.1\r\nHost: g\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
+        400,
+    ),
+]
+
 # (what, response bytes, status): the upstream's response arrives in one segment.
 _RESPONSE = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 RESPONSES = [
@@ -39,6 +58,7 @@ RESPONSES = [
     ("Transfer-Encoding in the trailers", _RESPONSE + b"1\r\na\r\n0\r\nTransfer-Encoding: chunked\r\n\r\n", 502),
     ("40 trailer lines", _RESPONSE + b"1\r\na\r\n0\r\n" + b"X-T: 1\r\n" * 40 + b"\r\n", 502),
     ("a bare LF after a chunk size", _RESPONSE + b"1\na\r\n0\r\n\r\n", 502),
+    ("Content-Length 2**64 - 1", b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\nhello", 502),
     ("a few plain trailers (dropped)", _RESPONSE + b"1\r\na\r\n0\r\nX-Checksum: 1\r\n\r\n", 200),
 ]
 
@@ -88,6 +108,9 @@ async def test_framing_rules_hold_under_each_parser(
             # A refusal must come at once: before the fix the Python parser relayed an
             # endless chunk and the answer never came.
             resp = await raw_request(gw.port, CHUNKED + body, wait=5)
+            assert resp.status == status, (parser, what)
+        for what, request, status in WHOLE_REQUESTS:
+            resp = await raw_request(gw.port, request, wait=5)
             assert resp.status == status, (parser, what)
         # Only the request with plain trailers went through, and without them.
         assert [(s.raw_path, s.body) for s in upstream.seen] == [("/in", b"a")]
