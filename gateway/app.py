@@ -184,6 +184,8 @@ class Gateway:
         new = dataclasses.replace(new, listen=old.listen, admin_listen=old.admin_listen)
         assert self._handler is not None
         self._handler.runtime = self._runtime(new)
+        if self._server is not None:
+            self._server.limits = new.limits  # for connections accepted from now on
         self.policy = new
         await self._stop_providers(old)
         log.info("policy reloaded from %s (%d routes)", new.source, len(new.table.routes))

@@ -178,3 +178,14 @@ def test_a_head_budget_too_small_for_a_token_is_refused_at_load(tmp_path: Path) 
     )
     with pytest.raises(ConfigError, match=r"gateway.yaml:2: server.max_head_bytes: 8192 .* expected at least"):
         load_policy(str(path))
+
+
+async def test_a_reload_applies_new_limits_to_new_connections(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    routes = "routes:" + _open_routes(upstream).replace("\n        -", "\n  -")
+    gw = await make_gateway(routes)
+    eleven_fields = _head(*(f"X-H{i}: 1" for i in range(9)))
+    assert (await raw_request(gw.public_port, eleven_fields)).status == 200
+    text = "listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0}\nserver: {max_headers: 10}\n" + routes
+    await asyncio.to_thread(Path(gw.policy.source).write_text, text)
+    assert await gw.reload()
+    assert (await raw_request(gw.public_port, eleven_fields)).status == 431
