@@ -108,9 +108,10 @@ class ChunkScanner:
         self._trailers = 0
         self.done = False
 
-    def scan(self, data: bytes, pos: int = 0) -> int:
-        """Where in `data` the body ends (just past it), or len(data) if it goes on."""
-        end = len(data)
+    def scan(self, data: bytes, pos: int = 0, end: int | None = None) -> int:
+        """Where in `data[:end]` the body ends (just past it), or `end` if it goes on."""
+        if end is None:
+            end = len(data)
         while pos < end:
             if self._state == 1:
                 take = min(self._remaining, end - pos)
@@ -120,9 +121,9 @@ class ChunkScanner:
                     self._state = 0
                 continue
             limit = MAX_CHUNK_LINE if self._state == 0 else self._max_trailer_line
-            nl = data.find(b"\n", pos, pos + limit + 1 - len(self._line))
+            nl = data.find(b"\n", pos, min(end, pos + limit + 1 - len(self._line)))
             if nl < 0:
-                self._line += data[pos:]
+                self._line += data[pos:end]
                 if len(self._line) > limit:
                     raise FramingError(message="chunk line too long" if self._state == 0 else "trailer line too long")
                 if self._state == 0 and len(self._line) > _MAX_SIZE_DIGITS:
@@ -220,14 +221,16 @@ class RequestFramer:
         self._opaque_next = False
         # A head no longer than any line limit needs no per-line check.
         self._short = min(limits.max_header_line, limits.max_request_line)
-        # Sizes of the heads seen and not yet consumed, oldest first (RequestGuard).
+        # Sizes of the requests (head and body so far) seen and not yet consumed,
+        # oldest first (RequestGuard).
         self.heads: deque[int] = deque()
         # In the data of the last `scan`: just past the last whole request.
         self.boundary = 0
 
     def scan(self, data: bytes, pos: int, stop_after: int) -> int:
-        """Scan `data` from `pos`; return where to stop: len(data), or just past the
-        first head that brings the unconsumed heads over `stop_after` bytes."""
+        """Scan `data` from `pos`; return where to stop: len(data), or where the
+        requests read ahead of the one being answered pass `stop_after` bytes (just
+        past a head, or inside a queued request's body)."""
         end = len(data)
         self.boundary = pos if self._state == _HEAD and not self._head else 0
         while pos < end:
@@ -264,20 +267,38 @@ class RequestFramer:
                 if sum(self.heads) > stop_after:
                     return pos
             elif state == _LENGTH:
-                take = min(self._remaining, end - pos)
+                take = min(self._remaining, self._room(end - pos, stop_after))
+                if self.heads:
+                    self.heads[-1] += take
                 pos += take
                 self._remaining -= take
                 if not self._remaining:
                     self._body_done(pos)
+                elif pos < end:
+                    return pos  # the budget is spent inside a queued request's body
             elif state == _CHUNKED:
                 assert self._chunks is not None
-                pos = self._chunks.scan(data, pos)
+                start = pos
+                pos = self._chunks.scan(data, pos, pos + self._room(end - pos, stop_after))
+                if self.heads:
+                    self.heads[-1] += pos - start
                 if self._chunks.done:
                     self._chunks = None
                     self._body_done(pos)
+                elif pos < end:
+                    return pos
             else:
                 break
         return end
+
+    def _room(self, available: int, stop_after: int) -> int:
+        """How much of a body to take now: all of it for the request being answered
+        (its own flow control bounds it); for one still queued, up to the budget,
+        counted with its head."""
+        if not self.heads:
+            return available
+        # The body being read belongs to the newest head: queued if any head is.
+        return min(available, max(0, stop_after - sum(self.heads)))
 
     def _body_done(self, pos: int) -> None:
         self._state = _OPAQUE if self._opaque_next else _HEAD
@@ -364,9 +385,9 @@ class RequestFramer:
 
 
 class RequestGuard:
-    """aiohttp's request parser behind a RequestFramer, with a byte budget on the heads
-    parsed ahead of the one being answered: past it the connection stops reading
-    (`_pause_reading_for_buffer`) until the queue drains."""
+    """aiohttp's request parser behind a RequestFramer, with a byte budget on the
+    requests (heads and bodies) read ahead of the one being answered: past it the
+    connection stops reading (`_pause_reading_for_buffer`) until the queue drains."""
 
     def __init__(self, parser: Any, protocol: Any, limits: Limits) -> None:
         self._parser = parser

@@ -137,6 +137,32 @@ async def test_pipelined_heads_are_bounded_in_bytes(make_gateway: GatewayFactory
     release.set()
 
 
+async def test_pipelined_bodies_count_with_their_heads(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    """Uploads queued behind a held request: each complete one stayed buffered (a
+    100 KB body is under the body buffer's pause mark), 32 of them per connection."""
+    release = _hold_slow(upstream)
+    gw = await make_gateway("routes:" + _open_routes(upstream).replace("\n        -", "\n  -"))
+    upload = b"POST /open/up HTTP/1.1\r\nHost: g\r\nContent-Length: 100000\r\n\r\n" + b"u" * 100_000
+    reader, writer = await _pipeline(gw.public_port, upload, 32)
+    await asyncio.sleep(0.2)
+    assert gw._server is not None
+    (conn,) = gw._server.connections
+    assert isinstance(conn, ClientConnection)
+    assert isinstance(conn._requests, RequestGuard)
+    # Read ahead: up to the budget, inside the first queued upload; the rest unread.
+    assert sum(conn._requests._framer.heads) <= Limits().max_pipelined_bytes
+    assert len(conn._queue) <= 1
+    release.set()
+    # Then every upload is read and answered, in order.
+    data = b""
+    while data.count(b"HTTP/1.1 200 ") < 33:
+        chunk = await asyncio.wait_for(reader.read(65536), 10)
+        assert chunk
+        data += chunk
+    assert [s.raw_path for s in upstream.seen].count("/open/up") == 32
+    writer.close()
+
+
 async def test_connections_past_max_connections_get_503(make_gateway: GatewayFactory, upstream: Upstream) -> None:
     routes = "routes:" + _open_routes(upstream).replace("\n        -", "\n  -")
     gw = await make_gateway("server: {max_connections: 3}\n" + routes)
