@@ -39,7 +39,7 @@ from multidict import CIMultiDictProxy
 from gateway.errors import Reason, bug_report
 from gateway.limits import Limits
 from gateway.proxy.coalesce import Coalescer
-from gateway.proxy.framing import RequestGuard
+from gateway.proxy.guards import RequestGuard
 
 log = logging.getLogger("gateway.proxy")
 

@@ -26,7 +26,7 @@ from multidict import CIMultiDictProxy
 
 from gateway.limits import Limits
 from gateway.proxy.coalesce import Coalescer
-from gateway.proxy.framing import ResponseGuard
+from gateway.proxy.guards import ResponseGuard
 from gateway.routing import Upstream
 
 _MAX_IDLE = 256

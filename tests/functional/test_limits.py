@@ -19,7 +19,7 @@ from aiohttp import web
 from gateway.limits import Limits
 from gateway.policy import ConfigError, load_policy
 from gateway.proxy.downstream import ClientConnection
-from gateway.proxy.framing import RequestGuard
+from gateway.proxy.guards import RequestGuard
 from tests.conftest import GatewayFactory, Upstream
 from tests.metrics_parse import scrape
 from tests.procs import running_gateway

@@ -11,7 +11,8 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpResponseParserPy
 
 from gateway.limits import Limits
-from gateway.proxy.framing import ChunkScanner, FramingError, HeadTooLargeError, RequestFramer, ResponseGuard
+from gateway.proxy.framing import ChunkScanner, FramingError, HeadTooLargeError, RequestFramer
+from gateway.proxy.guards import ResponseGuard
 
 HttpResponseParserC = getattr(http_parser, "HttpResponseParserC", None)
 
