@@ -137,8 +137,11 @@ class Gateway:
         self._pool = UpstreamPool(coalescer)
         self._handler = ProxyHandler(self._runtime(policy), self._pool, self.metrics)
         self._server = make_server(
-            self._handler, policy.max_token_bytes, policy.keepalive_timeout, policy.send_timeout, coalescer
+            self._handler, policy.limits, policy.keepalive_timeout, policy.send_timeout, coalescer
         )
+        server = self._server
+        self.metrics.client_connections.set_function(lambda: server.open)
+        server.on_refused = self.metrics.connections_refused.inc
         listener = await asyncio.get_running_loop().create_server(
             self._server, policy.listen.host, policy.listen.port, reuse_address=True, backlog=1024
         )
@@ -182,6 +185,8 @@ class Gateway:
         new = dataclasses.replace(new, listen=old.listen, admin_listen=old.admin_listen)
         assert self._handler is not None
         self._handler.runtime = self._runtime(new)
+        if self._server is not None:
+            self._server.limits = new.limits  # for connections accepted from now on
         self.policy = new
         await self._stop_providers(old)
         log.info("policy reloaded from %s (%d routes)", new.source, len(new.table.routes))

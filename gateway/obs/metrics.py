@@ -50,6 +50,14 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.client_connections = Gauge(
+            "gateway_client_connections", "Open client connections on the public listener.", registry=r
+        )
+        self.connections_refused = Counter(
+            "gateway_connections_refused",
+            "Client connections answered 503 and closed: server.max_connections was reached.",
+            registry=r,
+        )
         self.config_reloads = Counter(
             "gateway_config_reloads", "Policy reloads (SIGHUP), by result.", ["result"], registry=r
         )

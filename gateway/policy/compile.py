@@ -27,6 +27,7 @@ from gateway.keys.sources import (
     insecure_url,
     read_key_file,
 )
+from gateway.limits import Limits, default_max_connections
 from gateway.obs.access import AccessLog
 from gateway.obs.redact import Redactor
 from gateway.overrides import is_override
@@ -114,12 +115,43 @@ class CompiledPolicy:
     realm: str
     max_token_bytes: int
     access_log: AccessLog
+    limits: Limits = dataclasses.field(default_factory=Limits)
     cache_entries: int = 10_000
     cache_ttl: float = 300.0
     upstream_keepalive: bool = True
     revocations: tuple[RevocationWatcher, ...] = ()
     # Public JWKS documents served on the public listener: path -> provider keys.
     published: Mapping[str, ProviderKeys] = dataclasses.field(default_factory=dict)
+
+
+def _compile_limits(policy: Policy, problems: list[Problem]) -> Limits:
+    server = policy.server
+    request_line = Limits().max_request_line
+    # Twice the largest token, so that the handler, not the parser, answers an
+    # oversized token (401 token_too_large).
+    authorization = max(server.max_header_line, 2 * policy.identity.max_token_bytes + 1024)
+    # Room for the request line, the Authorization line and a few ordinary lines.
+    needed = request_line + authorization + 4 * 1024
+    head = server.max_head_bytes
+    if head is None:
+        head = max(64 * 1024, needed)
+    elif head < needed:
+        problems.append(
+            Problem(
+                ("server", "max_head_bytes"),
+                f"{head} cannot hold a request line ({request_line}), an Authorization line for"
+                f" identity.max_token_bytes ({authorization}) and a few headers: expected at least {needed}",
+            )
+        )
+    return Limits(
+        max_request_line=request_line,
+        max_header_line=server.max_header_line,
+        max_authorization_line=authorization,
+        max_head_bytes=head,
+        max_headers=server.max_headers,
+        max_pipelined_bytes=server.max_pipelined_bytes,
+        max_connections=server.max_connections or default_max_connections(),
+    )
 
 
 def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
@@ -143,6 +175,7 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
         if compiled is not None:
             routes.append(compiled)
     claim_headers = _claim_header_names(policy, problems)
+    limits = _compile_limits(policy, problems)
     published: dict[str, ProviderKeys] = {}
     for name, provider in policy.providers.items():
         path = provider.api_tokens.publish_jwks if provider.api_tokens else None
@@ -169,6 +202,7 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
         identity=IdentityHeaders.of(identity.reserved_prefix, claim_headers),
         realm=identity.realm,
         max_token_bytes=identity.max_token_bytes,
+        limits=limits,
         cache_entries=policy.token_cache.max_entries,
         cache_ttl=policy.token_cache.max_ttl,
         revocations=tuple(v.revocations for v in verifiers.values() if v.revocations is not None),

@@ -145,6 +145,14 @@ class Server(Strict):
     keepalive_timeout: Duration = 75.0
     # nginx's send_timeout: a client that takes none of its response for this long is cut off.
     send_timeout: Duration = 60.0
+    # Budgets of a client connection (gateway/limits.py; SECURITY.md gives the worst case).
+    # None: 10 000, or fewer where RLIMIT_NOFILE would run out first.
+    max_connections: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_header_line: int = Field(default=8192, ge=1024, le=65536)
+    # None: 64 KiB, or more when identity.max_token_bytes needs it.
+    max_head_bytes: int | None = Field(default=None, ge=4096, le=1024 * 1024)
+    max_headers: int = Field(default=100, ge=8, le=1000)
+    max_pipelined_bytes: int = Field(default=64 * 1024, ge=0, le=16 * 1024 * 1024)
     # Upstream connections are kept alive per client connection, never shared. Off: one
     # upstream connection per request, for a front proxy that carries many users on
     # one connection to the gateway (see README "Upstream client").

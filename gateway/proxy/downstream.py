@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError
@@ -37,7 +37,9 @@ from aiohttp.web_exceptions import HTTPBadRequest
 from multidict import CIMultiDictProxy
 
 from gateway.errors import Reason, bug_report
+from gateway.limits import Limits
 from gateway.proxy.coalesce import Coalescer
+from gateway.proxy.guards import RequestGuard
 
 log = logging.getLogger("gateway.proxy")
 
@@ -254,20 +256,29 @@ class ClientConnection(BaseProtocol):
 
     def __init__(self, server: Server) -> None:
         self._server = server
-        self._requests = HttpRequestParser(
+        server.open += 1  # until connection_lost
+        limits = server.limits
+        parser = HttpRequestParser(
             self,
             server.loop,
             _READ_LIMIT,
-            max_line_size=8190,
-            max_field_size=server.max_field_size,
+            # The largest line the framer (framing.py) lets through, an Authorization
+            # line; it holds every other line to its own, smaller limit. Both, since
+            # the pure-Python parser bounds an unfinished header line by the first.
+            max_line_size=limits.max_authorization_line,
+            max_field_size=limits.max_authorization_line,
+            # Never reached (the framer counts fields and trailers first), so that the
+            # two aiohttp parsers, which count differently, never decide.
+            max_headers=limits.max_headers + limits.max_trailers + 4,
             payload_exception=ClientBodyError,
             auto_decompress=False,
             # One message per feed_data() call (see `_feed`): both parsers lose every
             # message they parsed in a call that raises. Our own queue holds _QUEUE.
             max_msg_queue_size=1,
         )
+        self._requests = RequestGuard(parser, self, limits)
         # BaseProtocol pauses this parser along with the transport (request body flow control).
-        super().__init__(server.loop, self._requests)
+        super().__init__(server.loop, cast(Any, self._requests))
         self._queue: deque[_Queued] = deque()
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None  # set while the task waits for a request
@@ -315,6 +326,7 @@ class ClientConnection(BaseProtocol):
         super().connection_lost(exc)
         self._out = []
         self._server.connections.discard(self)
+        self._server.open -= 1
         self.transport = None
         if self.upstreams is not None:
             self.upstreams.close()
@@ -381,7 +393,18 @@ class ClientConnection(BaseProtocol):
             # call), then the rest of the segment: a parse error in a later request
             # can then never take the requests before it down with it.
             parser.message_consumed()
-            parsed, _, _ = parser.feed_data(data)
+            try:
+                parsed, _, _ = parser.feed_data(data)
+            except HttpProcessingError as exc:
+                # The framer (guards.py) refused bytes further on: the requests before
+                # them were parsed first, and are still served (the parser may hold
+                # more of them; the loop below takes those too, then re-raises).
+                parsed = getattr(exc, "parsed", None) or []
+                if not parsed:
+                    raise
+                pending: HttpProcessingError | None = exc
+            else:
+                pending = None
             while parsed and accept:
                 for message, payload in parsed:
                     messages.append((message, payload))
@@ -400,6 +423,8 @@ class ClientConnection(BaseProtocol):
                     break  # the rest waits in the parser; reading pauses in _enqueue
                 parser.message_consumed()
                 parsed, _, _ = parser.feed_data(b"")
+            if pending is not None:
+                raise pending
         except HttpProcessingError as exc:
             code = exc.code if 400 <= exc.code < 500 else HTTPBadRequest.status_code
             log.info("unparseable request status=%d error=%s", code, type(exc).__name__)
@@ -534,6 +559,7 @@ class ClientConnection(BaseProtocol):
                 message, payload = self._queue.popleft()
                 coalescer = self._server.coalescer
                 try:
+                    self._requests.answered()
                     if self._buffer_paused and len(self._queue) < _QUEUE // 2:
                         self._resume_reading_for_buffer()
                         self.data_received(b"")  # parse what was held back
@@ -662,6 +688,37 @@ class ClientConnection(BaseProtocol):
             self._closing = True
 
 
+def _nothing() -> None:
+    pass
+
+
+class _Overloaded(asyncio.Protocol):
+    """A connection past `max_connections`: 503 and close, without reading a byte.
+
+    Accepted and answered rather than left in the backlog: a client (or a load
+    balancer) told 503 retries elsewhere at once, where one left waiting would hold
+    the connection until its own timeout; and asyncio has no way to pause `accept`."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        server.open += 1  # until connection_lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(_OVERLOADED)
+        transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._server.open -= 1
+
+
+_OVERLOADED_BODY = b'{"error": "temporarily_unavailable", "error_description": "the gateway has too many connections"}'
+_OVERLOADED = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%b"
+) % (len(_OVERLOADED_BODY), _OVERLOADED_BODY)
+
+
 class Server:
     """Protocol factory plus the set of live connections, for a draining shutdown."""
 
@@ -669,20 +726,38 @@ class Server:
         self,
         handler: Handler,
         loop: asyncio.AbstractEventLoop,
-        max_field_size: int,
+        limits: Limits,
         keepalive_timeout: float = 75.0,
         send_timeout: float = 60.0,
         coalescer: Coalescer | None = None,
     ) -> None:
         self.handler = handler
         self.loop = loop
-        self.max_field_size = max_field_size
+        self.limits = limits
         self.keepalive_timeout = keepalive_timeout
         self.send_timeout = send_timeout
         self.connections: set[ClientConnection] = set()
+        # Accepted and not yet closed, counted from the protocol's creation: `connections`
+        # fills one loop iteration later, and asyncio accepts a whole backlog at once.
+        self.open = 0
+        self.refused = 0  # connections answered 503 for being past `max_connections`
+        self.on_refused: Callable[[], None] = _nothing  # the metric (app.py)
+        self._refusal_logged = -60.0
         self.coalescer = coalescer or Coalescer()
 
-    def __call__(self) -> ClientConnection:
+    def __call__(self) -> asyncio.Protocol:
+        if self.open >= self.limits.max_connections:
+            self.refused += 1
+            self.on_refused()
+            now = self.loop.time()
+            if now - self._refusal_logged >= 10.0:  # a flood of refusals is one log line
+                self._refusal_logged = now
+                log.warning(
+                    "max_connections (%d) reached: new connections get 503 (%d so far)",
+                    self.limits.max_connections,
+                    self.refused,
+                )
+            return _Overloaded(self)
         return ClientConnection(self)
 
     async def shutdown(self, grace: float) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from gateway.limits import Limits
 from gateway.proxy.coalesce import Coalescer
 from gateway.proxy.downstream import Handler, Server
 
@@ -44,7 +45,7 @@ def silence_aiohttp_echo() -> None:
 
 def make_server(
     handler: Handler,
-    max_token_bytes: int,
+    limits: Limits,
     keepalive_timeout: float = 75.0,
     send_timeout: float = 60.0,
     coalescer: Coalescer | None = None,
@@ -53,10 +54,8 @@ def make_server(
     return Server(
         handler,
         asyncio.get_running_loop(),
+        limits,
         keepalive_timeout=keepalive_timeout,
         send_timeout=send_timeout,
         coalescer=coalescer,
-        # Twice the largest token we accept, so that our own size check answers an
-        # oversized token (401 token_too_large); beyond that the parser refuses (400).
-        max_field_size=max(8190, 2 * max_token_bytes + 1024),
     )

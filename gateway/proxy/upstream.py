@@ -24,8 +24,10 @@ from aiohttp.http_parser import HttpResponseParser
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDictProxy
 
+from gateway.limits import Limits
 from gateway.proxy.coalesce import Coalescer
 from gateway.proxy.downstream import ClientBodyError
+from gateway.proxy.guards import ResponseGuard
 from gateway.routing import Upstream
 
 # Origins one client connection keeps an idle upstream connection to (one each).
@@ -44,6 +46,8 @@ _MAX_INTERIM = 8
 # (RFC 9110 §9.2.1), since a close with no response does not prove nothing happened.
 _RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
 _READ_LIMIT = 2**16
+# Trailer limits for responses (framing.py); the head limits are the parser's own.
+_RESPONSE_LIMITS = Limits()
 
 
 class UpstreamError(Exception):
@@ -88,15 +92,20 @@ class _Conn(BaseProtocol):
             self,
             self._loop,
             _READ_LIMIT,
+            # aiohttp's default of 128, plus the trailers the framing rules allow, so
+            # that those rules (framing.py), not the parsers' differing counts, decide.
+            max_headers=128 + _RESPONSE_LIMITS.max_trailers + 4,
             payload_exception=ClientPayloadError,
             response_with_body=not skip_body,
             # RFC 9112 §6.3: a response with neither length nor chunking ends at close.
             read_until_eof=True,
             auto_decompress=False,
         )
+        # Chunked bodies are held to the same rules whichever aiohttp parser runs.
+        guarded = ResponseGuard(parser, skip_body, _RESPONSE_LIMITS)
         # BaseProtocol's flow control pauses and resumes the parser through `_parser`
         # when a body arrives faster than the client takes it.
-        self.response_parser = self._parser = parser
+        self.response_parser = self._parser = guarded  # type: ignore[assignment]
         self._skip_body = skip_body
         # Never inherit a timer from this connection's last request. The handle is lazy
         # (it only ever fires at or after the deadline it was armed for); one armed by a

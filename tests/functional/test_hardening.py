@@ -191,7 +191,8 @@ async def test_unparseable_requests_echo_nothing(
     ]
     for request in bad:
         resp = await raw_request(gw.public_port, request)
-        assert resp.status == 400
+        # The over-long Authorization line is refused by the head limits (431).
+        assert resp.status == (431 if len(request) > 40000 else 400)
         assert resp.headers["Content-Type"] == "application/json"
         assert SECRET.encode() not in resp.body
     assert upstream.seen == []

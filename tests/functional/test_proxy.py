@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway.app import Gateway
 from gateway.auth.forward import IdentityHeaders
+from gateway.limits import Limits
 from gateway.obs.access import AccessLog
 from gateway.obs.metrics import Metrics
 from gateway.obs.redact import Redactor
@@ -409,7 +410,7 @@ async def test_unexpected_error_fails_closed_without_leaking(
     settings = HandlerSettings(ForwardedFor(()), IdentityHeaders.of("X-Auth-", ()), "gateway", 8192)
     metrics = Metrics()
     runtime = Runtime.build(table(()), settings, AccessLog("json", True, Redactor()), metrics)
-    server = make_server(ProxyHandler(runtime, pool, metrics), 8192)
+    server = make_server(ProxyHandler(runtime, pool, metrics), Limits())
     listener = await asyncio.get_running_loop().create_server(server, "127.0.0.1", 0)
     try:
         resp = await raw_request(listener.sockets[0].getsockname()[1], get("/x?api_key=SECRET123"))

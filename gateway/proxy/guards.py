@@ -1,0 +1,164 @@
+"""aiohttp's parsers behind the framing scanners (framing.py), for each side of the proxy.
+
+A guard has the parser's interface (`feed_data`, `feed_eof`, `pause_reading`,
+`message_consumed`): the protocols hold it where they held the parser. It scans each
+read before the parser sees it, so a rule is enforced whichever parser runs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from gateway.limits import Limits
+from gateway.proxy.framing import ChunkScanner, FramingError, RequestFramer, content_length
+
+
+class RequestGuard:
+    """aiohttp's request parser behind a RequestFramer, with a byte budget on the
+    requests (heads and bodies) read ahead of the one being answered: past it the
+    connection stops reading (`_pause_reading_for_buffer`) until the queue drains."""
+
+    def __init__(self, parser: Any, protocol: Any, limits: Limits) -> None:
+        self._parser = parser
+        self._protocol = protocol
+        self._limits = limits
+        self._framer = RequestFramer(limits)
+        self._held = b""
+
+    def feed_data(self, data: bytes) -> tuple[list[Any], bool, bytes]:
+        messages: list[Any] = []
+        upgraded = False
+        tail = b""
+        if self._held:
+            data, self._held = self._held + data, b""
+        if not data:
+            return self._parser.feed_data(b"")  # type: ignore[no-any-return]
+        budget = self._limits.max_pipelined_bytes
+        if sum(self._framer.heads) > budget:
+            self._hold(data)
+            return [], False, b""
+        try:
+            stop = self._framer.scan(data, 0, budget)
+        except FramingError as exc:
+            # The requests completed before the offending bytes are still parsed, and
+            # handed over with the error, to be answered before the refusal.
+            exc.parsed = self._parser.feed_data(data[: self._framer.boundary])[0]  # type: ignore[attr-defined]
+            raise
+        messages, upgraded, tail = self._parser.feed_data(data[:stop] if stop < len(data) else data)
+        if stop < len(data):
+            self._hold(data[stop:])
+        return messages, upgraded, tail
+
+    def _hold(self, data: bytes) -> None:
+        # At most one socket read (READ_CHUNK): the transport is paused now.
+        self._held = data
+        self._protocol._pause_reading_for_buffer()
+
+    def message_consumed(self) -> None:
+        """The parser's own count of messages in flight: `downstream._feed` resets it
+        before each call, so that one call parses one message."""
+        self._parser.message_consumed()
+
+    def answered(self) -> None:
+        """A queued request was taken to be answered: its bytes stop counting as read
+        ahead (`max_pipelined_bytes`)."""
+        self._framer.consumed()
+
+    def pause_reading(self) -> None:
+        self._parser.pause_reading()
+
+    def feed_eof(self) -> Any:
+        self._held = b""
+        return self._parser.feed_eof()
+
+
+_RESPONSE_HEAD_END = re.compile(rb"\n\r?\n")
+# A head needs the careful path if it may be chunked, or is not plainly a final status
+# (an interim 1xx is followed by another head).
+_TRANSFER_ENCODING = re.compile(rb"\ntransfer-encoding:", re.IGNORECASE)
+_FINAL_STATUS = re.compile(rb"HTTP/\d\.\d [2-9]")
+
+
+class ResponseGuard:
+    """aiohttp's response parser with a ChunkScanner in front of a chunked body.
+
+    A head that may be followed by a chunked body (or by another head) is fed alone,
+    so the parser says from the message how the body is framed before any byte of it
+    is fed; any other response goes to the parser whole."""
+
+    def __init__(self, parser: Any, skip_body: bool, limits: Limits) -> None:
+        self._parser = parser
+        self._skip_body = skip_body
+        self._limits = limits
+        self._chunks: ChunkScanner | None = None
+        self._carried = b""  # the end of a head begun in an earlier read
+        self._passing = False
+
+    def feed_data(self, data: bytes) -> tuple[list[Any], bool, bytes]:
+        if self._passing or not data:
+            return self._parser.feed_data(data)  # type: ignore[no-any-return]
+        messages: list[Any] = []
+        upgraded = False
+        tail = b""
+        pos, end = 0, len(data)
+        while pos < end and not self._passing:
+            if self._chunks is not None:
+                stop = self._chunks.scan(data, pos)
+                if self._chunks.done:
+                    self._passing = True  # anything after the body is the parser's to judge
+            else:
+                stop = self._head_end(data, pos)
+                if stop < 0:
+                    stop = end
+                elif (
+                    not self._carried
+                    and _FINAL_STATUS.match(data, pos) is not None
+                    and _TRANSFER_ENCODING.search(data, pos, stop) is None
+                ):
+                    # A whole final head, not chunked: nothing more to follow.
+                    self._passing = True
+                    stop = end
+                if stop == end:
+                    # Bounded by the parser's own line and field limits.
+                    self._carried = data[-3:] if not self._passing else b""
+                else:
+                    self._carried = b""
+            got, up, tail = self._parser.feed_data(data[pos:stop] if pos or stop < end else data)
+            upgraded |= up
+            pos = stop
+            for message, payload in got:
+                messages.append((message, payload))
+                if message.code >= 200 or message.code == 101:
+                    self._final(message)
+        if pos < end:  # after a chunked body
+            got, up, tail = self._parser.feed_data(data[pos:])
+            messages.extend(got)
+            upgraded |= up
+        return messages, upgraded, tail
+
+    def _head_end(self, data: bytes, pos: int) -> int:
+        """Just past the blank line ending the head, or -1, across reads."""
+        carried = self._carried
+        if carried:
+            match = _RESPONSE_HEAD_END.search(carried + data[pos : pos + 2])
+            if match is not None and match.start() < len(carried):
+                return pos + match.end() - len(carried)
+        match = _RESPONSE_HEAD_END.search(data, pos)
+        return -1 if match is None else match.end()
+
+    def _final(self, message: Any) -> None:
+        length = message.headers.get("Content-Length")
+        if length is not None and length.isascii() and length.isdigit():
+            content_length(length.encode())
+        if message.chunked and not self._skip_body and message.code not in (204, 304):
+            limits = self._limits
+            self._chunks = ChunkScanner(limits.max_trailers, min(limits.max_header_line, 8190))
+        else:
+            self._passing = True
+
+    def pause_reading(self) -> None:
+        self._parser.pause_reading()
+
+    def feed_eof(self) -> Any:
+        return self._parser.feed_eof()
