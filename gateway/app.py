@@ -142,6 +142,7 @@ class Gateway:
         server = self._server
         self.metrics.client_connections.set_function(lambda: server.open)
         server.on_refused = self.metrics.connections_refused.inc
+        server.on_unparseable = self._handler.unparseable
         listener = await asyncio.get_running_loop().create_server(
             self._server, policy.listen.host, policy.listen.port, reuse_address=True, backlog=1024
         )

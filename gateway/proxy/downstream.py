@@ -602,6 +602,10 @@ class ClientConnection(BaseProtocol):
 
     def _refuse_unparseable(self, status: int) -> None:
         reason = Reason.BAD_REQUEST
+        try:
+            self._server.on_unparseable(status, self.peer)
+        except Exception as exc:  # the log and metrics never stand between us and the answer
+            log.error("unparseable-request hook failed %s", bug_report(exc))
         with contextlib.suppress(ConnectionError):
             self.write(
                 f"HTTP/1.1 {status} {phrase(status)}\r\nContent-Type: application/json\r\n"
@@ -688,6 +692,10 @@ class ClientConnection(BaseProtocol):
             self._closing = True
 
 
+def _nothing_unparseable(status: int, peer: str | None) -> None:
+    return None
+
+
 def _nothing() -> None:
     pass
 
@@ -742,6 +750,9 @@ class Server:
         self.open = 0
         self.refused = 0  # connections answered 503 for being past `max_connections`
         self.on_refused: Callable[[], None] = _nothing  # the metric (app.py)
+        # A request refused before it was parsed whole (400, 414, 431): (status, peer),
+        # for the access log and the metrics (app.py), which only the handler knows.
+        self.on_unparseable: Callable[[int, str | None], None] = _nothing_unparseable
         self._refusal_logged = -60.0
         self.coalescer = coalescer or Coalescer()
 

@@ -191,6 +191,16 @@ class ProxyHandler:
         else:
             send_refusal(request, Reason.INTERNAL)
 
+    def unparseable(self, status: int, peer: str | None) -> None:
+        """A request the listener refused before it was parsed whole (400, 414, 431):
+        counted and logged like any refusal, with its peer and nothing of its bytes."""
+        runtime = self.runtime
+        reason = Reason.BAD_REQUEST
+        runtime.unmatched.request("-", status, "denied")
+        if runtime.access_log.enabled:
+            ex = Exchange(outcome="denied", reason=reason.ident, bytes_out=len(reason.body), client=peer)
+            runtime.access_log.emit(ex, status, 0.0)
+
     def _finish(self, request: Request, runtime: Runtime, ex: Exchange, status: int) -> None:
         total = time.perf_counter() - ex.started
         route: RouteMetrics = ex.metrics or runtime.unmatched

@@ -850,3 +850,28 @@ async def test_requests_before_a_malformed_one_in_the_same_segment_are_served_fi
     data = await exchange(gw.public_port, req("/open/valid") + broken)
     assert [parse_response(r).status for r in split_responses(data)] == [200, 400]
     assert [s.raw_path for s in upstream.seen] == ["/open/valid"]
+
+
+async def test_requests_refused_before_they_parse_are_logged_and_counted(
+    make_gateway: GatewayFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The product rule: the operator gets the reason in the log and in a metric, for
+    # these too (before, only a bare debug line said anything of them).
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw = await make_gateway(open_policy(upstream))
+    before = requests_counted(gw, "OTHER", "4xx", "denied", route="_unmatched")
+    bad_line = b"GET /open/x HTTP/1.1\r\nHost: g\r\nBad Header\r\n\r\n"
+    huge = b"GET /open/x HTTP/1.1\r\nHost: g\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n"
+    statuses = []
+    for raw in (bad_line, huge):
+        data = await exchange(gw.public_port, raw)
+        statuses.append(parse_response(data).status)
+    assert statuses == [400, 431]
+    records = access_records(caplog)
+    assert [(r["status"], r["reason"], r["client"], r["route"]) for r in records] == [
+        (400, "bad_request", "127.0.0.1", "-"),
+        (431, "bad_request", "127.0.0.1", "-"),
+    ]
+    assert "X-Big" not in caplog.text and "Bad Header" not in caplog.text
+    assert requests_counted(gw, "OTHER", "4xx", "denied", route="_unmatched") - before == 2
+    assert upstream.seen == []
