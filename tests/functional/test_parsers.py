@@ -97,11 +97,12 @@ async def test_client_failures_are_the_clients_under_each_parser(
         assert parse_response(await half_closed(gw.port, upload)).status == 200, parser
         assert upstream.last.body == b"hello"
 
-        records = await access_records(tmp_path, count=4)  # the unparseable GET has none
+        records = await access_records(tmp_path, count=5)
         assert [(r["method"], r["status"], r["reason"]) for r in records] == [
             ("POST", 400, "bad_request"),
             ("POST", 400, "bad_request"),
             ("GET", 200, "-"),
+            ("-", 400, "bad_request"),  # the unparseable GET: its peer and reason only
             ("POST", 200, "-"),
         ], parser
 
