@@ -92,8 +92,9 @@ _SECRET_ENDINGS = (
 
 # How header names are folded (RFC 9110 case-insensitivity, plus the `_` and `.`
 # aliases CGI/PHP/WSGI read as `-`): here all three become `_`; a space too (PHP turns
-# ` ` and `.` in parameter names into `_`). NUL and other controls are dropped: several
-# frameworks cut a name at NUL, so `access_token%00` is `access_token` to them.
+# ` ` and `.` in parameter names into `_`). NUL and other controls are dropped; a name
+# with a NUL is also judged as cut there, since several frameworks cut it so
+# (`access_token%00x` is `access_token` to them, `access_tokenx` to others).
 _FOLD = {ord("-"): "_", ord("."): "_", ord(" "): "_", **{c: None for c in (*range(0x20), 0x7F)}}
 _PARAM_SEPARATORS = re.compile(r"([&;])")
 _CACHE_LIMIT = 4096  # distinct parameter names remembered (they repeat: page, q, id)
@@ -129,7 +130,13 @@ class Redactor:
         return decided
 
     def _decide(self, name: str) -> bool:
-        folded = fold_name(name)
+        if "%00" in name or "\x00" in name:
+            decoded = unquote_plus(name) if "%" in name or "+" in name else name
+            if self._decide_folded(fold_name(decoded.partition("\x00")[0])):
+                return True
+        return self._decide_folded(fold_name(name))
+
+    def _decide_folded(self, folded: str) -> bool:
         if "[" not in folded and "]" not in folded:
             return self._secret_word(folded)
         # PHP and Rails arrays and hashes: `access_token[]`, `user[password]`: the

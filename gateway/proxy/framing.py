@@ -94,13 +94,14 @@ def _line_name(line: bytes) -> bytes:
 class ChunkScanner:
     """Follows a chunked body (RFC 9112 §7.1) across reads and checks the rules above."""
 
-    __slots__ = ("_line", "_max_trailer_line", "_max_trailers", "_remaining", "_state", "_trailers", "done")
+    __slots__ = ("_crlf", "_line", "_max_trailer_line", "_max_trailers", "_remaining", "_state", "_trailers", "done")
 
     def __init__(self, max_trailers: int, max_trailer_line: int) -> None:
         self._max_trailers = max_trailers
         self._max_trailer_line = max_trailer_line
-        self._state = 0  # 0: a size line, 1: chunk data and its CRLF, 2: trailer lines
+        self._state = 0  # 0: a size line, 1: chunk data, 2: trailer lines, 3: the CRLF after data
         self._remaining = 0
+        self._crlf = 0  # bytes of that CRLF seen
         self._line = b""
         self._trailers = 0
         self.done = False
@@ -115,7 +116,18 @@ class ChunkScanner:
                 pos += take
                 self._remaining -= take
                 if not self._remaining:
-                    self._state = 0
+                    self._state = 3
+                continue
+            if self._state == 3:
+                # Exactly CRLF after the data, checked, not skipped: a parser that takes
+                # a bare LF here (the pure-Python one, for responses) would read the
+                # next size line from another byte than we do.
+                if data[pos] != b"\r\n"[self._crlf]:
+                    raise FramingError(message="chunk data not followed by CRLF")
+                pos += 1
+                self._crlf += 1
+                if self._crlf == 2:
+                    self._state, self._crlf = 0, 0
                 continue
             limit = MAX_CHUNK_LINE if self._state == 0 else self._max_trailer_line
             nl = data.find(b"\n", pos, min(end, pos + limit + 1 - len(self._line)))
@@ -138,7 +150,7 @@ class ChunkScanner:
             if self._state == 0:
                 size = self._size(line)
                 if size:
-                    self._state, self._remaining = 1, size + 2
+                    self._state, self._remaining = 1, size
                 else:
                     self._state = 2
             elif not line:
@@ -205,6 +217,9 @@ class RequestFramer:
         "_state",
         "boundary",
         "heads",
+        "pending",
+        "seen",
+        "switch_at",
     )
 
     def __init__(self, limits: Limits) -> None:
@@ -221,8 +236,14 @@ class RequestFramer:
         # Sizes of the requests (head and body so far) seen and not yet consumed,
         # oldest first (RequestGuard).
         self.heads: deque[int] = deque()
+        self.pending = 0  # sum(heads), kept as they change: summing per head is quadratic
         # In the data of the last `scan`: just past the last whole request.
         self.boundary = 0
+        self.seen = 0  # request heads scanned on this connection
+        # The ordinal (1-based) of the request after which no byte is HTTP (CONNECT, an
+        # Upgrade): the framer's decision, which the connection must follow, since the
+        # parsers do not always agree with it (see RequestGuard).
+        self.switch_at: int | None = None
 
     def scan(self, data: bytes, pos: int, stop_after: int) -> int:
         """Scan `data` from `pos`; return where to stop: len(data), or where the
@@ -258,15 +279,20 @@ class RequestFramer:
                     self._checked = self._fields = 0
                 pos = head_end
                 self._begin_body(head)
+                self.seen += 1
+                if self._opaque_next and self.switch_at is None:
+                    self.switch_at = self.seen
                 self.heads.append(len(head))
+                self.pending += len(head)
                 if self._state == _HEAD:
                     self.boundary = pos
-                if sum(self.heads) > stop_after:
+                if self.pending > stop_after:
                     return pos
             elif state == _LENGTH:
                 take = min(self._remaining, self._room(end - pos, stop_after))
                 if self.heads:
                     self.heads[-1] += take
+                    self.pending += take
                 pos += take
                 self._remaining -= take
                 if not self._remaining:
@@ -279,6 +305,7 @@ class RequestFramer:
                 pos = self._chunks.scan(data, pos, pos + self._room(end - pos, stop_after))
                 if self.heads:
                     self.heads[-1] += pos - start
+                    self.pending += pos - start
                 if self._chunks.done:
                     self._chunks = None
                     self._body_done(pos)
@@ -295,7 +322,7 @@ class RequestFramer:
         if not self.heads:
             return available
         # The body being read belongs to the newest head: queued if any head is.
-        return min(available, max(0, stop_after - sum(self.heads)))
+        return min(available, max(0, stop_after - self.pending))
 
     def _body_done(self, pos: int) -> None:
         self._state = _OPAQUE if self._opaque_next else _HEAD
@@ -352,6 +379,7 @@ class RequestFramer:
         chunked = False
         length = 0
         connection_upgrade = has_upgrade = False
+        upgrades = 0
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             name = name.lower()
@@ -364,6 +392,11 @@ class RequestFramer:
             elif name == b"connection":
                 connection_upgrade |= b"upgrade" in (t.strip(b" \t").lower() for t in value.split(b","))
             elif name == b"upgrade":
+                if upgrades:
+                    # The pure-Python parser reads the first Upgrade field, llhttp and
+                    # we any: one field, or the parsers could disagree on a switch.
+                    raise FramingError(message="more than one Upgrade field")
+                upgrades += 1
                 has_upgrade |= bool(value)
         # After CONNECT or an Upgrade request (and its body) no byte is HTTP to us.
         self._opaque_next = method == b"CONNECT" or (connection_upgrade and has_upgrade)
@@ -378,4 +411,4 @@ class RequestFramer:
 
     def consumed(self) -> None:
         if self.heads:
-            self.heads.popleft()
+            self.pending -= self.heads.popleft()

@@ -25,6 +25,7 @@ class RequestGuard:
         self._limits = limits
         self._framer = RequestFramer(limits)
         self._held = b""
+        self._emitted = 0  # requests the parser has handed over on this connection
 
     def feed_data(self, data: bytes) -> tuple[list[Any], bool, bytes]:
         messages: list[Any] = []
@@ -33,9 +34,10 @@ class RequestGuard:
         if self._held:
             data, self._held = self._held + data, b""
         if not data:
-            return self._parser.feed_data(b"")  # type: ignore[no-any-return]
+            messages, upgraded, tail = self._parser.feed_data(b"")
+            return self._mark(messages), upgraded, tail
         budget = self._limits.max_pipelined_bytes
-        if sum(self._framer.heads) > budget:
+        if self._framer.pending > budget:
             self._hold(data)
             return [], False, b""
         try:
@@ -43,12 +45,29 @@ class RequestGuard:
         except FramingError as exc:
             # The requests completed before the offending bytes are still parsed, and
             # handed over with the error, to be answered before the refusal.
-            exc.parsed = self._parser.feed_data(data[: self._framer.boundary])[0]  # type: ignore[attr-defined]
+            exc.parsed = self._mark(self._parser.feed_data(data[: self._framer.boundary])[0])  # type: ignore[attr-defined]
             raise
         messages, upgraded, tail = self._parser.feed_data(data[:stop] if stop < len(data) else data)
         if stop < len(data):
             self._hold(data[stop:])
-        return messages, upgraded, tail
+        return self._mark(messages), upgraded, tail
+
+    def _mark(self, messages: list[Any]) -> list[Any]:
+        """Flag the request the framer took for a protocol switch as an upgrade, so the
+        connection reads no HTTP after it even where the parser did not see one (the
+        pure-Python parser reads only the first `Upgrade` value): past it the framer
+        checks nothing, so the parser must not be trusted with what follows."""
+        switch = self._framer.switch_at
+        if switch is None or not messages:
+            self._emitted += len(messages)
+            return messages
+        out = []
+        for message, payload in messages:
+            self._emitted += 1
+            if self._emitted == switch and not message.upgrade:
+                message = message._replace(upgrade=True)
+            out.append((message, payload))
+        return out
 
     def _hold(self, data: bytes) -> None:
         # At most one socket read (READ_CHUNK): the transport is paused now.

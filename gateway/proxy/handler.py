@@ -221,6 +221,10 @@ class ProxyHandler:
             access_log.emit(ex, status, total)
 
     async def _handle(self, request: Request, runtime: Runtime, ex: Exchange) -> None:
+        if request.version < (1, 0):
+            # llhttp takes `GET /x` with no version (HTTP/0.9), the pure-Python parser
+            # refuses it: refused here, so both parsers give one answer.
+            return self._refuse(request, runtime, ex, None, Reason.BAD_REQUEST, "HTTP/0.9 request")
         problem = request_problem(request.method, request.headers)
         if problem is not None:
             return self._refuse(request, runtime, ex, None, *problem)

@@ -29,6 +29,8 @@ REQUESTS = [
     ("a chunk extension over 4 KiB", b"1;" + b"e" * 5000 + b"\r\na\r\n0\r\n\r\n", 400),
     ("a control character in a chunk extension", b'1;e="\x01"\r\na\r\n0\r\n\r\n', 400),
     ("a bare LF after a chunk size", b"1\na\r\n0\r\n\r\n", 400),
+    ("a bare LF after chunk data", b"1\r\na\n0\r\n\r\n", 400),
+    ("chunk data longer than its size", b"1\r\nab\r\n0\r\n\r\n", 400),
     ("a few plain trailers (dropped)", b"1\r\na\r\n0\r\nX-Checksum: 1\r\n\r\n", 200),
 ]
 
@@ -43,6 +45,8 @@ WHOLE_REQUESTS = [
         400,
     ),
     ("Content-Length 2**63", b"POST /in HTTP/1.1\r\nHost: g\r\nContent-Length: 9223372036854775808\r\n\r\n", 400),
+    # llhttp took a request line with no version (HTTP/0.9) and it was forwarded.
+    ("a request line with no version", b"GET /in/nine\r\n\r\n", 400),
     # int() refuses more than 4 300 digits: the Python parser's ValueError escaped.
     (
         "Content-Length of 5 000 digits",
@@ -58,6 +62,9 @@ RESPONSES = [
     ("Transfer-Encoding in the trailers", _RESPONSE + b"1\r\na\r\n0\r\nTransfer-Encoding: chunked\r\n\r\n", 502),
     ("40 trailer lines", _RESPONSE + b"1\r\na\r\n0\r\n" + b"X-T: 1\r\n" * 40 + b"\r\n", 502),
     ("a bare LF after a chunk size", _RESPONSE + b"1\na\r\n0\r\n\r\n", 502),
+    # The pure-Python parser takes a bare LF after chunk data in a response: the scanner
+    # must not skip two bytes blindly, or it reads the next size line off by one.
+    ("a bare LF after chunk data", _RESPONSE + b"1\r\na\nfffffffffffffffff0\r\n" + b"a" * 64, 502),
     ("Content-Length 2**64 - 1", b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\nhello", 502),
     ("a few plain trailers (dropped)", _RESPONSE + b"1\r\na\r\n0\r\nX-Checksum: 1\r\n\r\n", 200),
 ]
@@ -123,3 +130,31 @@ async def test_framing_rules_hold_under_each_parser(
             if status == 200:
                 assert resp.body == b"a"
                 assert "X-Checksum" not in resp.headers
+
+
+@pytest.mark.parametrize("parser", ["c", "python"])
+async def test_no_byte_after_a_protocol_switch_is_read_under_each_parser(
+    tmp_path: Path, upstream: Upstream, parser: str
+) -> None:
+    # The pure-Python parser calls a request an upgrade only for `Connection: upgrade`
+    # exactly, and reads only the first `Upgrade` field; the framer (and llhttp) see a
+    # switch in `Connection: keep-alive, Upgrade`. Past a switch the framer checks
+    # nothing, so the connection must stop there whatever the parser says: before,
+    # the request after it was parsed with no framing rule or budget (found by review).
+    env = {"AIOHTTP_NO_EXTENSIONS": "1"} if parser == "python" else {}
+    after = (
+        b"POST /in/after HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"1\r\na\r\n0\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"GET /in/big HTTP/1.1\r\nHost: g\r\nX-Big: " + b"b" * 12000 + b"\r\n\r\n"
+    )
+    switch = b"GET /in/first HTTP/1.1\r\nHost: g\r\nConnection: keep-alive, Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    twice = b"GET /in/twice HTTP/1.1\r\nHost: g\r\nConnection: upgrade\r\nUpgrade: \r\nUpgrade: h2c\r\n\r\n"
+    async with running_gateway(
+        tmp_path, f'- {{name: in, match: {{prefix: /in}}, upstream: "{upstream.url}", auth: public}}', env=env
+    ) as gw:
+        resp = await raw_request(gw.port, switch + after, wait=10)
+        assert resp.status == 200, parser
+        assert b"HTTP/1.1" not in resp.body, parser  # one answer, then the close
+        resp = await raw_request(gw.port, twice + after, wait=10)
+        assert resp.status == 400, parser  # two Upgrade fields: the parsers would disagree
+        assert [s.raw_path for s in upstream.seen] == ["/in/first"], parser

@@ -45,6 +45,8 @@ def test_query(query: str, expected: str) -> None:
         # The review's spellings (issue 11, defect 8).
         "access_token[]=S",
         "access_token%00=S",
+        "access_token%00x=S",  # cut at the NUL by some frameworks (found by review)
+        "access_token%00%00zz=S",
         "a=1;access_token=S",
         "api-key=S",
         "x-api-key=S",
