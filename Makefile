@@ -3,13 +3,26 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test tools bench check-config schema clean
+.PHONY: run test venv tools bench check-config schema clean FORCE
 
-# The virtualenv is rebuilt when pyproject.toml changes.
-$(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+# Who an interpreter is: a venv's python reports its base interpreter's prefix.
+WHO := import sys; print("Python", sys.version.split()[0], "at", sys.base_prefix)
+
+# $(VENV) holds $(PYTHON) with the package and its dev tools. It is made again when it
+# was made by another interpreter (another version, or one since removed), which would
+# otherwise keep failing until `make clean`; and reinstalled when pyproject.toml changes.
+venv: $(BIN)/.installed
+$(BIN)/.installed: FORCE
+	@want="$$($(PYTHON) -c '$(WHO)')" || { echo "$(PYTHON) does not run" >&2; exit 1; }; \
+	have="$$($(BIN)/python -c '$(WHO)' 2>/dev/null)"; \
+	if [ "$$want" = "$$have" ] && [ $@ -nt pyproject.toml ]; then exit 0; fi; \
+	if [ "$$want" != "$$have" ]; then \
+	  if [ -d $(VENV) ]; then echo "$(VENV) was made by $${have:-an interpreter that no longer runs}, not $(PYTHON) ($$want): making it again"; fi; \
+	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV) || exit 1; \
+	fi; \
+	set -e; \
+	$(BIN)/python -m pip install --quiet --upgrade pip; \
+	$(BIN)/python -m pip install --quiet -e '.[dev]'; \
 	touch $@
 
 ## Start the gateway on config.example.yaml in front of the built-in demo upstream.
