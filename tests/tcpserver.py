@@ -50,7 +50,11 @@ class Served:
         # close() gets its handler (and so joins our lists) a loop turn or two later.
         while not closed.done():
             for writer in self._writers:
-                writer.transport.abort()
+                transport = writer.transport
+                # One closed by its handler with nothing left to send is gone or going
+                # (and asyncio's abort() of one already gone raises); the rest are cut.
+                if not transport.is_closing() or transport.get_write_buffer_size():
+                    transport.abort()
             for task in self._tasks:
                 task.cancel()
             await asyncio.wait({closed}, timeout=0.05)
