@@ -1,11 +1,14 @@
 # Small image, non-root. Mount your policy at /etc/gateway/config.yaml (and its keys).
-FROM python:3.12-slim AS build
+# The image's Python is one of those `make test` runs the suite on (Makefile PYTHONS);
+# the minor version is pinned, its patch releases (security fixes) follow the tag.
+ARG PYTHON_VERSION=3.12
+FROM python:${PYTHON_VERSION}-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
-FROM python:3.12-slim
+FROM python:${PYTHON_VERSION}-slim
 RUN useradd --system --uid 10001 --no-create-home gateway
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels

@@ -1,16 +1,40 @@
 # Two commands on a fresh machine: `make run` and `make test`.
-PYTHON ?= python3
-VENV   ?= .venv
-BIN    := $(VENV)/bin
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# The Pythons we claim (pyproject's classifiers; the Docker image runs one of them):
+# `make test` runs the suite on each. `make test PYTHONS=3.12` runs one.
+PYTHONS ?= 3.11 3.12 3.13
+# pyenv keeps interpreters here; its shims on PATH run only the versions it has selected.
+PYENV_ROOT ?= $(HOME)/.pyenv
 
-.PHONY: run test tools bench check-config schema clean
+.PHONY: run test test-quick lint venv tools bench check-config schema clean FORCE
 
-# The virtualenv is rebuilt when pyproject.toml changes.
-$(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+# Who an interpreter is: a venv's python reports its base interpreter's prefix.
+WHO := import sys; print("Python", sys.version.split()[0], "at", sys.base_prefix)
+
+# $(VENV) holds $(PYTHON) with the package and its dev tools. It is made again when it
+# was made by another interpreter (another version, or one since removed), which would
+# otherwise keep failing until `make clean`; and reinstalled when pyproject.toml changes.
+venv: $(BIN)/.installed
+$(BIN)/.installed: FORCE
+	@want="$$($(PYTHON) -c '$(WHO)')" || { echo "$(PYTHON) does not run" >&2; exit 1; }; \
+	have="$$($(BIN)/python -c '$(WHO)' 2>/dev/null)"; \
+	if [ "$$want" = "$$have" ] && [ $@ -nt pyproject.toml ]; then exit 0; fi; \
+	if [ "$$want" != "$$have" ]; then \
+	  if [ -d $(VENV) ]; then echo "$(VENV) was made by $${have:-an interpreter that no longer runs}, not $(PYTHON) ($$want): making it again"; fi; \
+	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV) || exit 1; \
+	fi; \
+	set -e; \
+	$(BIN)/python -m pip install --quiet --upgrade pip; \
+	$(BIN)/python -m pip install --quiet -e '.[dev]'; \
 	touch $@
+
+# The first runnable python$(1) (e.g. 3.12): on PATH, else the newest under pyenv.
+find_python = for p in "$$(command -v python$(1))" $$(ls -d $(PYENV_ROOT)/versions/$(1).*/bin/python$(1) 2>/dev/null | sort -rV); do \
+	  [ -n "$$p" ] && "$$p" -c 'import sys; sys.exit("%d.%d" % sys.version_info[:2] != sys.argv[1])' $(1) 2>/dev/null \
+	    && { echo "$$p"; break; }; \
+	done; true
 
 ## Start the gateway on config.example.yaml in front of the built-in demo upstream.
 run: $(BIN)/.installed
@@ -29,12 +53,33 @@ run: $(BIN)/.installed
 	echo "Ctrl-C stops it."
 	exec $(BIN)/gateway run --config config.example.yaml --demo-upstream
 
-## Lint, type-check and run the whole test suite.
-test: $(BIN)/.installed tools
+## Lint, type-check, then run the suite on every claimed Python installed here (each in
+## its own .venv-3.X; the one $(PYTHON) is reuses .venv). A claimed Python that is missing
+## is reported; in CI (CI set, and not 0 or false) it fails the run.
+test: lint tools
+	@tested=; missing=; failed=; \
+	for v in $(PYTHONS); do \
+	  py=$$($(call find_python,$$v)); \
+	  if [ -z "$$py" ]; then missing="$$missing $$v"; continue; fi; \
+	  venv=.venv-$$v; \
+	  if [ "$$("$$py" -c '$(WHO)')" = "$$($(BIN)/python -c '$(WHO)')" ]; then venv=$(VENV); fi; \
+	  $(MAKE) --no-print-directory venv PYTHON="$$py" VENV=$$venv || exit 1; \
+	  echo "== pytest on $$($$venv/bin/python -V) ($$venv)"; \
+	  $$venv/bin/pytest && tested="$$tested $$v" || failed="$$failed $$v"; \
+	done; \
+	echo "== passed on:$${tested:- none}$${failed:+; FAILED on:$$failed}$${missing:+; not found (not tested):$$missing}"; \
+	[ -n "$$tested$$failed" ] || { echo "none of the claimed Pythons ($(PYTHONS)) was found" >&2; exit 1; }; \
+	case "$${CI:-}" in ""|0|false) ;; *) [ -z "$$missing" ] || { echo "CI: every claimed Python must be installed" >&2; exit 1; };; esac; \
+	[ -z "$$failed" ]
+
+## The quick loop while developing: lint, type-check, and the suite on $(PYTHON) only.
+test-quick: lint tools
+	$(BIN)/pytest
+
+lint: $(BIN)/.installed
 	$(BIN)/ruff check gateway tests
 	$(BIN)/ruff format --check gateway tests
 	$(BIN)/mypy gateway tests
-	$(BIN)/pytest
 
 ## External programs the tests use: promtool (Debian package `prometheus`) checks
 ## the metrics exposition. Installed when missing, where we may (root with apt-get).
@@ -59,4 +104,4 @@ schema: $(BIN)/.installed
 	$(BIN)/gateway schema > docs/policy.schema.json
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) $(VENV)-3.* .mypy_cache .ruff_cache .pytest_cache *.egg-info

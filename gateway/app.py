@@ -28,6 +28,9 @@ from gateway.proxy.upstream import UpstreamPool
 
 log = logging.getLogger("gateway")
 
+# How long, after the drain, stopping waits for the listener's connections to be gone.
+_LISTENER_CLOSE = 1.0
+
 
 def client_session() -> aiohttp.ClientSession:
     """The session for key fetches (JWKS, OIDC discovery): no cookies, no environment."""
@@ -213,8 +216,18 @@ class Gateway:
         # Public listener first, so health checks keep answering while we drain.
         if self._listener is not None and self._server is not None:
             self._listener.close()
+            # Since Python 3.12.1 wait_closed() waits for every connection the listener
+            # accepted. One accepted in this loop turn reaches our Server (connection_made)
+            # on the next: let it, so the drain sees it. None is accepted after close().
+            await asyncio.sleep(0)
             await self._server.shutdown(self.policy.shutdown_timeout)
-            await self._listener.wait_closed()
+            try:
+                # Everything the drain saw is closed or reset by now; bound the wait anyway,
+                # so that nothing unforeseen can hold a SIGTERM past shutdown_timeout.
+                async with asyncio.timeout(_LISTENER_CLOSE):
+                    await self._listener.wait_closed()
+            except TimeoutError:
+                log.warning("connections outlived the drain by %gs; stopping without them", _LISTENER_CLOSE)
             self._listener = None
         for runner in reversed(self._runners):
             await runner.cleanup()

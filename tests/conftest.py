@@ -108,14 +108,28 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         assert server.coalescer.busy == 0
 
 
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+def _on_uvloop(item: pytest.Item) -> bool:
     """The proxy listener's own tests run on uvloop, as the gateway does in production:
     its transports close and call back in another order than asyncio's. The rest keep
     asyncio's default loop."""
-    if item.path.name == "test_downstream.py":
+    return item.path.name == "test_downstream.py"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    if _on_uvloop(item):
         # A test may ask for both with `@pytest.mark.asyncio(loop_factories=[...])`.
         marker = item.get_closest_marker("asyncio")
         if marker is not None and "loop_factories" in marker.kwargs:
             return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
         return {"uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """pytest-timeout's `signal` method (pyproject.toml) fails a stuck test and goes on,
+    but uvloop swallows the exception it raises from SIGALRM (as from any callback), so
+    a stuck uvloop test would hang for ever. Those use the `thread` method: at the
+    deadline it prints every stack and ends the run, which is loud but bounded."""
+    for item in items:
+        if _on_uvloop(item):
+            item.add_marker(pytest.mark.timeout(method="thread"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -13,6 +12,7 @@ from aiohttp import web
 from gateway.proxy import upstream as upstream_module
 from tests.conftest import GatewayFactory, Upstream
 from tests.rawhttp import KeptAlive, get, raw_request
+from tests.tcpserver import Served as _Served
 
 Responder = Callable[[bytes], bytes | None]
 
@@ -26,12 +26,11 @@ class RawUpstream:
         self.requests: list[bytes] = []
         self.script: list[bytes] = []
         self.close_after = False
-        self.server: asyncio.Server | None = None
+        self.served = _Served(self.handle)
 
     @property
     def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
+        return self.served.port
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -56,10 +55,9 @@ class RawUpstream:
 @pytest.fixture
 async def raw_upstream() -> AsyncIterator[RawUpstream]:
     up = RawUpstream()
-    up.server = await asyncio.start_server(up.handle, "127.0.0.1", 0)
-    yield up
-    up.server.close()
-    await up.server.wait_closed()
+    # The gateway (torn down after us) keeps pooled connections to this upstream open.
+    async with up.served:
+        yield up
 
 
 async def gateway_for(make_gateway: GatewayFactory, up: RawUpstream, server: str = "") -> int:
@@ -186,40 +184,6 @@ async def test_an_empty_post_keeps_its_zero_length(make_gateway: GatewayFactory,
     request = b"POST /empty HTTP/1.1\r\nHost: g\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     assert (await raw_request(port, request)).status == 200
     assert "Content-Length: 0\r\n" in raw_upstream.requests[0].decode()
-
-
-class _Served:
-    """A raw upstream whose handler tasks and sockets are all cleaned up at the end."""
-
-    def __init__(self, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]) -> None:
-        self._handler = handler
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-        self.server: asyncio.Server | None = None
-
-    async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.append(writer)
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            await self._handler(reader, writer)
-
-    async def __aenter__(self) -> asyncio.Server:
-        self.server = await asyncio.start_server(self._run, "127.0.0.1", 0)
-        return self.server
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for writer in self._writers:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-        await self.server.wait_closed()
 
 
 async def _gateway(make_gateway: GatewayFactory, server: asyncio.Server, read: str = "1s") -> int:
