@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 
+from gateway.proxy.server import silence_aiohttp_echo
 from tests.conftest import GatewayFactory, Upstream
 from tests.rawhttp import get, raw_request
 
@@ -217,3 +219,27 @@ async def test_client_address_headers_are_kept_only_from_a_trusted_peer_in_their
     assert resp.status == 200
     assert upstream.last.headers["true-client-ip"] == ["1.1.1.1"]
     assert "true_client_ip" not in upstream.last.headers
+
+
+async def test_asyncio_never_logs_the_text_of_an_exception_from_a_protocol(caplog: pytest.LogCaptureFixture) -> None:
+    # An exception escaping data_received is logged by asyncio with its text, which can
+    # quote request bytes (a token); the gateway keeps the event and its type only.
+    silence_aiohttp_echo()
+
+    class Leaky(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            raise ValueError(f"bad request bytes: {data!r}")
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Leaky, "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        writer.write(b"GET / HTTP/1.1\r\nAuthorization: Bearer S3CRETTOKEN\r\n\r\n")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # asyncio closed it
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert "asyncio reported ValueError" in caplog.text
+    assert "S3CRETTOKEN" not in caplog.text
