@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from gateway.app import Gateway
 from gateway.limits import Limits
 from gateway.policy import ConfigError, load_policy
 from gateway.proxy.downstream import ClientConnection
@@ -120,19 +121,25 @@ async def test_head_limits_and_memory_under_each_parser(tmp_path: Path, upstream
         assert grown_mib < 16 * Limits().worst_case_bytes() / 2**20 + 40, (parser, grown_mib)
 
 
+def _the_connection(gw: Gateway) -> tuple[ClientConnection, RequestGuard]:
+    """The gateway's one client connection and its request guard."""
+    assert gw._server is not None
+    (conn,) = gw._server.connections
+    assert isinstance(conn, ClientConnection)
+    assert isinstance(conn._requests, RequestGuard)
+    return conn, conn._requests
+
+
 async def test_pipelined_heads_are_bounded_in_bytes(make_gateway: GatewayFactory, upstream: Upstream) -> None:
     release = _hold_slow(upstream)
     gw = await make_gateway("routes:" + _open_routes(upstream).replace("\n        -", "\n  -"))
     _reader, writer = await _pipeline(gw.public_port, _LARGEST_HEAD, 64)
     await asyncio.sleep(0.2)
-    assert gw._server is not None
-    (conn,) = gw._server.connections
-    assert isinstance(conn, ClientConnection)
-    assert isinstance(conn._requests, RequestGuard)
-    queued = sum(conn._requests._framer.heads)
+    _, guard = _the_connection(gw)
+    queued = guard._framer.pending
     # One head past the budget at most; the rest of the 64 heads is still unread.
     assert queued <= Limits().max_pipelined_bytes + len(_LARGEST_HEAD)
-    assert len(conn._requests._held) <= 256 * 1024
+    assert len(guard._held) <= 256 * 1024
     writer.close()
     release.set()
 
@@ -145,12 +152,9 @@ async def test_pipelined_bodies_count_with_their_heads(make_gateway: GatewayFact
     upload = b"POST /open/up HTTP/1.1\r\nHost: g\r\nContent-Length: 100000\r\n\r\n" + b"u" * 100_000
     reader, writer = await _pipeline(gw.public_port, upload, 32)
     await asyncio.sleep(0.2)
-    assert gw._server is not None
-    (conn,) = gw._server.connections
-    assert isinstance(conn, ClientConnection)
-    assert isinstance(conn._requests, RequestGuard)
+    conn, guard = _the_connection(gw)
     # Read ahead: up to the budget, inside the first queued upload; the rest unread.
-    assert sum(conn._requests._framer.heads) <= Limits().max_pipelined_bytes
+    assert guard._framer.pending <= Limits().max_pipelined_bytes
     assert len(conn._queue) <= 1
     release.set()
     # Then every upload is read and answered, in order.
