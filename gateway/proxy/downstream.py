@@ -393,6 +393,7 @@ class ClientConnection(BaseProtocol):
             # call), then the rest of the segment: a parse error in a later request
             # can then never take the requests before it down with it.
             parser.message_consumed()
+            open_body = accept and self._open_body() is not None
             try:
                 parsed, _, _ = parser.feed_data(data)
             except HttpProcessingError as exc:
@@ -405,6 +406,12 @@ class ClientConnection(BaseProtocol):
                 pending: HttpProcessingError | None = exc
             else:
                 pending = None
+                if not parsed and open_body and self._open_body() is None:
+                    # A body ended in this read: llhttp counts that message then and
+                    # stops, holding a request that followed it in the same read; ask
+                    # for it (found by review: that request was never answered).
+                    parser.message_consumed()
+                    parsed, _, _ = parser.feed_data(b"")
             while parsed and accept:
                 for message, payload in parsed:
                     messages.append((message, payload))

@@ -877,3 +877,21 @@ async def test_requests_refused_before_they_parse_are_logged_and_counted(
     assert "Bad Header" not in caplog.text
     assert requests_counted(gw, "OTHER", "4xx", "denied", route="_unmatched") - before == 2
     assert upstream.seen == []
+
+
+async def test_a_request_after_a_chunked_body_is_answered_wherever_the_reads_split(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    # When a body ends in a later read than its head, llhttp counts the request done
+    # there and holds what follows it; that request must still be asked for and
+    # answered (found by review: split anywhere in the trailer, /b was never answered).
+    gw = await make_gateway(open_policy(upstream))
+    data = (
+        b"POST /open/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX: y\r\n\r\n"
+        b"GET /open/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    head_end = data.index(b"\r\n\r\n") + 4
+    for cut in range(head_end, data.index(b"GET ") + 1):
+        answer = await segments(gw.public_port, data[:cut], data[cut:], gap=0.01)
+        statuses = [parse_response(r).status for r in split_responses(answer)]
+        assert statuses == [200, 200], cut
