@@ -95,7 +95,12 @@ class RequestGuard:
 _RESPONSE_HEAD_END = re.compile(rb"\n\r?\n")
 # A head needs the careful path if it may be chunked, or is not plainly a final status
 # (an interim 1xx is followed by another head).
-_TRANSFER_ENCODING = re.compile(rb"\ntransfer-encoding:", re.IGNORECASE)
+# Blanks around the name too: llhttp's lenient response mode takes `Transfer-Encoding :`
+# and an obs-folded ` Transfer-Encoding:` as the field.
+_TRANSFER_ENCODING = re.compile(rb"\n[ \t]*transfer-encoding[ \t]*:", re.IGNORECASE)
+# RFC 9110 §5.6.2: a field name is a token. A name with blanks in it is not relayed: a
+# lenient client or front proxy could read `Transfer-Encoding : chunked` as framing.
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _FINAL_STATUS = re.compile(rb"HTTP/\d\.\d [2-9]")
 
 
@@ -122,13 +127,17 @@ class ResponseGuard:
         tail = b""
         pos, end = 0, len(data)
         while pos < end and not self._passing:
+            in_head = fast = False
+            found = True
             if self._chunks is not None:
                 stop = self._chunks.scan(data, pos)
                 if self._chunks.done:
                     self._passing = True  # anything after the body is the parser's to judge
             else:
+                in_head = True
                 stop = self._head_end(data, pos)
                 if stop < 0:
+                    found = False
                     stop = end
                 elif (
                     not self._carried
@@ -136,19 +145,31 @@ class ResponseGuard:
                     and _TRANSFER_ENCODING.search(data, pos, stop) is None
                 ):
                     # A whole final head, not chunked: nothing more to follow.
-                    self._passing = True
+                    self._passing = fast = True
                     stop = end
-                if stop == end:
-                    # Bounded by the parser's own line and field limits.
-                    self._carried = data[-3:] if not self._passing else b""
+                if not found:
+                    # What may end the head across reads, kept whole however short
+                    # the reads (bounded by the parser's own line and field limits).
+                    self._carried = (self._carried + data[pos:])[-3:]
                 else:
                     self._carried = b""
             got, up, tail = self._parser.feed_data(data[pos:stop] if pos or stop < end else data)
             upgraded |= up
             pos = stop
+            if in_head and found != bool(got):
+                # The parser saw the head end elsewhere than we did (a lax spelling of
+                # the blank line): what it parses next would escape the chunk rules.
+                raise FramingError(message="response head not ended where expected")
             for message, payload in got:
                 messages.append((message, payload))
+                if in_head and not fast and getattr(payload, "total_bytes", None):
+                    # Fed only what we took for the head, the parser found body bytes
+                    # in it: it ended the head earlier (a lax blank line, `\r\r\n`).
+                    raise FramingError(message="response head not ended where expected")
                 if message.code >= 200 or message.code == 101:
+                    if fast and message.chunked and not self._skip_body and message.code not in (204, 304):
+                        # We took it for not chunked and let its body through unscanned.
+                        raise FramingError(message="response framing the guard did not see")
                     self._final(message)
         if pos < end:  # after a chunked body
             got, up, tail = self._parser.feed_data(data[pos:])
@@ -167,7 +188,16 @@ class ResponseGuard:
         return -1 if match is None else match.end()
 
     def _final(self, message: Any) -> None:
-        length = message.headers.get("Content-Length")
+        for name, _ in message.raw_headers:
+            if name.translate(None, _TCHAR):
+                raise FramingError(message="response header name is not a token")
+        headers = message.headers
+        lengths = headers.getall("Content-Length", ())
+        if len(set(lengths)) > 1 or len(headers.getall("Transfer-Encoding", ())) > 1:
+            # llhttp refuses these; the pure-Python parser takes the first length and
+            # would pass a body off as whole that the other value says is not.
+            raise FramingError(message="conflicting response framing")
+        length = headers.get("Content-Length")
         if length is not None and length.isascii() and length.isdigit():
             content_length(length.encode())
         if message.chunked and not self._skip_body and message.code not in (204, 304):

@@ -55,9 +55,11 @@ WHOLE_REQUESTS = [
     ),
 ]
 
-# (what, response bytes, status): the upstream's response arrives in one segment.
+# (what, response bytes, status): the upstream's response arrives in one segment, or
+# in the segments of a list.
 _RESPONSE = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-RESPONSES = [
+_BAD_TRAILER = b"3\r\nabc\r\n0\r\nTransfer-Encoding: chunked\r\n\r\n"
+RESPONSES: list[tuple[str, bytes | list[bytes], int]] = [
     ("chunk size of 18 hex digits", _RESPONSE + b"fffffffffffffffff0\r\n" + b"a" * 64, 502),
     ("Transfer-Encoding in the trailers", _RESPONSE + b"1\r\na\r\n0\r\nTransfer-Encoding: chunked\r\n\r\n", 502),
     ("40 trailer lines", _RESPONSE + b"1\r\na\r\n0\r\n" + b"X-T: 1\r\n" * 40 + b"\r\n", 502),
@@ -67,6 +69,25 @@ RESPONSES = [
     ("a bare LF after chunk data", _RESPONSE + b"1\r\na\nfffffffffffffffff0\r\n" + b"a" * 64, 502),
     ("Content-Length 2**64 - 1", b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\nhello", 502),
     ("a few plain trailers (dropped)", _RESPONSE + b"1\r\na\r\n0\r\nX-Checksum: 1\r\n\r\n", 200),
+    # Found by the third review; each was relayed as 200 under one parser or both.
+    (
+        "a head end split over three reads, one of a single byte",
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n", b"\r", b"\n" + _BAD_TRAILER],
+        502,
+    ),
+    (
+        "blanks before the colon of Transfer-Encoding",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding : chunked\r\n\r\n" + _BAD_TRAILER,
+        502,
+    ),
+    (
+        "a blank before Transfer-Encoding",
+        b"HTTP/1.1 200 OK\r\n Transfer-Encoding: chunked\r\n\r\n" + _BAD_TRAILER,
+        502,
+    ),
+    ("a head ended by LF CR CR LF", b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\r\r\n" + _BAD_TRAILER, 502),
+    ("a header name with a blank in it", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX Y: 1\r\n\r\nok", 502),
+    ("two different Content-Lengths", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde", 502),
 ]
 
 
@@ -74,15 +95,20 @@ class ScriptedUpstream:
     """Answers the request on each new connection with `script[path]`, then closes."""
 
     def __init__(self) -> None:
-        self.script: dict[str, bytes] = {}
+        self.script: dict[str, bytes | list[bytes]] = {}
         self.server: asyncio.Server | None = None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             path = head.split(b" ", 2)[1].decode()
-            writer.write(self.script[path])
-            await writer.drain()
+            script = self.script[path]
+            parts = [script] if isinstance(script, bytes) else script
+            for i, part in enumerate(parts):
+                if i:
+                    await asyncio.sleep(0.05)  # so that each part is a read of its own
+                writer.write(part)
+                await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         writer.close()
