@@ -216,6 +216,7 @@ class RequestFramer:
         "_short",
         "_state",
         "boundary",
+        "_lone_cr",
         "heads",
         "pending",
         "seen",
@@ -240,6 +241,7 @@ class RequestFramer:
         # In the data of the last `scan`: just past the last whole request.
         self.boundary = 0
         self.seen = 0  # request heads scanned on this connection
+        self._lone_cr = False  # a read ended between the CR and LF of a blank line
         # The ordinal (1-based) of the request after which no byte is HTTP (CONNECT, an
         # Upgrade): the framer's decision, which the connection must follow, since the
         # parsers do not always agree with it (see RequestGuard).
@@ -255,9 +257,19 @@ class RequestFramer:
             state = self._state
             if state == _HEAD:
                 if not self._head:
-                    # Blank lines before a request line are skipped by both parsers.
+                    # Blank lines before a request line are skipped by both parsers,
+                    # also one whose CR and LF came in two reads: else the head would
+                    # begin with a CRLF and be judged otherwise than when sent whole.
+                    if self._lone_cr:
+                        self._lone_cr = False
+                        if not data.startswith(b"\n", pos):
+                            raise FramingError(message="CR without LF before a request line")
+                        pos += 1
                     while data.startswith(b"\r\n", pos):
                         pos += 2
+                    if pos == end - 1 and data[pos] == 13:  # b"\r", its LF in the next read
+                        self._lone_cr = True
+                        pos = end
                     if pos >= end:
                         break
                 head_end = self._find_head_end(data, pos)

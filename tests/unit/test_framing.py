@@ -129,3 +129,23 @@ async def test_a_plain_response_is_fed_whole(parser_class: Any) -> None:
     ((message, payload),) = messages
     assert message.code == 200
     assert payload.read_nowait() == b"hi"
+
+
+def test_a_protocol_switch_is_found_however_the_reads_split() -> None:
+    # A blank line between requests whose CR and LF come in two reads left the CRLF at
+    # the start of the next head, which then escaped the CONNECT check (found by review).
+    data = (
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\r\nCONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n"
+        b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    whole = RequestFramer(Limits())
+    whole.scan(data, 0, 1 << 20)
+    assert (whole.seen, whole.switch_at) == (2, 2)
+    for step in (1, 2, 3):
+        for first in range(len(data)):
+            framer = RequestFramer(Limits())
+            parts = [data[:first]] + [data[i : i + step] for i in range(first, len(data), step)]
+            for part in parts:
+                if part:
+                    framer.scan(part, 0, 1 << 20)
+            assert (framer.seen, framer.switch_at) == (2, 2), (step, first)
