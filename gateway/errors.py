@@ -92,6 +92,14 @@ class Reason(enum.Enum):
         "token verification is not available yet; retry shortly",
     )
 
+    OVERLOADED = (
+        "overloaded",
+        503,
+        "temporarily_unavailable",
+        None,
+        "the gateway has too many connections; retry shortly",
+    )
+
     UPSTREAM_UNREACHABLE = (
         "upstream_unreachable",
         502,

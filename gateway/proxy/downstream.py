@@ -106,6 +106,17 @@ def _http_date() -> str:
     return str(_date[1])
 
 
+def listener_refusal(status: int, reason: Reason, extra: str = "") -> bytes:
+    """A whole refusal the listener writes itself, before any handler (the request could
+    not be parsed, or the connection is one too many): the reason's fixed body, then close."""
+    return (
+        f"HTTP/1.1 {status} {phrase(status)}\r\nContent-Type: application/json\r\n"
+        f"Cache-Control: no-store\r\n{extra}Content-Length: {len(reason.body)}\r\n"
+        f"Date: {_http_date()}\r\nConnection: close\r\n\r\n".encode()
+        + reason.body
+    )
+
+
 class Request:
     """One parsed request and the means to answer it, exactly once.
 
@@ -353,10 +364,8 @@ class ClientConnection(BaseProtocol):
 
     def _open_body(self) -> StreamReader | None:
         """The body the parser is still filling (always the last request parsed), if any."""
-        payload = self._queue[-1][1] if self._queue else self._current
-        if payload is None or payload is EMPTY_PAYLOAD or payload.is_eof() or payload.exception() is not None:
-            return None
-        return payload
+        body = self._last_body(())
+        return body if body is not None and body.exception() is None else None
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -608,18 +617,12 @@ class ClientConnection(BaseProtocol):
             self._waiter = None
 
     def _refuse_unparseable(self, status: int) -> None:
-        reason = Reason.BAD_REQUEST
         try:
             self._server.on_unparseable(status, self.peer)
         except Exception as exc:  # the log and metrics never stand between us and the answer
             log.error("unparseable-request hook failed %s", bug_report(exc))
         with contextlib.suppress(ConnectionError):
-            self.write(
-                f"HTTP/1.1 {status} {phrase(status)}\r\nContent-Type: application/json\r\n"
-                f"Cache-Control: no-store\r\nContent-Length: {len(reason.body)}\r\n"
-                f"Date: {_http_date()}\r\nConnection: close\r\n\r\n".encode()
-                + reason.body
-            )
+            self.write(listener_refusal(status, Reason.BAD_REQUEST))
         self._linger()
 
     def _finish(self, payload: StreamReader) -> None:
@@ -720,18 +723,11 @@ class _Overloaded(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(_OVERLOADED)
+        transport.write(listener_refusal(503, Reason.OVERLOADED, "Retry-After: 1\r\n"))
         transport.close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._server.open -= 1
-
-
-_OVERLOADED_BODY = b'{"error": "temporarily_unavailable", "error_description": "the gateway has too many connections"}'
-_OVERLOADED = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
-    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%b"
-) % (len(_OVERLOADED_BODY), _OVERLOADED_BODY)
 
 
 class Server:
