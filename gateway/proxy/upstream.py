@@ -414,15 +414,13 @@ class UpstreamSlot:
         pool = self._pool
         previous = idle.pop(key, None)
         if previous is not None:
-            previous.close()
-            pool.unparked(key)
+            self._drop(key, previous)
         if self._closed or pool.closed or pool.idle.get(key, 0) >= _MAX_IDLE_PER_ORIGIN:
             conn.close()
             return
         if len(idle) >= _SLOT_ORIGINS:
             oldest = next(iter(idle))  # the origin idle longest
-            idle.pop(oldest).close()
-            pool.unparked(oldest)
+            self._drop(oldest, idle.pop(oldest))
         conn.parked_at = conn._loop.time()
         idle[key] = conn
         pool.parked(key)
@@ -432,17 +430,20 @@ class UpstreamSlot:
         for key, conn in list(self._idle.items()):
             if conn.parked_at < before or conn.closed:
                 del self._idle[key]
-                conn.close()
-                self._pool.unparked(key)
+                self._drop(key, conn)
 
     def close(self) -> None:
         """The client connection is gone: so are its upstream connections."""
         self._closed = True
         self._pool.slots.discard(self)
         for key, conn in self._idle.items():
-            conn.close()
-            self._pool.unparked(key)
+            self._drop(key, conn)
         self._idle.clear()
+
+    def _drop(self, key: tuple[str, str, int], conn: _Conn) -> None:
+        """Close a connection taken out of `_idle`, and uncount it."""
+        conn.close()
+        self._pool.unparked(key)
 
 
 def _head(method: str, target: str, authority: str, headers: Iterable[tuple[str, str]], framing: str) -> bytes:
