@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import logging
-import signal
+import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
+from gateway.admin import admin_app
 from gateway.demo import demo_app
 from gateway.obs.metrics import Metrics
 from gateway.policy import ConfigError, load_policy
@@ -49,29 +50,6 @@ def client_session() -> aiohttp.ClientSession:
     )
 
 
-def admin_app(gateway: Gateway) -> web.Application:
-    """Operators' endpoints: `/healthz` (alive), `/readyz` (serving with keys), `/metrics`."""
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        waiting = gateway.not_ready()
-        if not waiting:
-            return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not ready", "waiting_for": waiting}, status=503)
-
-    async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(gateway.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    return app
-
-
 def _settings(policy: CompiledPolicy) -> HandlerSettings:
     return HandlerSettings(
         forwarded=ForwardedFor(policy.trusted_proxies),
@@ -84,15 +62,20 @@ def _settings(policy: CompiledPolicy) -> HandlerSettings:
 
 @dataclass
 class Gateway:
-    """A running gateway. `start()` binds the listeners; `stop()` drains and closes."""
+    """One process's gateway. `start()` binds the listeners; `stop()` drains and closes.
+
+    A worker (runtime/worker.py) runs one with the supervisor's listening socket and no
+    admin listener: the supervisor serves /metrics and the health checks for all."""
 
     policy: CompiledPolicy
     demo_upstream: Listen | None = None
     reload_ready_timeout: float = 10.0
+    listen_socket: socket.socket | None = None
+    admin: bool = True
+    metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
         self.listening = False
-        self.metrics = Metrics()
         self._runners: list[web.BaseRunner] = []
         self._session: aiohttp.ClientSession | None = None
         self._pool: UpstreamPool | None = None
@@ -146,14 +129,19 @@ class Gateway:
         self.metrics.client_connections.set_function(lambda: server.open)
         server.on_refused = self.metrics.connections_refused.inc
         server.on_unparseable = self._handler.unparseable
-        listener = await asyncio.get_running_loop().create_server(
-            self._server, policy.listen.host, policy.listen.port, reuse_address=True, backlog=1024
-        )
+        loop = asyncio.get_running_loop()
+        if self.listen_socket is not None:
+            listener = await loop.create_server(self._server, sock=self.listen_socket, backlog=1024)
+        else:
+            listener = await loop.create_server(
+                self._server, policy.listen.host, policy.listen.port, reuse_address=True, backlog=1024
+            )
         self._listener = listener
         # The bound port (differs from the configured one when that is 0, as in tests).
         self.public_port = int(listener.sockets[0].getsockname()[1])
-        admin = web.AppRunner(admin_app(self), access_log=None, shutdown_timeout=1.0)
-        self.admin_port = await self._serve(admin, policy.admin_listen)
+        if self.admin:
+            admin = web.AppRunner(admin_app(self), access_log=None, shutdown_timeout=1.0)
+            self.admin_port = await self._serve(admin, policy.admin_listen)
         self.listening = True
 
     async def reload(self) -> bool:
@@ -176,16 +164,36 @@ class Gateway:
         except Exception as exc:  # a reload must never take the running gateway down
             log.error("reload refused (%s); the running policy stays in force", type(exc).__name__)
             return False
+        problem = await self.prepare(new)
+        if problem is not None:
+            log.error("reload refused: %s; the running policy stays in force", problem)
+            return False
+        if (new.listen, new.admin_listen) != (old.listen, old.admin_listen):
+            log.warning("listen addresses change only on restart; keeping %s and %s", old.listen, old.admin_listen)
+        await self.commit(new)
+        return True
+
+    async def prepare(self, new: CompiledPolicy) -> str | None:
+        """Start the new policy's key sources and wait until every provider has keys:
+        None when it may be committed, else what is missing (its sources are stopped)."""
         await self._start_providers(new)
         deadline = time.monotonic() + self.reload_ready_timeout
         while not all(p.ready for p in new.providers):
             if time.monotonic() > deadline:
-                log.error("reload refused: the new policy's providers have no keys; the running policy stays in force")
                 await self._stop_providers(new)
-                return False
+                missing = ", ".join(p.provider for p in new.providers if not p.ready)
+                return f"the new policy's providers have no keys ({missing})"
             await asyncio.sleep(0.05)
-        if (new.listen, new.admin_listen) != (old.listen, old.admin_listen):
-            log.warning("listen addresses change only on restart; keeping %s and %s", old.listen, old.admin_listen)
+        return None
+
+    async def abort(self, new: CompiledPolicy) -> None:
+        """Undo a successful `prepare` that will not be committed."""
+        await self._stop_providers(new)
+
+    async def commit(self, new: CompiledPolicy) -> None:
+        """Swap a prepared policy in: requests from now on use it. The listen addresses
+        stay those the listeners were bound to."""
+        old = self.policy
         new = dataclasses.replace(new, listen=old.listen, admin_listen=old.admin_listen)
         assert self._handler is not None
         self._handler.runtime = self._runtime(new)
@@ -194,7 +202,15 @@ class Gateway:
         self.policy = new
         await self._stop_providers(old)
         log.info("policy reloaded from %s (%d routes)", new.source, len(new.table.routes))
-        return True
+
+    async def health(self) -> dict[str, Any]:
+        return {}
+
+    async def waiting(self) -> list[str]:
+        return self.not_ready()
+
+    async def exposition(self) -> bytes:
+        return generate_latest(self.metrics.registry)
 
     def not_ready(self) -> list[str]:
         """What readiness waits for: the listeners, and keys for every provider."""
@@ -239,50 +255,3 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-async def run_until_signalled(gateway: Gateway, announce: bool = True) -> None:
-    """Run until SIGTERM or SIGINT, then drain; SIGHUP reloads the policy.
-
-    Signal handlers only set flags; the work happens here, on the loop."""
-    stop = asyncio.Event()
-    hup = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, hup.set)
-    await gateway.start()
-    # Everything built at start (policy, routes, keys, metrics) lives for the process:
-    # moving it out of the collector's view keeps GC pauses independent of policy size.
-    gc.collect()
-    gc.freeze()
-    if announce:
-        _announce(gateway)
-    while not stop.is_set():
-        stopping = asyncio.ensure_future(stop.wait())
-        reloading = asyncio.ensure_future(hup.wait())
-        await asyncio.wait({stopping, reloading}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        reloading.cancel()
-        if hup.is_set():
-            hup.clear()
-            await gateway.reload()
-    log.info("signal received: draining in-flight requests (up to %gs)", gateway.policy.shutdown_timeout)
-    await gateway.stop()
-    log.info("stopped")
-
-
-def _announce(gateway: Gateway) -> None:
-    policy = gateway.policy
-    public = f"http://{_url_host(policy.listen.host)}:{gateway.public_port}"
-    admin = f"http://{_url_host(policy.admin_listen.host)}:{gateway.admin_port}"
-    log.info("gateway listening on %s (policy %s, %d routes)", public, policy.source, len(policy.table.routes))
-    log.info("admin listening on %s (/healthz, /readyz, /metrics)", admin)
-    if gateway.demo_upstream is not None:
-        log.info("demo upstream on http://%s", gateway.demo_upstream)
-
-
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", "", "::"):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host

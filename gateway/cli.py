@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.duration import format_duration
 from gateway.obs.access import LineWriter, set_sink
-from gateway.policy import ConfigError, load_policy
+from gateway.policy import ConfigError, load_policy, load_policy_text
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.model import Listen, Policy
+from gateway.runtime.supervisor import Overrides, Supervisor
 from gateway.tokens.cli import add_commands as add_token_commands
 
 EXIT_OK = 0
@@ -116,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
     writer = LineWriter(sys.stdout)
     set_sink(writer.write)
     try:
-        return _serve(args)
+        return _serve(args, writer.write)
     finally:
         set_sink(None)
         writer.close()
@@ -124,36 +125,28 @@ def _run(args: argparse.Namespace) -> int:
             print(f"gateway: {writer.dropped} access log lines were dropped (stdout too slow)", file=sys.stderr)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    policy = _load(args.config)
-    if policy is None:
+def _serve(args: argparse.Namespace, write_access: Callable[[str], None]) -> int:
+    try:
+        text = Path(args.config).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"gateway: invalid policy\n{args.config}: cannot read the policy file: {exc}", file=sys.stderr)
         return EXIT_INVALID
     try:
-        if args.listen:
-            policy = dataclasses.replace(policy, listen=Listen.model_validate(args.listen))
-        if args.admin_listen:
-            policy = dataclasses.replace(policy, admin_listen=Listen.model_validate(args.admin_listen))
+        policy = load_policy_text(text, args.config)
+    except ConfigError as exc:
+        print(f"gateway: invalid policy\n{exc}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        overrides = Overrides(
+            listen=Listen.model_validate(args.listen) if args.listen else None,
+            admin_listen=Listen.model_validate(args.admin_listen) if args.admin_listen else None,
+            workers=getattr(args, "workers", None),
+        )
         demo = Listen.model_validate(args.demo_upstream) if args.demo_upstream else None
     except ValidationError as exc:
         print(f"gateway: {exc.errors()[0]['msg']}", file=sys.stderr)
         return EXIT_INVALID
     for later, earlier in policy.table.shadowed():
         logging.getLogger("gateway").warning("route %r can never match: shadowed by %r", later.name, earlier.name)
-    from gateway.app import Gateway, run_until_signalled
-
-    _install_uvloop()
-    try:
-        asyncio.run(run_until_signalled(Gateway(policy, demo_upstream=demo)))
-    except OSError as exc:
-        print(f"gateway: cannot start: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
-    return EXIT_OK
-
-
-def _install_uvloop() -> None:
-    # uvloop is optional (it does not build everywhere); asyncio's loop is the fallback.
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    supervisor = Supervisor(policy, text, overrides, demo, access=write_access, log_level=args.log_level)
+    return asyncio.run(supervisor.run())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -37,9 +38,14 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def workers(self) -> list[int]:
+        """The worker processes' ids (the supervisor's children)."""
+        return worker_pids(self.proc.pid)
+
     def rss_kib(self, field: str = "VmRSS") -> int:
-        """Resident memory (or `VmHWM`, its peak) of the gateway process, in KiB."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        """Resident memory (or `VmHWM`, its peak) of the one worker process, in KiB."""
+        (pid,) = self.workers()
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1])
         raise AssertionError(f"{field} not in /proc status")
@@ -62,15 +68,29 @@ async def running_gateway(
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            start_new_session=True,  # its own process group: the workers are reaped with it
         )
         gw = GatewayProcess(proc, port, admin_port)
         try:
             await _wait_ready(gw)
             yield gw
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+            kill_group(proc)
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a gateway started with `start_new_session` and every worker it started."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(pid) for pid in text.split()]
 
 
 async def _wait_ready(gw: GatewayProcess) -> None:

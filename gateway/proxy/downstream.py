@@ -46,6 +46,9 @@ log = logging.getLogger("gateway.proxy")
 _QUEUE = 32  # pipelined requests parsed ahead of the one being answered
 _READ_LIMIT = 2**16
 _LINGER = 5.0  # seconds we keep reading (and discarding) an upload we did not want
+# While draining, an idle keep-alive connection is closed once idle this long; before,
+# its next request is still answered (with `Connection: close`).
+DRAIN_IDLE = 1.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
@@ -297,6 +300,7 @@ class ClientConnection(BaseProtocol):
         self._idle: asyncio.TimerHandle | None = None
         self._idle_deadline: float | None = None
         self._closing = False  # close after the response being written
+        self._draining = False  # the server is stopping: answer one more request, then close
         self._broken = False  # parse no more: a parse error or an Upgrade request was queued last
         self._lingering = False  # reading only to discard an unwanted upload
         self._eof = False  # the client half-closed: answer what it sent, then close
@@ -692,14 +696,24 @@ class ClientConnection(BaseProtocol):
     @property
     def closing(self) -> bool:
         """No request follows the response being written: it says `Connection: close`."""
-        return self._closing or (self._eof and not self._queue)
+        return self._closing or self._draining or (self._eof and not self._queue)
 
-    def drain_and_close(self) -> None:
-        """Close now if idle; otherwise after the response in progress (`Connection: close`)."""
-        if not self._handling:
+    def close_when_done(self, idle_grace: float) -> None:
+        """Close after the response in progress, or after the next one.
+
+        An idle connection is closed only once it has been idle for `idle_grace`: a
+        client that is using its connection may be sending its next request right now,
+        and closing under it loses that request (RFC 9112 §9.6 lets it retry only if it
+        is idempotent). Until then the next request is answered with
+        `Connection: close`, as HAProxy's `idle-close-on-response` does."""
+        if self._handling:
+            self._closing = True
+            return
+        since = self._idle_deadline
+        if since is not None and self._loop.time() - (since - self._server.keepalive_timeout) >= idle_grace:
             self._close()
         else:
-            self._closing = True
+            self._draining = True
 
 
 def _nothing_unparseable(status: int, peer: str | None) -> None:
@@ -774,12 +788,13 @@ class Server:
             return _Overloaded(self)
         return ClientConnection(self)
 
-    async def shutdown(self, grace: float) -> None:
-        """Close idle connections now; give busy ones `grace` seconds, then cut them."""
+    async def shutdown(self, grace: float, idle_grace: float = DRAIN_IDLE) -> None:
+        """Answer what is in progress and close; give it all `grace` seconds, then cut.
+        An idle connection is closed once idle for `idle_grace` (ClientConnection.close_when_done)."""
         deadline = self.loop.time() + grace
         while True:
             for conn in list(self.connections):
-                conn.drain_and_close()
+                conn.close_when_done(idle_grace)
             if not self.connections or self.loop.time() >= deadline:
                 break
             await asyncio.sleep(0.05)

@@ -1,0 +1,552 @@
+"""The supervisor: binds the listeners, runs N workers, reloads, restarts, drains.
+
+`gateway run` is always a supervisor and its workers (one by default), so there is one
+way the gateway runs in production. The supervisor handles no request: it owns the
+public listening socket (each worker accepts from it), the admin listener (health,
+readiness and the metrics of all workers), the demo upstream, the policy file watch,
+and the workers' lives:
+
+- start: the policy is validated here, once; each worker compiles the same text. A
+  worker that cannot start stops the whole gateway (exit 1), rather than a restart loop.
+- a worker that dies after it served is restarted in its slot, with backoff, logged and
+  counted (`gateway_worker_restarts_total`).
+- reload (SIGHUP, or a change of the policy or a file it names): the new text is
+  validated here; then every worker prepares it (compiles, loads keys) and only when
+  all have, every worker commits; otherwise every worker keeps the running policy. A
+  change a worker cannot apply in place (listen address, worker count) replaces the
+  workers: new ones start on the new policy, and only when they serve do the old ones
+  stop accepting and drain.
+- SIGTERM/SIGINT: every worker drains (up to `server.shutdown_timeout`); exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway.admin import admin_app
+from gateway.demo import demo_app
+from gateway.policy import ConfigError, load_policy_text
+from gateway.policy.compile import CompiledPolicy
+from gateway.policy.model import Listen
+from gateway.runtime import sockets
+from gateway.runtime.control import Channel, ChannelClosedError
+from gateway.runtime.watch import PolicyWatch, Stamp, stamps
+
+log = logging.getLogger("gateway.runtime")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+# A worker that lived this long before dying starts again at once; one that died sooner
+# waits twice as long as the last time, up to BACKOFF_MAX.
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 10.0
+STABLE_AFTER = 10.0
+# How long a worker may take from exec to serving (imports, compile, bind).
+START_TIMEOUT = 60.0
+# How long a worker may take to answer a status request (a scrape, a readiness check).
+STATUS_TIMEOUT = 2.0
+# Past shutdown_timeout, how long a worker may take to exit before it is killed.
+EXIT_MARGIN = 5.0
+# Output of a worker without a newline for this long is written anyway (bounded memory).
+_MAX_PARTIAL_LINE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the command line set over the policy; it holds across reloads."""
+
+    listen: Listen | None = None
+    admin_listen: Listen | None = None
+    workers: int | None = None
+
+    def apply(self, policy: CompiledPolicy) -> CompiledPolicy:
+        changes: dict[str, Any] = {}
+        if self.listen is not None:
+            changes["listen"] = self.listen
+        if self.admin_listen is not None:
+            changes["admin_listen"] = self.admin_listen
+        if self.workers is not None:
+            changes["workers"] = self.workers
+        return dataclasses.replace(policy, **changes) if changes else policy
+
+
+@dataclass(eq=False)
+class WorkerProcess:
+    """One worker as the supervisor sees it."""
+
+    name: str  # its slot, as logs and the `worker` label show it
+    proc: asyncio.subprocess.Process
+    channel: Channel
+    metrics_file: Path
+    started: float = field(default_factory=time.monotonic)
+    serving: bool = False
+    stopping: bool = False  # asked to drain: its exit is expected
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def terminate(self) -> None:
+        self.stopping = True
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        policy: CompiledPolicy,
+        text: str,
+        overrides: Overrides = Overrides(),
+        demo_upstream: Listen | None = None,
+        access: Callable[[str], None] = lambda _: None,
+        log_level: str = "info",
+        reload_ready_timeout: float = 10.0,
+    ) -> None:
+        self.policy = overrides.apply(policy)
+        self._text = text
+        self._overrides = overrides
+        self._demo = demo_upstream
+        self._access = access
+        self._log_level = log_level
+        self._ready_timeout = reload_ready_timeout
+        self.workers: list[WorkerProcess] = []  # the current generation, by slot
+        self._draining: set[WorkerProcess] = set()  # an older generation, finishing
+        self._socket: socket.socket | None = None
+        self._admin: web.AppRunner | None = None
+        self._demo_runner: web.AppRunner | None = None
+        self._metrics_dir = Path(tempfile.mkdtemp(prefix="gateway-metrics-"))
+        self._serial = 0  # names metrics files: one per worker process ever started
+        self._generation = 0
+        self._lock = asyncio.Lock()  # one reload or restart at a time
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._fatal: str | None = None
+        self._backoff: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.restarts = 0
+        self.reloads = {"success": 0, "failure": 0}
+        self.public_port = 0
+        self.admin_port = 0
+
+    # -- the whole life ----------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        try:
+            if not await self._start():
+                return EXIT_FAILED
+            self._announce()
+            watch = None
+            if self.policy.watch:
+                watch = PolicyWatch(self.policy.inputs, self._reload_watched)
+                self._spawn(watch.run())
+            while not self._stop.is_set() and self._fatal is None:
+                await _either(self._stop, self._reload)
+                if self._reload.is_set() and not self._stop.is_set():
+                    self._reload.clear()
+                    paths, seen = await self._reload_watched()
+                    if watch is not None:
+                        watch.rebase(paths, seen)
+            if self._fatal is None:
+                log.info("signal received: draining in-flight requests (up to %gs)", self.policy.shutdown_timeout)
+        finally:
+            await self._shutdown()
+        if self._fatal is not None:
+            print(f"gateway: {self._fatal}", file=sys.stderr)
+            return EXIT_FAILED
+        log.info("stopped")
+        return EXIT_OK
+
+    async def _start(self) -> bool:
+        policy = self.policy
+        try:
+            self._socket = await asyncio.to_thread(sockets.bind, policy.listen)
+            self.public_port = sockets.port_of(self._socket)
+            self._admin, self.admin_port = await _serve(admin_app(self), policy.admin_listen)
+            if self._demo is not None:
+                self._demo_runner, _ = await _serve(demo_app(), self._demo)
+        except OSError as exc:
+            self._fatal = f"cannot start: {exc}"
+            return False
+        self._generation += 1
+        started = await asyncio.gather(
+            *(self._start_worker(str(slot), self._socket, self._text, policy.source) for slot in range(policy.workers))
+        )
+        failed = [problem for problem in started if isinstance(problem, str)]
+        self.workers = [w for w in started if isinstance(w, WorkerProcess)]
+        for w in self.workers:
+            self._watch(w)
+        if failed:
+            self._fatal = failed[0]
+            return False
+        return True
+
+    async def _shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        everyone = [*self.workers, *self._draining]
+        for w in everyone:
+            w.terminate()
+        deadline = time.monotonic() + self.policy.shutdown_timeout + EXIT_MARGIN
+        for w in everyone:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await w.proc.wait()
+            except TimeoutError:
+                log.error("worker %s (pid %d) outlived the drain; killing it", w.name, w.pid)
+                w.proc.kill()
+                await w.proc.wait()
+            w.channel.close()
+        for runner in (self._admin, self._demo_runner):
+            if runner is not None:
+                await runner.cleanup()
+        if self._socket is not None:
+            self._socket.close()
+        shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _announce(self) -> None:
+        policy = self.policy
+        public = f"http://{_url_host(policy.listen.host)}:{self.public_port}"
+        admin = f"http://{_url_host(policy.admin_listen.host)}:{self.admin_port}"
+        log.info(
+            "gateway listening on %s (policy %s, %d routes, %d worker%s)",
+            public,
+            policy.source,
+            len(policy.table.routes),
+            len(self.workers),
+            "" if len(self.workers) == 1 else "s",
+        )
+        log.info("admin listening on %s (/healthz, /readyz, /metrics)", admin)
+        if self._demo is not None:
+            log.info("demo upstream on http://%s", self._demo)
+
+    # -- workers -----------------------------------------------------------------------
+
+    async def _start_worker(self, name: str, listen: socket.socket, text: str, source: str) -> WorkerProcess | str:
+        """A worker serving `text`, or why it could not start."""
+        self._serial += 1
+        metrics_file = self._metrics_dir / f"worker-{self._serial}.cells"
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "gateway.runtime.worker",
+                "--listen-fd",
+                str(listen.fileno()),
+                "--control-fd",
+                str(theirs.fileno()),
+                "--name",
+                name,
+                "--metrics-file",
+                str(metrics_file),
+                "--log-level",
+                self._log_level,
+                pass_fds=(listen.fileno(), theirs.fileno()),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                start_new_session=False,
+            )
+        except OSError as exc:
+            ours.close()
+            return f"worker {name} cannot be started: {exc}"
+        finally:
+            theirs.close()
+        assert proc.stdout is not None
+        channel = await Channel.open(ours)
+        worker = WorkerProcess(name, proc, channel, metrics_file)
+        self._spawn(self._relay(proc.stdout))
+        self._spawn(channel.serve(lambda _: None))
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                await channel.request({"op": "start", "text": text, "source": source}, within=START_TIMEOUT)
+        except (TimeoutError, ChannelClosedError):
+            if proc.returncode is None:
+                proc.kill()
+            code = await proc.wait()
+            channel.close()
+            self._retire(worker)
+            return f"worker {name} could not start (exit code {code}); its error is above"
+        worker.serving = True
+        log.info("worker %s serving (pid %d)", name, proc.pid)
+        return worker
+
+    def _watch(self, worker: WorkerProcess) -> None:
+        self._spawn(self._reap(worker))
+
+    async def _reap(self, worker: WorkerProcess) -> None:
+        code = await worker.proc.wait()
+        worker.channel.close()
+        worker.exited.set()
+        self._retire(worker)
+        self._draining.discard(worker)
+        if worker.stopping or self._stop.is_set():
+            return
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        try:
+            slot = self.workers.index(worker)
+        except ValueError:
+            return  # replaced already (a reload)
+        lived = time.monotonic() - worker.started
+        last = self._backoff.get(worker.name)
+        delay = BACKOFF_FIRST if last is None or lived >= STABLE_AFTER else min(last * 2, BACKOFF_MAX)
+        self._backoff[worker.name] = delay
+        self.restarts += 1
+        log.error("worker %s (pid %d) died (%s); restarting it in %gs", worker.name, worker.pid, how, delay)
+        await asyncio.sleep(delay)
+        async with self._lock:
+            if self._stop.is_set() or slot >= len(self.workers) or self.workers[slot] is not worker:
+                return
+            assert self._socket is not None
+            started = await self._start_worker(worker.name, self._socket, self._text, self.policy.source)
+            if isinstance(started, str):
+                self._fatal = started
+                self._stop.set()
+                return
+            self.workers[slot] = started
+            self._watch(started)
+
+    def _retire(self, worker: WorkerProcess) -> None:
+        """Its counts stay in the totals (a counter never goes backwards); its file goes."""
+        self.on_retire(worker)
+        worker.metrics_file.unlink(missing_ok=True)
+
+    def on_retire(self, worker: WorkerProcess) -> None:
+        pass
+
+    async def _relay(self, stream: asyncio.StreamReader) -> None:
+        """A worker's stdout (its access log) to ours, whole lines at a time."""
+        partial = b""
+        while True:
+            chunk = await stream.read(1 << 16)
+            if not chunk:
+                break
+            data = partial + chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                partial = data
+                if len(partial) > _MAX_PARTIAL_LINE:
+                    self._access(partial.decode("ascii", "replace"))
+                    partial = b""
+                continue
+            self._access(data[:cut].decode("ascii", "replace"))
+            partial = data[cut + 1 :]
+        if partial:
+            self._access(partial.decode("ascii", "replace"))
+
+    async def _status(self, worker: WorkerProcess) -> list[str]:
+        """What the worker still waits for (its metrics' gauges are current after it)."""
+        try:
+            answer = await worker.channel.request({"op": "status"}, within=STATUS_TIMEOUT)
+        except (TimeoutError, ChannelClosedError):
+            return [f"worker {worker.name} (no answer)"]
+        return [f"worker {worker.name}: {what}" for what in answer.get("waiting", [])]
+
+    # -- reload ------------------------------------------------------------------------
+
+    async def _reload_watched(self) -> tuple[Sequence[str], tuple[Stamp, ...]]:
+        """Reload; return the files to watch from now on and how they looked when read
+        (stamped before reading, so a change made meanwhile triggers the next reload)."""
+        before = self.policy.inputs
+        seen = await asyncio.to_thread(stamps, before)
+        await self.reload()
+        if self.policy.inputs != before:  # the new policy names other files
+            seen = await asyncio.to_thread(stamps, self.policy.inputs)
+        return self.policy.inputs, seen
+
+    async def reload(self) -> bool:
+        async with self._lock:
+            ok = await self._reload_now()
+        self.reloads["success" if ok else "failure"] += 1
+        return ok
+
+    async def _reload_now(self) -> bool:
+        source = self.policy.source
+        try:
+            text = await asyncio.to_thread(Path(source).read_text, encoding="utf-8")
+            new = self._overrides.apply(await asyncio.to_thread(load_policy_text, text, source))
+        except ConfigError as exc:
+            log.error("reload refused; the running policy stays in force:\n%s", exc)
+            return False
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("reload refused: cannot read %s (%s); the running policy stays in force", source, exc)
+            return False
+        except Exception as exc:  # a reload must never take the running gateway down
+            log.error("reload refused (%s); the running policy stays in force", type(exc).__name__)
+            return False
+        admin: tuple[web.AppRunner, int] | None = None
+        if new.admin_listen != self.policy.admin_listen:
+            try:
+                admin = await _serve(admin_app(self), new.admin_listen)
+            except OSError as exc:
+                log.error("reload refused: cannot listen on %s (%s)", new.admin_listen, exc)
+                return False
+        if (new.listen, new.workers) != (self.policy.listen, self.policy.workers):
+            ok = await self._replace(new, text)
+        else:
+            ok = await self._in_place(new, text)
+        if admin is not None:
+            old, self._admin = self._admin, admin[0]
+            if ok:
+                self.admin_port = admin[1]
+                if old is not None:
+                    await old.cleanup()
+            else:
+                self._admin = old
+                await admin[0].cleanup()
+        if ok:
+            log.info("policy reloaded from %s (%d routes, %d workers)", source, len(new.table.routes), new.workers)
+        return ok
+
+    async def _in_place(self, new: CompiledPolicy, text: str) -> bool:
+        self._generation += 1
+        gen = self._generation
+        timeout = self._ready_timeout + STATUS_TIMEOUT + 5.0
+        message = {"op": "prepare", "gen": gen, "text": text, "source": new.source}
+        answers = await asyncio.gather(
+            *(w.channel.request(message, within=timeout) for w in self.workers), return_exceptions=True
+        )
+        problems = []
+        for w, answer in zip(self.workers, answers, strict=True):
+            if isinstance(answer, BaseException):
+                problems.append(f"worker {w.name}: {'no answer' if isinstance(answer, TimeoutError) else 'gone'}")
+            elif not answer.get("ok"):
+                problems.append(f"worker {w.name}: {answer.get('error')}")
+        op = "abort" if problems else "commit"
+        await asyncio.gather(
+            *(w.channel.request({"op": op, "gen": gen}, within=timeout) for w in self.workers), return_exceptions=True
+        )
+        if problems:
+            log.error("reload refused; the running policy stays in force: %s", "; ".join(problems))
+            return False
+        self.policy = new
+        self._text = text
+        return True
+
+    async def _replace(self, new: CompiledPolicy, text: str) -> bool:
+        """New workers on the new policy (and socket); once they serve with keys, the old
+        ones stop accepting and drain."""
+        assert self._socket is not None
+        listen = self._socket
+        if new.listen != self.policy.listen:
+            try:
+                listen = await asyncio.to_thread(sockets.bind, new.listen)
+            except OSError as exc:
+                log.error("reload refused: cannot listen on %s (%s)", new.listen, exc)
+                return False
+        self._generation += 1
+        started = await asyncio.gather(
+            *(self._start_worker(str(slot), listen, text, new.source) for slot in range(new.workers))
+        )
+        fresh = [w for w in started if isinstance(w, WorkerProcess)]
+        problems = [s for s in started if isinstance(s, str)]
+        if not problems:
+            problems = await self._until_ready(fresh)
+        if problems:
+            log.error("reload refused; the running policy stays in force: %s", "; ".join(problems))
+            for w in fresh:
+                w.terminate()
+            for w in fresh:
+                await w.proc.wait()
+            if listen is not self._socket:
+                listen.close()
+            return False
+        old, old_socket = self.workers, self._socket
+        self.workers, self._socket, self.policy, self._text = fresh, listen, new, text
+        self.public_port = sockets.port_of(listen)
+        for w in fresh:
+            self._watch(w)
+        for w in old:
+            self._draining.add(w)
+            w.terminate()
+        if old_socket is not listen:
+            # Close our copy now: the old workers close theirs as they stop accepting,
+            # and then the old address refuses connections at once instead of queueing
+            # them where nobody accepts.
+            old_socket.close()
+        return True
+
+    async def _until_ready(self, workers: Sequence[WorkerProcess]) -> list[str]:
+        deadline = time.monotonic() + self._ready_timeout
+        while True:
+            waiting = [what for w in workers for what in await self._status(w)]
+            if not waiting:
+                return []
+            if time.monotonic() > deadline:
+                return waiting
+            await asyncio.sleep(0.05)
+
+    # -- what the admin listener reports -----------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        return {
+            "workers": sum(1 for w in self.workers if w.serving and w.proc.returncode is None),
+            "workers_configured": self.policy.workers,
+            "restarts": self.restarts,
+            "pids": [w.pid for w in self.workers],
+        }
+
+    async def waiting(self) -> list[str]:
+        if self._stop.is_set():
+            return ["stopping"]
+        missing = self.policy.workers - sum(1 for w in self.workers if w.serving and w.proc.returncode is None)
+        waiting = [f"{missing} of {self.policy.workers} workers"] if missing else []
+        for answer in await asyncio.gather(*(self._status(w) for w in self.workers)):
+            waiting += answer
+        return waiting
+
+    async def exposition(self) -> bytes:
+        await asyncio.gather(*(self._status(w) for w in [*self.workers, *self._draining]))
+        return b""
+
+
+async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
+    waits = {asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())}
+    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+
+
+async def _serve(app: web.Application, where: Listen) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, where.host, where.port, reuse_address=True)
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    # The bound port (differs from the configured one when that is 0, as in tests).
+    return runner, int(runner.addresses[-1][1])
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
