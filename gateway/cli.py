@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,7 +18,8 @@ from gateway.duration import format_duration
 from gateway.obs.access import LineWriter, set_sink
 from gateway.policy import ConfigError, load_policy, load_policy_text
 from gateway.policy.compile import CompiledPolicy
-from gateway.policy.model import Listen, Policy
+from gateway.policy.model import Listen, Policy, WorkerSetting, parse_workers
+from gateway.runtime.cpus import available_cpus, cpu_budget
 from gateway.runtime.supervisor import Overrides, Supervisor
 from gateway.tokens.cli import add_commands as add_token_commands
 
@@ -51,16 +53,42 @@ def _parser() -> argparse.ArgumentParser:
         help="also serve the built-in echo upstream (default 127.0.0.1:8081)",
     )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_workers(run, "worker processes, overriding server.workers")
     run.set_defaults(handler=_run)
 
     check = sub.add_parser("check", help="validate a policy and print its route table")
     check.add_argument("--config", required=True, metavar="FILE")
+    _add_workers(check, "print the workers `run --workers` would start")
     check.set_defaults(handler=_check)
 
     schema = sub.add_parser("schema", help="print the policy's JSON Schema (for editors)")
     schema.set_defaults(handler=_schema)
     add_token_commands(sub)
     return parser
+
+
+def _add_workers(parser: argparse.ArgumentParser, help_text: str) -> None:
+    # None when not given: the policy's server.workers then applies.
+    parser.add_argument("--workers", type=_workers_arg, metavar="N|auto", help=help_text)
+
+
+def _workers_arg(text: str) -> WorkerSetting:
+    try:
+        return parse_workers(int(text) if re.fullmatch(r"[0-9]+", text) else text)
+    except ValueError as exc:
+        # argparse prints this after "argument --workers:" and exits 2.
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _describe_workers(policy: CompiledPolicy, override: WorkerSetting | None) -> str:
+    """`2 (auto: 2 CPUs: affinity 4, cgroup quota 1.5)`, or `1`."""
+    setting: WorkerSetting = override if override is not None else "auto" if policy.workers_auto else policy.workers
+    if setting != "auto":
+        return str(setting)
+    # Read again rather than taken from the policy: the count and its reasons then come
+    # from one reading, and `--workers auto` needs it anyway.
+    budget = cpu_budget()
+    return f"{budget.count} (auto: {budget.describe()})"
 
 
 def _load(filename: str) -> CompiledPolicy | None:
@@ -76,6 +104,7 @@ def _check(args: argparse.Namespace) -> int:
     if policy is None:
         return EXIT_INVALID
     print(f"{policy.source}: valid, {len(policy.table.routes)} routes (first match wins)")
+    print(f"workers: {_describe_workers(policy, args.workers)}")
     rows = [("#", "name", "match", "upstream", "auth", "timeouts")]
     for r in policy.table.routes:
         rows.append(
@@ -140,7 +169,7 @@ def _serve(args: argparse.Namespace, write_access: Callable[[str], None]) -> int
         overrides = Overrides(
             listen=Listen.model_validate(args.listen) if args.listen else None,
             admin_listen=Listen.model_validate(args.admin_listen) if args.admin_listen else None,
-            workers=getattr(args, "workers", None),
+            workers=available_cpus() if args.workers == "auto" else args.workers,
         )
         demo = Listen.model_validate(args.demo_upstream) if args.demo_upstream else None
     except ValidationError as exc:

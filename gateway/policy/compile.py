@@ -36,6 +36,7 @@ from gateway.policy.errors import CompileError, Path, Problem
 from gateway.policy.model import Identity, JwtAuth, Listen, Policy, Provider, Route
 from gateway.policy.model import KeySource as KeySourceModel
 from gateway.routing import CompiledRoute, PublicAccess, RouteTable, Upstream
+from gateway.runtime.cpus import available_cpus
 from gateway.tokens.keystore import JWKS_FILE
 from gateway.tokens.revocation import RevocationError, RevocationWatcher
 
@@ -122,6 +123,12 @@ class CompiledPolicy:
     revocations: tuple[RevocationWatcher, ...] = ()
     # Public JWKS documents served on the public listener: path -> provider keys.
     published: Mapping[str, ProviderKeys] = dataclasses.field(default_factory=dict)
+    # Worker processes to run, `auto` already resolved to this process's CPUs at load.
+    workers: int = 1
+    workers_auto: bool = False
+    watch: bool = True
+    # The files this policy was read from (`_inputs`): what `watch` watches.
+    inputs: tuple[str, ...] = ()
 
 
 def _compile_limits(policy: Policy, problems: list[Problem]) -> Limits:
@@ -188,8 +195,13 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
     if problems:
         raise CompileError(problems)
     identity = policy.identity
+    workers = policy.server.workers
     return CompiledPolicy(
         source=source,
+        workers=available_cpus() if workers == "auto" else workers,
+        workers_auto=workers == "auto",
+        watch=policy.server.watch,
+        inputs=_inputs(policy, source, base_dir),
         listen=policy.listen,
         admin_listen=policy.admin.listen,
         trusted_proxies=tuple(ipaddress.ip_network(n, strict=False) for n in policy.server.trusted_proxies),
@@ -214,6 +226,26 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
             enabled=policy.access_log.enabled,
         ),
     )
+
+
+def _inputs(policy: Policy, source: str, base_dir: FsPath) -> tuple[str, ...]:
+    """The policy file, then every file compiling it read (sorted): a change to any of
+    them can change the compiled policy.
+
+    abspath, not realpath: Kubernetes updates a ConfigMap by swapping a `..data` symlink,
+    which only a stat through the symlink sees. The named files are the paths
+    `_key_source` and `_read_secret` read. Left out on purpose: revocation files (each
+    worker polls them itself; a policy reload per revoked token would be waste)
+    and the `api_tokens.signing_keys` directory (its private keys, lock and ledger are the
+    token CLI's; `jwks.json`, the one file the gateway reads there, is a `jwks_file`)."""
+    named: set[str] = set()
+    for provider in policy.providers.values():
+        for spec in provider.keys:
+            for name in (spec.pem_file, spec.jwks_file, spec.hmac_secret.file if spec.hmac_secret else None):
+                if name is not None:
+                    named.add(os.path.abspath(base_dir / name))
+    first = os.path.abspath(source)
+    return (first, *sorted(named - {first}))
 
 
 def _claim_header_names(policy: Policy, problems: list[Problem]) -> set[str]:

@@ -129,6 +129,36 @@ def _network(value: str) -> str:
 Network = Annotated[StrictStr, AfterValidator(_network)]
 
 
+MAX_WORKERS = 256
+WorkerSetting = int | Literal["auto"]
+
+
+def parse_workers(value: object) -> WorkerSetting:
+    """`server.workers` and `gateway run --workers`: a whole number from 1 to MAX_WORKERS,
+    or `auto`. ValueError says what was expected."""
+    if value == "auto":
+        return "auto"
+    # bool is an int to Python, but `workers: true` is a mistake, not one worker.
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS:
+        return value
+    shown = str(value).lower() if isinstance(value, bool) else repr(value)  # as YAML spells it
+    raise ValueError(f"not a worker count: {shown} (expected a whole number from 1 to {MAX_WORKERS}, or auto)")
+
+
+def _workers(value: Any) -> WorkerSetting:
+    try:
+        return parse_workers(value)
+    except ValueError as exc:
+        raise invalid("workers", str(exc)) from None
+
+
+Workers = Annotated[
+    WorkerSetting,
+    BeforeValidator(_workers),
+    WithJsonSchema({"oneOf": [{"type": "integer", "minimum": 1, "maximum": MAX_WORKERS}, {"const": "auto"}]}),
+]
+
+
 class Admin(Strict):
     """The operators' listener: health and readiness (and metrics), never public."""
 
@@ -157,6 +187,11 @@ class Server(Strict):
     # upstream connection per request, for a front proxy that carries many users on
     # one connection to the gateway (see README "Upstream client").
     upstream_keepalive: StrictBool = True
+    # Worker processes; `auto`: the CPUs this process may use (gateway/runtime/cpus.py).
+    workers: Workers = 1
+    # Reload when the policy file or a file it names changes: a Kubernetes ConfigMap
+    # update sends no SIGHUP.
+    watch: StrictBool = True
 
 
 _ALGORITHMS = (

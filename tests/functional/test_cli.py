@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway.runtime.cpus import cpu_budget
 from tests.procs import gateway_cmd, running_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +59,37 @@ def test_check_invalid_exits_2_with_located_message(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{f}:4: routes[0].upstream: not a URL: 'orders:80' (expected http(s)://host[:port][/base])" in result.stderr
     assert result.stdout == ""
+
+
+def test_check_prints_the_workers_run_would_start(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    routes = "routes:\n  - {name: api, match: {prefix: /api}, upstream: 'http://u', auth: public}\n"
+    budget = cpu_budget()  # the child sees the same affinity mask and cgroup
+    auto = f"workers: {budget.count} (auto: {budget.describe()})"
+    for server, option, expected in [
+        ("", (), "workers: 1"),
+        ("server: {workers: 3}\n", (), "workers: 3"),
+        ("server: {workers: auto}\n", (), auto),
+        ("server: {workers: 3}\n", ("--workers", "auto"), auto),
+        ("server: {workers: auto}\n", ("--workers", "2"), "workers: 2"),
+    ]:
+        f.write_text(server + routes)
+        result = run("check", "--config", str(f), *option)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[:2] == [f"{f}: valid, 1 routes (first match wins)", expected], option
+
+
+def test_bad_workers_option_exits_2(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text("routes:\n  - {name: api, match: {prefix: /api}, upstream: 'http://u', auth: public}\n")
+    for command, value in [("check", "0"), ("check", "257"), ("run", "many"), ("run", "-1")]:
+        result = run(command, "--config", str(f), f"--workers={value}")
+        assert result.returncode == 2
+        assert (
+            f"argument --workers: not a worker count: {value if value.isdigit() else repr(value)} "
+            "(expected a whole number from 1 to 256, or auto)" in result.stderr
+        )
+        assert result.stdout == ""
 
 
 def test_check_missing_file_and_bad_usage_exit_2(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.policy import ConfigError, load_policy
+from gateway.runtime.cpus import available_cpus
 
 GOOD_ROUTE = """\
   - name: ok
@@ -15,6 +16,8 @@ GOOD_ROUTE = """\
     upstream: http://127.0.0.1:81
     auth: public
 """
+
+WORKERS_EXPECTED = "(expected a whole number from 1 to 256, or auto)"
 
 
 def errors(tmp_path: Path, text: str) -> list[str]:
@@ -52,6 +55,13 @@ def test_bad_upstream_names_line_field_and_expectation(tmp_path: Path) -> None:
         ("server:\n  shutdown_timeout: 10\n", "2: server.shutdown_timeout: not a duration: 10 (expected"),
         ("server:\n  shutdown_timeout: 10y\n", "2: server.shutdown_timeout: not a duration: '10y' (expected"),
         ("server:\n  trusted_proxies: [nope]\n", "2: server.trusted_proxies[0]: not a network: 'nope'"),
+        ("server:\n  workers: 0\n", f"2: server.workers: not a worker count: 0 {WORKERS_EXPECTED}"),
+        ("server:\n  workers: 257\n", f"2: server.workers: not a worker count: 257 {WORKERS_EXPECTED}"),
+        ("server:\n  workers: '2'\n", f"2: server.workers: not a worker count: '2' {WORKERS_EXPECTED}"),
+        ("server:\n  workers: 1.5\n", f"2: server.workers: not a worker count: 1.5 {WORKERS_EXPECTED}"),
+        ("server:\n  workers: true\n", f"2: server.workers: not a worker count: true {WORKERS_EXPECTED}"),
+        ("server:\n  workers: AUTO\n", f"2: server.workers: not a worker count: 'AUTO' {WORKERS_EXPECTED}"),
+        ("server:\n  watch: 'yes'\n", "2: server.watch: expected true or false"),
     ],
 )
 def test_top_level_fields(tmp_path: Path, snippet: str, expected: str) -> None:
@@ -192,3 +202,18 @@ def test_yaml_problems(tmp_path: Path) -> None:
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the policy file"):
         load_policy(str(tmp_path / "missing.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("snippet", "workers", "auto", "watch"),
+    [
+        ("", 1, False, True),
+        ("server:\n  workers: 256\n  watch: false\n", 256, False, False),
+        ("server:\n  workers: auto\n", available_cpus(), True, True),
+    ],
+)
+def test_workers_and_watch(tmp_path: Path, snippet: str, workers: int, auto: bool, watch: bool) -> None:
+    f = tmp_path / "config.yaml"
+    f.write_text(snippet + "routes:\n" + GOOD_ROUTE)
+    policy = load_policy(str(f))
+    assert (policy.workers, policy.workers_auto, policy.watch) == (workers, auto, watch)

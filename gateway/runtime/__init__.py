@@ -1,0 +1,1 @@
+"""Several processes: the supervisor, its workers, and what they share."""
