@@ -164,7 +164,10 @@ def _compile_limits(policy: Policy, problems: list[Problem]) -> Limits:
 def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
     """Compile or raise CompileError listing everything wrong, by field path."""
     problems: list[Problem] = []
-    base_dir = FsPath(source).resolve().parent
+    # Relative to the directory the policy was named in, not the one its symlinks lead
+    # to: a Kubernetes ConfigMap's files are links into a `..2026_…` directory that the
+    # next update deletes, and a Secret mounted beside it is not in there.
+    base_dir = FsPath(os.path.abspath(source)).parent
     verifiers: dict[str, ProviderVerifier] = {}
     for name, provider in policy.providers.items():
         verifier = _compile_provider(name, provider, base_dir, problems)

@@ -306,9 +306,10 @@ class Supervisor:
         worker.exited.set()
         self._retire(worker)
         self._draining.discard(worker)
-        if worker.stopping or self._stop.is_set():
-            return
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        if worker.stopping or self._stop.is_set():
+            log.info("worker %s (pid %d) stopped (%s)", worker.name, worker.pid, how)
+            return
         try:
             slot = self.workers.index(worker)
         except ValueError:

@@ -91,7 +91,7 @@ class Worker:
         if gateway is None:
             return
         if op == "status":
-            self._metrics.sample()
+            pass  # TEMP sample
             self._channel.reply(message, {"op": "status", "waiting": gateway.not_ready()})
         elif op == "prepare":
             self._channel.reply(message, await self._prepare(gateway, message))
@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _main(args: argparse.Namespace) -> int:
     listen = socket.socket(fileno=args.listen_fd)
     channel = await Channel.open(socket.socket(fileno=args.control_fd))
-    metrics = Metrics.in_file(Path(args.metrics_file))
+    metrics = Metrics()  # TEMP
     return await Worker(channel, listen, metrics).run()
 
 
