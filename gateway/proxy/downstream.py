@@ -694,6 +694,11 @@ class ClientConnection(BaseProtocol):
         return self._handling
 
     @property
+    def idle(self) -> bool:
+        """Waiting for the client's next request (its idle timer runs)."""
+        return not self._handling and self._idle_deadline is not None
+
+    @property
     def closing(self) -> bool:
         """No request follows the response being written: it says `Connection: close`."""
         return self._closing or self._draining or (self._eof and not self._queue)
@@ -710,7 +715,7 @@ class ClientConnection(BaseProtocol):
             self._closing = True
             return
         since = self._idle_deadline
-        if since is not None and self._loop.time() - (since - self._server.keepalive_timeout) >= idle_grace:
+        if self.idle and since is not None and self._loop.time() - (since - self._server.keepalive_timeout) >= idle_grace:
             self._close()
         else:
             self._draining = True
@@ -799,4 +804,9 @@ class Server:
                 break
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
-            conn.reset()
+            # Cut what is still answering (a reset, so a truncated body never looks
+            # whole); close what waits for a request that never came.
+            if conn.idle:
+                conn.close_when_done(0.0)
+            else:
+                conn.reset()
