@@ -149,6 +149,7 @@ class Supervisor:
         self._lock = asyncio.Lock()  # one reload or restart at a time
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        self._read: tuple[Stamp, ...] = ()  # the policy's inputs as the last reload found them
         self._fatal: str | None = None
         self._backoff: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -167,8 +168,9 @@ class Supervisor:
                 return EXIT_FAILED
             self._announce()
             watch = None
+            self._read = await asyncio.to_thread(stamps, self.policy.inputs)
             if self.policy.watch:
-                watch = PolicyWatch(self.policy.inputs, self._reload_watched)
+                watch = PolicyWatch(self.policy.inputs, self._reload_changed)
                 self._spawn(watch.run())
             while not self._stop.is_set() and self._fatal is None:
                 await _either(self._stop, self._reload)
@@ -381,18 +383,34 @@ class Supervisor:
     # -- reload ------------------------------------------------------------------------
 
     async def _reload_watched(self) -> tuple[Sequence[str], tuple[Stamp, ...]]:
+        """SIGHUP: reload whatever the files hold now."""
+        return await self._reload_inputs(always=True)
+
+    async def _reload_changed(self) -> tuple[Sequence[str], tuple[Stamp, ...]]:
+        """The watch saw a change: reload, unless a reload since (a SIGHUP's) read the
+        files as they are now. An operator who edits the file and sends SIGHUP gets one
+        reload, not a second one when the watch's next poll finds the same change."""
+        return await self._reload_inputs(always=False)
+
+    async def _reload_inputs(self, always: bool) -> tuple[Sequence[str], tuple[Stamp, ...]]:
         """Reload; return the files to watch from now on and how they looked when read
         (stamped before reading, so a change made meanwhile triggers the next reload)."""
-        before = self.policy.inputs
-        seen = await asyncio.to_thread(stamps, before)
-        await self.reload()
-        if self.policy.inputs != before:  # the new policy names other files
-            seen = await asyncio.to_thread(stamps, self.policy.inputs)
-        return self.policy.inputs, seen
+        async with self._lock:
+            before = self.policy.inputs
+            seen = await asyncio.to_thread(stamps, before)
+            if always or seen != self._read:
+                await self._reload_counted()
+                if self.policy.inputs != before:  # the new policy names other files
+                    seen = await asyncio.to_thread(stamps, self.policy.inputs)
+                self._read = seen
+            return self.policy.inputs, self._read
 
     async def reload(self) -> bool:
         async with self._lock:
-            ok = await self._reload_now()
+            return await self._reload_counted()
+
+    async def _reload_counted(self) -> bool:
+        ok = await self._reload_now()
         self.metrics.config_reloads.labels("success" if ok else "failure").inc()
         return ok
 

@@ -63,17 +63,21 @@ class PolicyWatch:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self._poll)
-            now = await asyncio.to_thread(stamps, self._paths)
+            paths = self._paths
+            now = await asyncio.to_thread(stamps, paths)
             if now == self._stamps:
                 continue
             # Let it settle: the same stamps twice, `settle` apart.
             while True:
                 await asyncio.sleep(self._settle)
-                again = await asyncio.to_thread(stamps, self._paths)
+                again = await asyncio.to_thread(stamps, paths)
                 if again == now:
                     break
                 now = again
-            changed = [p for p, a, b in zip(self._paths, self._stamps, now, strict=True) if a != b]
+            if self._paths != paths or now == self._stamps:
+                # Rebased meanwhile: a reload (SIGHUP) read the files since. What it did
+                # not read, the next poll finds.
+                continue
+            changed = [p for p, a, b in zip(paths, self._stamps, now, strict=True) if a != b]
             log.info("policy input changed (%s): reloading", ", ".join(changed))
-            paths, seen = await self._changed()
-            self.rebase(paths, seen)
+            self.rebase(*await self._changed())
