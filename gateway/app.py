@@ -30,6 +30,8 @@ log = logging.getLogger("gateway")
 
 # How long, after the drain, stopping waits for the listener's connections to be gone.
 _LISTENER_CLOSE = 1.0
+# The public listener's accept queue (listen(2) backlog).
+_BACKLOG = 1024
 
 
 def client_session() -> aiohttp.ClientSession:
@@ -130,10 +132,10 @@ class Gateway:
         server.on_unparseable = self._handler.unparseable
         loop = asyncio.get_running_loop()
         if self.listen_socket is not None:
-            listener = await loop.create_server(self._server, sock=self.listen_socket, backlog=1024)
+            listener = await loop.create_server(self._server, sock=self.listen_socket, backlog=_BACKLOG)
         else:
             listener = await loop.create_server(
-                self._server, policy.listen.host, policy.listen.port, reuse_address=True, backlog=1024
+                self._server, policy.listen.host, policy.listen.port, reuse_address=True, backlog=_BACKLOG
             )
         self._listener = listener
         # The bound port (differs from the configured one when that is 0, as in tests).
@@ -225,12 +227,48 @@ class Gateway:
         # The bound port (differs from the configured one when that is 0, as in tests).
         return int(runner.addresses[-1][1])
 
+    def _take_queued(self) -> list[socket.socket]:
+        """The connections waiting in the accept queue of the listening socket we share
+        with other processes (a worker's), taken before we close our descriptor of it.
+
+        Closing the last descriptor of a listening socket resets every connection queued
+        on it: their clients have connected and may have sent a request, which would then
+        fail. That is the old socket of a listen change (and the socket at a SIGTERM),
+        while clients still arrive. Taken here, they are served like the other
+        connections of the drain (answered with `Connection: close`). Nothing is awaited
+        between taking them and closing, so one more can only slip in within
+        microseconds."""
+        listen = self.listen_socket
+        taken: list[socket.socket] = []
+        if listen is None:
+            return taken
+        while len(taken) < _BACKLOG:  # bounded: a flood must not hold the stop
+            try:
+                sock, _ = listen.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except ConnectionAbortedError:
+                continue  # reset by its client while queued
+            except OSError as exc:  # out of descriptors: the rest are lost with the socket
+                log.warning("cannot take the queued connections before closing the listener (%s)", exc)
+                break
+            sock.setblocking(False)
+            taken.append(sock)
+        return taken
+
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (up to shutdown_timeout), close."""
         self.listening = False
         # Public listener first, so health checks keep answering while we drain.
         if self._listener is not None and self._server is not None:
+            queued = self._take_queued()
             self._listener.close()
+            loop = asyncio.get_running_loop()
+            for sock in queued:
+                try:
+                    await loop.connect_accepted_socket(self._server, sock)
+                except OSError:
+                    sock.close()  # gone already (its client reset it)
             # Since Python 3.12.1 wait_closed() waits for every connection the listener
             # accepted. One accepted in this loop turn reaches our Server (connection_made)
             # on the next: let it, so the drain sees it. None is accepted after close().
