@@ -219,6 +219,13 @@ class Supervisor:
         everyone = [*self.workers, *self._draining]
         for w in everyone:
             w.terminate()
+        if self._socket is not None:
+            # Ours now, not after the drain: once each worker has closed its own (taking
+            # what is queued first), the address refuses new connections at once. Kept
+            # open, it would queue them where nobody accepts, and our exit would reset
+            # them after the drain.
+            self._socket.close()
+            self._socket = None
         deadline = time.monotonic() + self.policy.shutdown_timeout + EXIT_MARGIN
         for w in everyone:
             try:
@@ -232,8 +239,6 @@ class Supervisor:
         for runner in (self._admin, self._demo_runner):
             if runner is not None:
                 await runner.cleanup()
-        if self._socket is not None:
-            self._socket.close()
         shutil.rmtree(self._metrics_dir, ignore_errors=True)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

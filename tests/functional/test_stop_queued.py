@@ -1,15 +1,21 @@
-"""Closing the public listener loses no connection the kernel has already accepted."""
+"""Closing the public listener loses no connection the kernel has already accepted, and
+after a SIGTERM the address refuses new connections instead of queueing them."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import time
 from pathlib import Path
+
+from aiohttp import web
 
 from gateway.app import Gateway
 from gateway.policy import load_policy
 from tests.conftest import Upstream
-from tests.rawhttp import get
+from tests.procs import running_gateway
+from tests.rawhttp import KeptAlive, get
 
 
 async def test_connections_queued_when_a_worker_closes_the_shared_listener_are_answered(
@@ -52,3 +58,39 @@ async def test_connections_queued_when_a_worker_closes_the_shared_listener_are_a
     finally:
         for client in clients:
             client.close()
+
+
+async def test_after_sigterm_the_port_refuses_new_connections_while_the_drain_goes_on(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """The supervisor closes its descriptor of the listening socket when the drain
+    begins. Kept until it exits, the address went on taking connections into a queue no
+    worker accepted from, and they were reset at the end of the drain."""
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await release.wait()
+        return web.Response(text="finished")
+
+    upstream.routes["/slow"] = slow
+    routes = f'- {{name: open, match: {{prefix: /}}, upstream: "{upstream.url}", auth: public}}'
+    async with running_gateway(tmp_path, routes, "server: {shutdown_timeout: 20s}") as gw:
+        conn = await KeptAlive.open(gw.port)
+        in_flight = asyncio.ensure_future(conn.send(get("/slow", close=False), wait=20))
+        await asyncio.sleep(0.3)  # the request is upstream now
+        gw.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            except ConnectionRefusedError:
+                break
+            writer.close()  # taken by the worker before it closed its listener: no request sent
+            assert time.monotonic() < deadline, "the port still takes connections during the drain"
+            await asyncio.sleep(0.05)
+        assert not in_flight.done()
+        release.set()
+        answer = await in_flight
+        assert (answer.status, answer.body, answer.headers["Connection"]) == (200, b"finished", "close")
+        assert await asyncio.to_thread(gw.proc.wait, 10) == 0
+        await conn.close()
