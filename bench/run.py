@@ -9,6 +9,11 @@ core 0, wrk and the backend to core 1, so figures read "per core". Every scenari
 as interleaved rounds (A B C … A B C …) and reports its median; each ratio is to the
 nginx proxy measured in the same run. Every process started is stopped, by PID, even
 on error. Figures are printed, never asserted.
+
+The workers scenario runs two more gateways, `workers: 1` and `workers: 2`, unpinned
+(wrk and the backend stay on core 1): requests per second, the CPU time per request of
+the whole gateway (supervisor and workers, from /proc), and the share of the machine
+each process group took.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -42,6 +48,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm  # noqa: E402
 STREAM_BYTES = 100 * 1024 * 1024
 ISSUER = "https://bench.test"
 PROXY_CORE, LOAD_CORE = "0", "1"
+WORKER_LABEL = {"w1": "1 worker unpinned", "w2": "2 workers unpinned"}
 
 
 def need(tool: str, package: str) -> str:
@@ -78,8 +85,10 @@ class Procs:
 
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start(self, cmd: list[str], core: str, **kw: object) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(["taskset", "-c", core, *cmd], **kw)  # type: ignore[call-overload]
+    def start(self, cmd: list[str], core: str | None, **kw: object) -> subprocess.Popen[bytes]:
+        """`core` None: unpinned, the scheduler places it."""
+        pinned = ["taskset", "-c", core] if core is not None else []
+        proc = subprocess.Popen([*pinned, *cmd], **kw)  # type: ignore[call-overload]
         self.started.append(proc)
         return proc
 
@@ -94,6 +103,39 @@ class Procs:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, all its threads (0 once it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14 and 15)
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started (a gateway supervisor's workers, nginx's workers)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found += [int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def group_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of `pid` and of each process it started, by pid."""
+    return {p: cpu_seconds(p) for p in (pid, *children(pid))}
 
 
 def wait_http(url: str, seconds: float = 20) -> None:
@@ -159,10 +201,11 @@ def keys_and_tokens(work: Path) -> dict[str, object]:
     return {"reused": reused, "unique": unique, "bad": bad}
 
 
-def gateway_policy(work: Path, port: int, admin: int, backend: int, routes: int) -> Path:
+def gateway_policy(work: Path, port: int, admin: int, backend: int, routes: int, workers: int = 1) -> Path:
     lines = [
         f"listen: 127.0.0.1:{port}",
         f"admin: {{listen: 127.0.0.1:{admin}}}",
+        f"server: {{workers: {workers}}}",
         "access_log: {format: json}",
         # Half the unique-token pool, which wrk cycles through in order: every unique
         # token is a cache miss (LRU), so that scenario verifies on every request.
@@ -183,7 +226,7 @@ def gateway_policy(work: Path, port: int, admin: int, backend: int, routes: int)
         f"  - {{name: jwt, match: {{prefix: /jwt}}, upstream: '{up}', auth: {{any_of: [bench], scopes: [read]}}}}",
         f"  - {{name: stream, match: {{prefix: /stream}}, upstream: '{up}', auth: public}}",
     ]
-    path = work / f"gateway-{routes}.yaml"
+    path = work / f"gateway-{routes}-w{workers}.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -238,7 +281,10 @@ def run_wrk(wrk: str, url: str, duration: int, connections: int, script: Path | 
     cmd = ["taskset", "-c", LOAD_CORE, wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
     if script is not None:
         cmd += ["-s", str(script)]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    done = subprocess.run([*cmd, url], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"bench: wrk failed on {url}: {done.stdout.strip()} {done.stderr.strip()}")
+    out = done.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -253,6 +299,46 @@ def run_wrk(wrk: str, url: str, duration: int, connections: int, script: Path | 
         "p99": lat["99"],
         "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
     }
+
+
+@dataclass(frozen=True)
+class Accounted:
+    """Whose CPU a wrk run is charged to: the proxy under test (a process group), the backend."""
+
+    proxy: int
+    backend: int
+
+
+def measured(
+    wrk: str, url: str, duration: int, connections: int, script: Path | None, who: Accounted
+) -> dict[str, float]:
+    """`run_wrk`, plus the CPU seconds each process group used meanwhile: the proxy (its
+    supervisor or master and every worker), the backend, and wrk (our only child that
+    ends during the run, so the growth of RUSAGE_CHILDREN)."""
+    proxy, backend = group_cpu(who.proxy), group_cpu(who.backend)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    out = run_wrk(wrk, url, duration, connections, script)
+    wall = time.perf_counter() - t0
+    kids_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proxy_after, backend_after = group_cpu(who.proxy), group_cpu(who.backend)
+    by_process = {pid: cpu - proxy.get(pid, 0.0) for pid, cpu in proxy_after.items()}
+    out["wall"] = wall
+    out["cpu_proxy"] = sum(by_process.values())
+    out["cpu_proxy_main"] = by_process.get(who.proxy, 0.0)  # supervisor (or nginx master) alone
+    # The busiest worker's part of the workers' CPU: 0.5 is an even split of two.
+    workers = sorted((cpu for pid, cpu in by_process.items() if pid != who.proxy), reverse=True)
+    out["busiest_worker_share"] = workers[0] / sum(workers) if workers and sum(workers) > 0 else float("nan")
+    out["cpu_backend"] = sum(backend_after.values()) - sum(backend.values())
+    out["cpu_wrk"] = (kids_after.ru_utime + kids_after.ru_stime) - (kids.ru_utime + kids.ru_stime)
+    return out
+
+
+def workers_of(supervisor: int) -> int:
+    """The one worker of a `workers: 1` gateway: the process that serves (and so the one
+    whose memory the RSS figures are about; the supervisor's is printed apart)."""
+    (worker,) = children(supervisor)
+    return worker
 
 
 def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
@@ -331,61 +417,79 @@ def _run(args: argparse.Namespace, work: Path, procs: Procs, wrk: str, nginx: st
     location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}""",
     )
-    procs.start([nginx, "-c", str(backend_conf), "-e", str(work / "backend.stderr")], LOAD_CORE)
-    procs.start([nginx, "-c", str(proxy_conf), "-e", str(work / "proxy.stderr")], PROXY_CORE)
+    backend_proc = procs.start([nginx, "-c", str(backend_conf), "-e", str(work / "backend.stderr")], LOAD_CORE)
+    proxy_proc = procs.start([nginx, "-c", str(proxy_conf), "-e", str(work / "proxy.stderr")], PROXY_CORE)
     tokens = keys_and_tokens(work)
-    gateways: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}
-    admins: dict[int, int] = {}
-    for routes in (1, 1000):
+    gateways: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+    admins: dict[str, int] = {}
+    # The pinned gateways (1 and 1 000 routes, one worker), and the unpinned ones of the
+    # workers scenario (1 route; one worker, two workers).
+    for name, routes, workers, core in (
+        ("1", 1, 1, PROXY_CORE),
+        ("1000", 1000, 1, PROXY_CORE),
+        ("w1", 1, 1, None),
+        ("w2", 1, 2, None),
+    ):
         port, admin = free_port(), free_port()
-        policy = gateway_policy(work, port, admin, backend, routes)
-        log = (work / f"gateway-{routes}.log").open("wb")
+        policy = gateway_policy(work, port, admin, backend, routes, workers)
+        log = (work / f"gateway-{name}.log").open("wb")
         proc = procs.start(
             [sys.executable, "-m", "gateway", "run", "--config", str(policy), "--log-level", "warning"],
-            PROXY_CORE,
+            core,
             stdout=subprocess.DEVNULL,
             stderr=log,
             cwd=str(ROOT),
         )
-        gateways[routes] = (port, proc)
+        gateways[name] = (port, proc)
         wait_http(f"http://127.0.0.1:{admin}/readyz")
-        admins[routes] = admin
+        admins[name] = admin
     wait_http(f"http://127.0.0.1:{proxy}/")
     # The ceiling: the leanest Python proxy on the same parsers, doing none of the work.
     ceiling = free_port()
-    procs.start([sys.executable, str(ROOT / "bench" / "ceiling.py"), str(ceiling), str(backend)], PROXY_CORE)
+    ceiling_proc = procs.start(
+        [sys.executable, str(ROOT / "bench" / "ceiling.py"), str(ceiling), str(backend)], PROXY_CORE
+    )
     wait_http(f"http://127.0.0.1:{ceiling}/public")
-    gw_port, gw = gateways[1]
-    many_port, _ = gateways[1000]
+    gw_port, gw = gateways["1"]
+    many_port, many = gateways["1000"]
     reused = tokens["reused"]
     assert isinstance(reused, dict)
-    scenarios: dict[str, tuple[str, Path | None]] = {
-        "nginx proxy": (f"http://127.0.0.1:{proxy}/public", None),
-        "bare Python proxy": (f"http://127.0.0.1:{ceiling}/public", None),
-        "public route": (f"http://127.0.0.1:{gw_port}/public", None),
+    rs_reused = lua_header(work, "rs", reused["RS256"])
+    scenarios: dict[str, tuple[str, Path | None, int]] = {
+        "nginx proxy": (f"http://127.0.0.1:{proxy}/public", None, proxy_proc.pid),
+        "bare Python proxy": (f"http://127.0.0.1:{ceiling}/public", None, ceiling_proc.pid),
+        "public route": (f"http://127.0.0.1:{gw_port}/public", None, gw.pid),
         # Right after the 1-route run, so each round gives a paired comparison.
-        "1000 routes, last": (f"http://127.0.0.1:{many_port}/public", None),
-        "RS256 reused": (f"http://127.0.0.1:{gw_port}/jwt", lua_header(work, "rs", reused["RS256"])),
-        "RS256 unique": (f"http://127.0.0.1:{gw_port}/jwt", lua_pool(work, "unique", tokens["unique"])),  # type: ignore[arg-type]
-        "ES256 reused": (f"http://127.0.0.1:{gw_port}/jwt", lua_header(work, "es", reused["ES256"])),
-        "EdDSA reused": (f"http://127.0.0.1:{gw_port}/jwt", lua_header(work, "ed", reused["EdDSA"])),
-        "bad signatures": (f"http://127.0.0.1:{gw_port}/jwt", lua_pool(work, "bad", tokens["bad"])),  # type: ignore[arg-type]
+        "1000 routes, last": (f"http://127.0.0.1:{many_port}/public", None, many.pid),
+        "RS256 reused": (f"http://127.0.0.1:{gw_port}/jwt", rs_reused, gw.pid),
+        "RS256 unique": (f"http://127.0.0.1:{gw_port}/jwt", lua_pool(work, "unique", tokens["unique"]), gw.pid),  # type: ignore[arg-type]
+        "ES256 reused": (f"http://127.0.0.1:{gw_port}/jwt", lua_header(work, "es", reused["ES256"]), gw.pid),
+        "EdDSA reused": (f"http://127.0.0.1:{gw_port}/jwt", lua_header(work, "ed", reused["EdDSA"]), gw.pid),
+        "bad signatures": (f"http://127.0.0.1:{gw_port}/jwt", lua_pool(work, "bad", tokens["bad"]), gw.pid),  # type: ignore[arg-type]
     }
+    # The workers scenario, unpinned; each pair back to back in every round.
+    for path, label in (("/public", "public"), ("/jwt", "RS256 reused")):
+        for name in ("w1", "w2"):
+            port, proc = gateways[name]
+            script = rs_reused if path == "/jwt" else None
+            scenarios[f"{WORKER_LABEL[name]}, {label}"] = (f"http://127.0.0.1:{port}{path}", script, proc.pid)
     # Warm up every path once (imports, pools, key parsing).
-    for url, script in scenarios.values():
+    for url, script, _ in scenarios.values():
         run_wrk(wrk, url, 1, 8, script)
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in scenarios}
-    rss_peak_before = rss_kib(gw.pid, "VmHWM")
+    worker = workers_of(gw.pid)
+    rss_peak_before = rss_kib(worker, "VmHWM")
     unique_misses = 0.0
     for r in range(args.rounds):
-        for name, (url, script) in scenarios.items():
-            before = cache_misses(admins[1])
-            samples[name].append(run_wrk(wrk, url, args.duration, args.connections, script))
+        for name, (url, script, pid) in scenarios.items():
+            before = cache_misses(admins["1"])
+            who = Accounted(pid, backend_proc.pid)
+            samples[name].append(measured(wrk, url, args.duration, args.connections, script, who))
             if name == "RS256 unique":
-                unique_misses += cache_misses(admins[1]) - before
+                unique_misses += cache_misses(admins["1"]) - before
         print(f"round {r + 1}/{args.rounds} done", flush=True)
 
-    rss_before_stream = rss_kib(gw.pid)
+    rss_before_stream = rss_kib(worker)
     streaming = {
         "nginx upload MB/s": statistics.median(
             stream(curl, f"http://127.0.0.1:{proxy}/stream/up", big) for _ in range(3)
@@ -400,27 +504,44 @@ def _run(args: argparse.Namespace, work: Path, procs: Procs, wrk: str, nginx: st
             stream(curl, f"http://127.0.0.1:{gw_port}/stream/down", None) for _ in range(3)
         ),
     }
-    rss_after_stream = rss_kib(gw.pid)
-    peak = rss_kib(gw.pid, "VmHWM")
+    rss_after_stream = rss_kib(worker)
+    peak = rss_kib(worker, "VmHWM")
+    supervisor_rss = rss_kib(gw.pid)
 
     ref = statistics.median(s["rps"] for s in samples["nginx proxy"])
     results = {}
     print()
-    print(f"{'scenario':22} {'req/s':>9} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    print(
+        f"{'scenario':36} {'req/s':>9} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
+        f" {'CPU us/req':>10} {'of it main':>10}"
+    )
     for name, runs in samples.items():
         rps = statistics.median(s["rps"] for s in runs)
         p50 = statistics.median(s["p50"] for s in runs) * 1000
         p99 = statistics.median(s["p99"] for s in runs) * 1000
         non2xx = sum(s["non2xx"] for s in runs)
-        results[name] = {"rps": round(rps, 1), "ratio": round(rps / ref, 3), "p50_ms": round(p50, 3), "p99_ms": round(p99, 3),
-                         "non_2xx": int(non2xx), "rounds": [round(s["rps"], 1) for s in runs]}  # fmt: skip
-        print(f"{name:22} {rps:9.0f} {rps / ref:6.3f} {p50:8.2f} {p99:8.2f} {int(non2xx):8d}")
+        # The whole proxy: a gateway's supervisor and workers, nginx's master and worker.
+        cpu = statistics.median(s["cpu_proxy"] / s["requests"] for s in runs) * 1e6
+        main_cpu = statistics.median(s["cpu_proxy_main"] / s["requests"] for s in runs) * 1e6
+        results[name] = {
+            "rps": round(rps, 1),
+            "ratio": round(rps / ref, 3),
+            "p50_ms": round(p50, 3),
+            "p99_ms": round(p99, 3),
+            "non_2xx": int(non2xx),
+            "cpu_us_per_request": round(cpu, 1),
+            "main_process_cpu_us_per_request": round(main_cpu, 1),
+            "rounds": [round(s["rps"], 1) for s in runs],
+        }
+        line = f"{name:36} {rps:9.0f} {rps / ref:6.3f} {p50:8.2f} {p99:8.2f} {int(non2xx):8d}"
+        print(f"{line} {cpu:10.1f} {main_cpu:10.1f}")
+    workers_table = workers_report(samples)
     unique_requests = sum(s["requests"] for s in samples["RS256 unique"])
     print(f"\nRS256 unique: {unique_misses / unique_requests:.1%} of requests were token-cache misses (verified)")
     paired = statistics.median(
         m["rps"] / p["rps"] for m, p in zip(samples["1000 routes, last"], samples["public route"], strict=True)
     )
-    match_us = {n: match_cost(work / f"gateway-{n}.yaml") for n in (1, 1000)}
+    match_us = {n: match_cost(work / f"gateway-{n}-w1.yaml") for n in (1, 1000)}
     print(
         f"\n1 000 routes vs 1 route: {paired:.3f} (median of per-round ratios; each pair run back to back); "
         f"route matching alone: {match_us[1]:.2f} us vs {match_us[1000]:.2f} us per request"
@@ -432,8 +553,10 @@ def _run(args: argparse.Namespace, work: Path, procs: Procs, wrk: str, nginx: st
     down_ratio = streaming["gateway download MB/s"] / streaming["nginx download MB/s"]
     print(f"streaming ratio to nginx: upload {up_ratio:.2f}, download {down_ratio:.2f}")
     print(
-        f"gateway RSS: before streaming {rss_before_stream / 1024:.1f} MiB, after {rss_after_stream / 1024:.1f} MiB, "
-        f"peak {peak / 1024:.1f} MiB (peak before streaming {rss_peak_before / 1024:.1f} MiB)"
+        f"gateway worker RSS: before streaming {rss_before_stream / 1024:.1f} MiB, "
+        f"after {rss_after_stream / 1024:.1f} MiB, "
+        f"peak {peak / 1024:.1f} MiB (peak before streaming {rss_peak_before / 1024:.1f} MiB); "
+        f"supervisor {supervisor_rss / 1024:.1f} MiB"
     )
     report = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
@@ -449,11 +572,65 @@ def _run(args: argparse.Namespace, work: Path, procs: Procs, wrk: str, nginx: st
             "upload_ratio": round(up_ratio, 3),
             "download_ratio": round(down_ratio, 3),
         },  # fmt: skip
-        "rss_kib": {"before_stream": rss_before_stream, "after_stream": rss_after_stream, "peak": peak},
+        "rss_kib": {
+            "before_stream": rss_before_stream,
+            "after_stream": rss_after_stream,
+            "peak": peak,
+            "supervisor": supervisor_rss,
+        },
+        "workers": workers_table,
     }
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nJSON: {args.json}")
     return 0
+
+
+def workers_report(samples: dict[str, list[dict[str, float]]]) -> dict[str, object]:
+    """The workers scenario: 2 workers against 1, unpinned, per route; and what share of
+    the machine (CPU seconds / (wall seconds x cores)) each process group took."""
+    cores = os.cpu_count() or 1
+    report: dict[str, object] = {"cores": cores}
+    print(f"\nworkers, unpinned (wrk and the backend on core {LOAD_CORE}; {cores} cores)")
+    print(
+        f"{'route':14} {'workers':>7} {'req/s':>8} {'2 vs 1':>7} {'CPU us/req':>10} {'growth':>7}"
+        f" {'gateway':>8} {'wrk':>6} {'backend':>8} {'idle/other':>10} {'busiest worker':>14}"
+    )
+    for label in ("public", "RS256 reused"):
+        one, two = (samples[f"{WORKER_LABEL[w]}, {label}"] for w in ("w1", "w2"))
+        row: dict[str, object] = {}
+        base_rps = statistics.median(s["rps"] for s in one)
+        base_cpu = statistics.median(s["cpu_proxy"] / s["requests"] for s in one)
+        # Paired per round (each 2-worker run right after its 1-worker run), as 1 000 routes.
+        paired = statistics.median(b["rps"] / a["rps"] for a, b in zip(one, two, strict=True))
+        for workers, runs in ((1, one), (2, two)):
+            rps = statistics.median(s["rps"] for s in runs)
+            cpu = statistics.median(s["cpu_proxy"] / s["requests"] for s in runs)
+            share = {
+                group: statistics.median(s[f"cpu_{group}"] / (s["wall"] * cores) for s in runs)
+                for group in ("proxy", "wrk", "backend")
+            }
+            busiest = statistics.median(s["busiest_worker_share"] for s in runs)
+            row[str(workers)] = {
+                "rps": round(rps, 1),
+                "cpu_us_per_request": round(cpu * 1e6, 1),
+                "machine_share": {("gateway" if k == "proxy" else k): round(v, 3) for k, v in share.items()},
+                "busiest_worker_share": round(busiest, 3),
+                "rounds": [round(s["rps"], 1) for s in runs],
+            }
+            ratio = f"{rps / base_rps:7.2f}" if workers == 2 else f"{'':7}"
+            growth = f"{cpu / base_cpu - 1:+7.1%}" if workers == 2 else f"{'':7}"
+            other = 1 - sum(share.values())
+            print(
+                f"{label:14} {workers:7d} {rps:8.0f} {ratio} {cpu * 1e6:10.1f} {growth}"
+                f" {share['proxy']:8.1%} {share['wrk']:6.1%} {share['backend']:8.1%} {other:10.1%} {busiest:14.1%}"
+            )
+        row["ratio"] = round(statistics.median(s["rps"] for s in two) / base_rps, 3)
+        row["ratio_paired"] = round(paired, 3)
+        row["cpu_growth"] = round(statistics.median(s["cpu_proxy"] / s["requests"] for s in two) / base_cpu - 1, 3)
+        report[label] = row
+        print(f"{'':14} 2 vs 1 paired per round: {paired:.2f}")
+    print("targets: 2 workers >= 1.5 x one worker; CPU per request at most +10 %")
+    return report
 
 
 if __name__ == "__main__":
