@@ -133,6 +133,7 @@ class Supervisor:
         self._ready_timeout = reload_ready_timeout
         self.workers: list[WorkerProcess] = []  # the current generation, by slot
         self._draining: set[WorkerProcess] = set()  # an older generation, finishing
+        self._running: set[WorkerProcess] = set()  # every worker process not yet reaped
         self._socket: socket.socket | None = None
         self._admin: web.AppRunner | None = None
         self._demo_runner: web.AppRunner | None = None
@@ -152,6 +153,7 @@ class Supervisor:
         self._fatal: str | None = None
         self._backoff: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._watching: asyncio.Task[Any] | None = None
         self.public_port = 0
         self.admin_port = 0
 
@@ -169,7 +171,7 @@ class Supervisor:
             watch = None
             if self.policy.watch:
                 watch = PolicyWatch(self.policy.inputs, self._reload_watched)
-                self._spawn(watch.run())
+                self._watching = self._spawn(watch.run())
             while not self._stop.is_set() and self._fatal is None:
                 await _either(self._stop, self._reload)
                 if self._reload.is_set() and not self._stop.is_set():
@@ -212,9 +214,12 @@ class Supervisor:
         return True
 
     async def _shutdown(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        everyone = [*self.workers, *self._draining]
+        self._stop.set()  # no restart from now on
+        if self._watching is not None:
+            self._watching.cancel()  # and no reload
+        # Every process started and not reaped: the current and the draining ones, and
+        # any a reload was starting when the signal came.
+        everyone = list(self._running)
         for w in everyone:
             w.terminate()
         deadline = time.monotonic() + self.policy.shutdown_timeout + EXIT_MARGIN
@@ -227,6 +232,12 @@ class Supervisor:
                 w.proc.kill()
                 await w.proc.wait()
             w.channel.close()
+        # The rest end at the workers' end of file; the relays write the last access
+        # lines of the drain on the way.
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+        for task in list(self._tasks):
+            task.cancel()
         for runner in (self._admin, self._demo_runner):
             if runner is not None:
                 await runner.cleanup()
@@ -234,10 +245,11 @@ class Supervisor:
             self._socket.close()
         shutil.rmtree(self._metrics_dir, ignore_errors=True)
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _announce(self) -> None:
         policy = self.policy
@@ -290,6 +302,7 @@ class Supervisor:
         assert proc.stdout is not None
         channel = await Channel.open(ours)
         worker = WorkerProcess(name, proc, channel, metrics_file)
+        self._running.add(worker)
         self._spawn(self._relay(proc.stdout))
         self._spawn(channel.serve(lambda _: None))
         try:
@@ -347,6 +360,7 @@ class Supervisor:
         Called as it exits, in the same step that marks it exited: a scrape reads
         either its file or the totals it was folded into, never both, never neither."""
         worker.exited.set()
+        self._running.discard(worker)
         fold(self._retired, _cells(worker))
         worker.metrics_file.unlink(missing_ok=True)
 
@@ -484,6 +498,8 @@ class Supervisor:
                 w.terminate()
             for w in fresh:
                 await w.proc.wait()
+                w.channel.close()
+                self._retire(w)
             if listen is not self._socket:
                 listen.close()
             return False
