@@ -68,7 +68,6 @@ class Gateway:
 
     policy: CompiledPolicy
     demo_upstream: Listen | None = None
-    reload_ready_timeout: float = 10.0
     listen_socket: socket.socket | None = None
     admin: bool = True
     metrics: Metrics = field(default_factory=Metrics)
@@ -176,7 +175,7 @@ class Gateway:
         """Start the new policy's key sources and wait until every provider has keys:
         None when it may be committed, else what is missing (its sources are stopped)."""
         await self._start_providers(new)
-        deadline = time.monotonic() + self.reload_ready_timeout
+        deadline = time.monotonic() + new.reload_timeout
         while not all(p.ready for p in new.providers):
             if time.monotonic() > deadline:
                 await self._stop_providers(new)

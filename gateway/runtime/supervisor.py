@@ -122,7 +122,6 @@ class Supervisor:
         demo_upstream: Listen | None = None,
         access: Callable[[str], None] = lambda _: None,
         log_level: str = "info",
-        reload_ready_timeout: float = 10.0,
     ) -> None:
         self.policy = overrides.apply(policy)
         self._text = text
@@ -130,7 +129,6 @@ class Supervisor:
         self._demo = demo_upstream
         self._access = access
         self._log_level = log_level
-        self._ready_timeout = reload_ready_timeout
         self.workers: list[WorkerProcess] = []  # the current generation, by slot
         self._draining: set[WorkerProcess] = set()  # an older generation, finishing
         self._running: set[WorkerProcess] = set()  # every worker process not yet reaped
@@ -451,7 +449,7 @@ class Supervisor:
     async def _in_place(self, new: CompiledPolicy, text: str) -> bool:
         self._generation += 1
         gen = self._generation
-        timeout = self._ready_timeout + STATUS_TIMEOUT + 5.0
+        timeout = new.reload_timeout + STATUS_TIMEOUT + 5.0
         message = {"op": "prepare", "gen": gen, "text": text, "source": new.source}
         answers = await asyncio.gather(
             *(w.channel.request(message, within=timeout) for w in self.workers), return_exceptions=True
@@ -491,7 +489,7 @@ class Supervisor:
         fresh = [w for w in started if isinstance(w, WorkerProcess)]
         problems = [s for s in started if isinstance(s, str)]
         if not problems:
-            problems = await self._until_ready(fresh)
+            problems = await self._until_ready(fresh, new.reload_timeout)
         if problems:
             log.error("reload refused; the running policy stays in force: %s", "; ".join(problems))
             for w in fresh:
@@ -518,8 +516,8 @@ class Supervisor:
             old_socket.close()
         return True
 
-    async def _until_ready(self, workers: Sequence[WorkerProcess]) -> list[str]:
-        deadline = time.monotonic() + self._ready_timeout
+    async def _until_ready(self, workers: Sequence[WorkerProcess], within: float) -> list[str]:
+        deadline = time.monotonic() + within
         while True:
             waiting = [what for w in workers for what in await self._status(w)]
             if not waiting:
