@@ -154,22 +154,10 @@ class Supervisor:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         try:
-            if not await self._start():
-                return EXIT_FAILED
-            self._announce()
-            watch = None
-            if self.policy.watch:
-                watch = PolicyWatch(self.policy.inputs, self._reload_watched)
-                self._spawn(watch.run())
-            while not self._stop.is_set() and self._fatal is None:
-                await _either(self._stop, self._reload)
-                if self._reload.is_set() and not self._stop.is_set():
-                    self._reload.clear()
-                    paths, seen = await self._reload_watched()
-                    if watch is not None:
-                        watch.rebase(paths, seen)
-            if self._fatal is None:
-                log.info("signal received: draining in-flight requests (up to %gs)", self.policy.shutdown_timeout)
+            # A failed start sets _fatal: said below, once every worker is gone.
+            if await self._start():
+                self._announce()
+                await self._until_stopped()
         finally:
             await self._shutdown()
         if self._fatal is not None:
@@ -177,6 +165,22 @@ class Supervisor:
             return EXIT_FAILED
         log.info("stopped")
         return EXIT_OK
+
+    async def _until_stopped(self) -> None:
+        """Reload on SIGHUP or a watched change, until a signal or a fatal error."""
+        watch = None
+        if self.policy.watch:
+            watch = PolicyWatch(self.policy.inputs, self._reload_watched)
+            self._spawn(watch.run())
+        while not self._stop.is_set() and self._fatal is None:
+            await _either(self._stop, self._reload)
+            if self._reload.is_set() and not self._stop.is_set():
+                self._reload.clear()
+                paths, seen = await self._reload_watched()
+                if watch is not None:
+                    watch.rebase(paths, seen)
+        if self._fatal is None:
+            log.info("signal received: draining in-flight requests (up to %gs)", self.policy.shutdown_timeout)
 
     async def _start(self) -> bool:
         policy = self.policy
