@@ -22,6 +22,7 @@ and the workers' lives:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import shutil
@@ -290,7 +291,12 @@ class Supervisor:
         try:
             async with asyncio.timeout(START_TIMEOUT):
                 await channel.request({"op": "start", "text": text, "source": source}, within=START_TIMEOUT)
-        except (TimeoutError, ChannelClosedError):
+        except (TimeoutError, ChannelClosedError) as exc:
+            if isinstance(exc, ChannelClosedError):
+                # It closed its end because it is exiting (its error printed): let it
+                # finish, so the exit code reported is its own, not our kill's.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), EXIT_MARGIN)
             if proc.returncode is None:
                 proc.kill()
             code = await proc.wait()
