@@ -222,13 +222,17 @@ async def spread_connections(
             for _ in range(count):
                 conns.append(await KeptAlive.open(gw.port))
                 await asyncio.sleep(0.01)
-        responses = await asyncio.gather(*(c.send(request) for c in conns))
-        assert [r.status for r in responses] == [expect] * count
-        owners = connection_owners(workers, gw.port)
-        found = [(c, owners.get(local_port(c), 0)) for c in conns]
-        assert all(pid in workers for _, pid in found), (found, workers)
-        if {pid for _, pid in found} == set(workers):
-            return found
+        try:
+            responses = await asyncio.gather(*(c.send(request) for c in conns))
+            assert [r.status for r in responses] == [expect] * count
+            owners = connection_owners(workers, gw.port)
+            found = [(c, owners.get(local_port(c), 0)) for c in conns]
+            assert all(pid in workers for _, pid in found), (found, workers)
+            if {pid for _, pid in found} == set(workers):
+                return found
+        except BaseException:
+            await asyncio.gather(*(c.close() for c in conns))
+            raise
         await asyncio.gather(*(c.close() for c in conns))
     raise AssertionError(f"in {tries} batches of {count} connections, some of the workers {workers} got none")
 

@@ -3,8 +3,9 @@ connections spread, a killed worker is replaced, a worker that cannot start stop
 gateway, SIGTERM drains every worker, readiness waits for every worker's keys, and
 revocations and the unknown-kid cooldown hold per worker.
 
-Which worker served a connection is read from /proc (`tests.procs.connection_owners`):
-the worker whose fd table holds the server side of the client's TCP connection.
+Which worker served a connection is read from /proc (`tests.procs.connection_owners`,
+through the `spread` fixture): the worker whose fd table holds the server side of the
+client's TCP connection.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from aiohttp import web
 from tests.conftest import Upstream
 from tests.factories import IdentityProvider, SigningKey, claims, sign, write
 from tests.functional.test_api_tokens import _payload, cli, issue, provider
-from tests.functional.workers_env import WORKERS, answer, close_all, corp, routes, until
+from tests.functional.workers_env import WORKERS, Spread, answer, corp, routes, until
 from tests.metrics_parse import scrape
 from tests.procs import (
     GatewayProcess,
@@ -34,32 +35,32 @@ from tests.procs import (
     group_members,
     kill_group,
     running_gateway,
-    spread_connections,
 )
 from tests.rawhttp import KeptAlive, get
 
 ISS = "https://files.test"
 
 
-async def test_connections_land_on_more_than_one_worker(tmp_path: Path, upstream: Upstream) -> None:
+async def test_connections_land_on_more_than_one_worker(tmp_path: Path, upstream: Upstream, spread: Spread) -> None:
     async with running_gateway(tmp_path, routes(upstream), WORKERS) as gw:
         workers = gw.workers()
         assert len(workers) == 2
         health = await gw.health()
         assert health == {"status": "ok", "workers": 2, "workers_configured": 2, "restarts": 0, "pids": health["pids"]}
         assert sorted(health["pids"]) == sorted(workers)
-        conns = await spread_connections(gw, 20, get("/public/x", close=False))
+        conns = await spread(gw, 20, get("/public/x", close=False))
         assert len({pid for _, pid in conns}) > 1
         # Each connection stays with its worker: further requests on it are answered.
         responses = await asyncio.gather(*(c.send(get("/public/y", close=False)) for c, _ in conns))
         assert {r.status for r in responses} == {200}
-        await close_all(conns)
 
 
-async def test_a_killed_worker_is_replaced_while_the_others_keep_answering(tmp_path: Path, upstream: Upstream) -> None:
+async def test_a_killed_worker_is_replaced_while_the_others_keep_answering(
+    tmp_path: Path, upstream: Upstream, spread: Spread
+) -> None:
     async with running_gateway(tmp_path, routes(upstream), WORKERS) as gw:
         before = (await gw.health())["pids"]
-        conns = await spread_connections(gw, 16, get("/public/x", close=False))
+        conns = await spread(gw, 16, get("/public/x", close=False))
         victim = conns[0][1]
         slot = before.index(victim)
         stop = asyncio.Event()
@@ -92,21 +93,23 @@ async def test_a_killed_worker_is_replaced_while_the_others_keep_answering(tmp_p
                     after += bool(killed)
             return after, lost
 
-        kept = [asyncio.ensure_future(keep_asking(c)) for c, _ in conns]
-        fresh = [asyncio.ensure_future(fresh_connections()) for _ in range(4)]
-        await asyncio.sleep(0.3)
-        killed.append(time.monotonic())
-        os.kill(victim, signal.SIGKILL)
-
         async def replaced() -> bool:
             health = await gw.health()
             return bool(health["restarts"] == 1 and health["workers"] == 2 and victim not in health["pids"])
 
-        await until(replaced, 10)
-        await asyncio.sleep(0.3)
-        stop.set()
-        kept_results = await asyncio.gather(*kept)
-        fresh_results = await asyncio.gather(*fresh)
+        kept = [asyncio.ensure_future(keep_asking(c)) for c, _ in conns]
+        fresh = [asyncio.ensure_future(fresh_connections()) for _ in range(4)]
+        try:
+            await asyncio.sleep(0.3)
+            killed.append(time.monotonic())
+            os.kill(victim, signal.SIGKILL)
+            await until(replaced, 10)
+            await asyncio.sleep(0.3)
+        finally:
+            stop.set()
+            await asyncio.wait([*kept, *fresh])
+        kept_results = [task.result() for task in kept]
+        fresh_results = [task.result() for task in fresh]
 
         for (_, owner), (after, error) in zip(conns, kept_results, strict=True):
             if owner == victim:
@@ -127,7 +130,7 @@ async def test_a_killed_worker_is_replaced_while_the_others_keep_answering(tmp_p
         assert sorted(gw.workers()) == sorted(health["pids"])
         assert not alive(victim)
         # The new worker serves.
-        await close_all(await spread_connections(gw, 16, get("/public/x", close=False)))
+        await spread(gw, 16, get("/public/x", close=False))
         assert f"worker {slot} (pid {victim}) died (killed by signal 9); restarting it in 0.1s" in gw.log_text()
         # Dying again soon after its start, it waits twice as long.
         second = health["pids"][slot]
@@ -205,7 +208,9 @@ def test_a_busy_port_stops_the_start_and_leaves_no_worker(tmp_path: Path, busy_o
     assert group_members(proc.pid) == []
 
 
-async def test_sigterm_finishes_the_request_in_flight_on_each_worker(tmp_path: Path, upstream: Upstream) -> None:
+async def test_sigterm_finishes_the_request_in_flight_on_each_worker(
+    tmp_path: Path, upstream: Upstream, spread: Spread
+) -> None:
     arrived = 0
 
     async def slow(request: web.Request) -> web.StreamResponse:
@@ -217,7 +222,7 @@ async def test_sigterm_finishes_the_request_in_flight_on_each_worker(tmp_path: P
     upstream.routes["/public/slow"] = slow
     async with running_gateway(tmp_path, routes(upstream), WORKERS) as gw:
         pids = gw.workers()
-        conns = await spread_connections(gw, 12, get("/public/x", close=False))
+        conns = await spread(gw, 12, get("/public/x", close=False))
         one_each = [next(c for c, pid in conns if pid == worker) for worker in pids]
         in_flight = [asyncio.ensure_future(c.send(get("/public/slow", close=False))) for c in one_each]
         await until(lambda: arrived == 2, 5)
@@ -233,14 +238,13 @@ async def test_sigterm_finishes_the_request_in_flight_on_each_worker(tmp_path: P
         assert time.monotonic() - t0 < 4
         assert group_members(gw.proc.pid) == []
         assert not any(alive(pid) for pid in pids)
-        await close_all(conns)
     log = gw.log_text()
     assert "signal received: draining in-flight requests" in log
     assert "stopped" in log
 
 
 async def test_readyz_waits_until_every_worker_has_keys(
-    tmp_path: Path, upstream: Upstream, idp: IdentityProvider, rsa: SigningKey
+    tmp_path: Path, upstream: Upstream, idp: IdentityProvider, rsa: SigningKey, spread: Spread
 ) -> None:
     idp.gate = asyncio.Semaphore(0)  # each JWKS answer waits for the test
     extra = WORKERS + corp(idp.issuer, f'{{jwks_url: "{idp.url}/jwks"}}', "{fetch_timeout: 20s}")
@@ -272,7 +276,7 @@ async def test_readyz_waits_until_every_worker_has_keys(
             assert await gw.readiness() == (200, {"status": "ready"})
             token = sign(rsa, claims(idp.issuer))
             request = get("/orders", f"Authorization: Bearer {token}", close=False)
-            await close_all(await spread_connections(gw, 12, request))  # 200 from both
+            await spread(gw, 12, request)  # 200 from both
     finally:
         for _ in range(10):
             idp.gate.release()
@@ -282,7 +286,7 @@ async def _ready(gw: GatewayProcess) -> bool:
     return (await gw.readiness())[0] == 200
 
 
-async def test_a_revocation_reaches_every_worker(tmp_path: Path, upstream: Upstream) -> None:
+async def test_a_revocation_reaches_every_worker(tmp_path: Path, upstream: Upstream, spread: Spread) -> None:
     assert cli("keys", "generate", "--dir", "keys", cwd=tmp_path).returncode == 0
     api_routes = f"""
     - name: orders
@@ -295,7 +299,7 @@ async def test_a_revocation_reaches_every_worker(tmp_path: Path, upstream: Upstr
         request = get("/orders/1", f"Authorization: Bearer {token}", close=False)
         # Kept-alive connections on both workers, each with the token verified (and
         # so in that worker's verified-token cache).
-        conns = await spread_connections(gw, 12, request)
+        conns = await spread(gw, 12, request)
         jti = json.loads(_payload(token))["jti"]
         assert cli("tokens", "revoke", "--config", "gateway.yaml", jti, cwd=tmp_path).returncode == 0
         t0 = time.monotonic()
@@ -311,19 +315,18 @@ async def test_a_revocation_reaches_every_worker(tmp_path: Path, upstream: Upstr
             await asyncio.sleep(0.05)
         assert len(refused) == len(conns), f"not refused within 3s on {len(conns) - len(refused)} connections"
         # New connections, on every worker, are refused too.
-        more = await spread_connections(gw, 12, request, expect=401)
+        more = await spread(gw, 12, request, expect=401)
         assert b"revoked" in (await more[0][0].send(request)).body
-        await close_all(conns + more)
 
 
 async def test_unknown_kids_cost_the_idp_at_most_one_fetch_per_worker_per_cooldown(
-    tmp_path: Path, upstream: Upstream, idp: IdentityProvider, rsa: SigningKey
+    tmp_path: Path, upstream: Upstream, idp: IdentityProvider, rsa: SigningKey, spread: Spread
 ) -> None:
     extra = WORKERS + corp(idp.issuer, f'{{jwks_url: "{idp.url}/jwks"}}', "{unknown_kid_cooldown: 30s}")
     async with running_gateway(tmp_path, routes(upstream, providers=True), extra) as gw:
         assert idp.jwks_hits == 2  # each worker's first fetch
         good = get("/orders", f"Authorization: Bearer {sign(rsa, claims(idp.issuer))}", close=False)
-        conns = await spread_connections(gw, 20, good)  # both workers hold connections
+        conns = await spread(gw, 20, good)  # both workers hold connections
 
         def unknown(close: bool = False) -> bytes:
             token = sign(rsa, claims(idp.issuer), kid=secrets.token_hex(8))
@@ -340,6 +343,5 @@ async def test_unknown_kids_cost_the_idp_at_most_one_fetch_per_worker_per_cooldo
         # the cooldown turned every other one away without asking the IdP.
         assert idp.jwks_hits == 2 + 2
         assert {(await c.send(good)).status for c, _ in conns} == {200}
-        await close_all(conns)
         metrics = await scrape(gw.admin_port)
         assert metrics.get("gateway_jwks_fetches_total", provider="corp", result="success") == 4

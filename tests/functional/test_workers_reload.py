@@ -2,8 +2,8 @@
 refusals (invalid text, providers without keys) that leave every worker on the running
 policy; and the changes that replace the workers (listen port, worker count).
 
-"Every worker" is checked on kept-alive connections that `spread_connections` placed
-on each worker (read from /proc), opened before the change.
+"Every worker" is checked on kept-alive connections that the `spread` fixture placed on
+each worker (read from /proc), opened before the change.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tests.functional.workers_env import (
     RELOADED,
     WORKERS,
     Asking,
-    close_all,
+    Spread,
     corp,
     logged,
     on_each,
@@ -32,7 +32,7 @@ from tests.functional.workers_env import (
     with_route,
 )
 from tests.metrics_parse import scrape
-from tests.procs import GatewayProcess, alive, free_port, gateway_process, running_gateway, spread_connections
+from tests.procs import GatewayProcess, alive, free_port, gateway_process, running_gateway
 from tests.rawhttp import get
 
 UNWATCHED = "server: {workers: 2, watch: false}\n"
@@ -45,29 +45,30 @@ def later(upstream: Upstream) -> str:
     return f'{{name: later, match: {{prefix: /later}}, upstream: "{upstream.url}", auth: public}}'
 
 
-async def test_sighup_switches_every_worker_in_place(tmp_path: Path, upstream: Upstream) -> None:
+async def test_sighup_switches_every_worker_in_place(tmp_path: Path, upstream: Upstream, spread: Spread) -> None:
     async with running_gateway(tmp_path, routes(upstream), UNWATCHED) as gw, Asking(gw.port) as asking:
         pids = sorted(gw.workers())
-        conns = await spread_connections(gw, 12, PUBLIC)
+        conns = await spread(gw, 12, PUBLIC)
         assert set(await on_each(conns, LATER)) == {404}
         gw.config.write_text(with_route(gw.config.read_text(), later(upstream)))
         gw.proc.send_signal(signal.SIGHUP)
         await logged(gw, RELOADED)
         assert set(await on_each(conns, LATER)) == {200}  # on each worker
         assert set(await on_each(conns, PUBLIC)) == {200}
-        await close_all(await spread_connections(gw, 12, LATER))  # new connections too
+        await spread(gw, 12, LATER)  # new connections too
         assert set(await asking.stop()) == {200}  # no request failed meanwhile
         assert sorted(gw.workers()) == pids  # in place: the same workers
-        await close_all(conns)
         metrics = await scrape(gw.admin_port)
         assert metrics.get("gateway_config_reloads_total", result="success") == 1
         assert metrics.get("gateway_config_reloads_total", result="failure") == 0
 
 
-async def test_a_rewritten_file_is_reloaded_without_a_signal(tmp_path: Path, upstream: Upstream) -> None:
+async def test_a_rewritten_file_is_reloaded_without_a_signal(
+    tmp_path: Path, upstream: Upstream, spread: Spread
+) -> None:
     async with running_gateway(tmp_path, routes(upstream), WORKERS) as gw, Asking(gw.port) as asking:
         pids = sorted(gw.workers())
-        conns = await spread_connections(gw, 12, PUBLIC)
+        conns = await spread(gw, 12, PUBLIC)
         gw.config.write_text(with_route(gw.config.read_text(), later(upstream)))  # in place, as an editor
         took = await logged(gw, RELOADED)
         assert took < 3  # polled each second, acted on once it settled
@@ -75,10 +76,9 @@ async def test_a_rewritten_file_is_reloaded_without_a_signal(tmp_path: Path, ups
         assert set(await asking.stop()) == {200}
         assert sorted(gw.workers()) == pids
         assert "policy input changed" in gw.log_text()
-        await close_all(conns)
 
 
-async def test_a_configmap_symlink_swap_is_detected(tmp_path: Path, upstream: Upstream) -> None:
+async def test_a_configmap_symlink_swap_is_detected(tmp_path: Path, upstream: Upstream, spread: Spread) -> None:
     """Kubernetes' layout: each key of the ConfigMap is a link through `..data`, which
     is swapped (a rename) to a new timestamped directory. The policy and the key file
     it names (relative to the policy's directory) change together."""
@@ -108,7 +108,7 @@ async def test_a_configmap_symlink_swap_is_detected(tmp_path: Path, upstream: Up
         return get("/orders/1", f"Authorization: Bearer {sign(key, claims(ISS), kid=None)}", close=False)
 
     async with gateway_process(mount / "policy.yaml", port, admin_port, tmp_path / "gateway.log") as gw:
-        conns = await spread_connections(gw, 12, PUBLIC)
+        conns = await spread(gw, 12, PUBLIC)
         assert set(await on_each(conns, orders(old_key))) == {200}
         assert set(await on_each(conns, orders(new_key))) == {401}
         version("..2026_b", new_key, later(upstream))
@@ -118,15 +118,14 @@ async def test_a_configmap_symlink_swap_is_detected(tmp_path: Path, upstream: Up
         assert set(await on_each(conns, orders(new_key))) == {200}
         assert set(await on_each(conns, orders(old_key))) == {401}
         assert set(await on_each(conns, LATER)) == {200}
-        await close_all(conns)
 
 
 async def test_an_invalid_version_is_refused_and_every_worker_keeps_the_running_policy(
-    tmp_path: Path, upstream: Upstream
+    tmp_path: Path, upstream: Upstream, spread: Spread
 ) -> None:
     async with running_gateway(tmp_path, routes(upstream), WORKERS) as gw, Asking(gw.port) as asking:
         good = gw.config.read_text()
-        conns = await spread_connections(gw, 12, PUBLIC)
+        conns = await spread(gw, 12, PUBLIC)
         replace_file(gw.config, with_route(good, "{name: broken}"))
         await logged(gw, REFUSED)
         assert "routes[0].match: required field is missing" in gw.log_text()
@@ -140,16 +139,17 @@ async def test_an_invalid_version_is_refused_and_every_worker_keeps_the_running_
         await logged(gw, RELOADED)
         assert set(await on_each(conns, LATER)) == {200}
         assert set(await asking.stop()) == {200}
-        await close_all(conns)
         assert refused.get("gateway_config_reloads_total", result="failure") == 1
         assert refused.get("gateway_config_reloads_total", result="success") == 0
         metrics = await scrape(gw.admin_port)
         assert metrics.get("gateway_config_reloads_total", result="success") == 1
 
 
-async def test_a_version_whose_provider_gets_no_keys_is_refused(tmp_path: Path, upstream: Upstream) -> None:
+async def test_a_version_whose_provider_gets_no_keys_is_refused(
+    tmp_path: Path, upstream: Upstream, spread: Spread
+) -> None:
     async with running_gateway(tmp_path, routes(upstream), UNWATCHED) as gw:
-        conns = await spread_connections(gw, 12, PUBLIC)
+        conns = await spread(gw, 12, PUBLIC)
         nobody = free_port()  # nothing listens there
         text = gw.config.read_text() + corp(
             ISS, f'{{jwks_url: "http://127.0.0.1:{nobody}/jwks"}}', "{retry_interval: 100ms}"
@@ -169,12 +169,13 @@ async def test_a_version_whose_provider_gets_no_keys_is_refused(tmp_path: Path, 
         assert "worker 1: the new policy's providers have no keys (corp)" in log
         assert RELOADED not in log
         assert set(await on_each(conns, LATER)) == {404}  # the new route never served
-        await close_all(conns)
         metrics = await scrape(gw.admin_port)
         assert metrics.get("gateway_config_reloads_total", result="failure") == 1
 
 
-async def test_a_worker_restarted_after_a_reload_serves_the_reloaded_policy(tmp_path: Path, upstream: Upstream) -> None:
+async def test_a_worker_restarted_after_a_reload_serves_the_reloaded_policy(
+    tmp_path: Path, upstream: Upstream, spread: Spread
+) -> None:
     async with running_gateway(tmp_path, routes(upstream), UNWATCHED) as gw:
         gw.config.write_text(with_route(gw.config.read_text(), later(upstream)))
         gw.proc.send_signal(signal.SIGHUP)
@@ -183,9 +184,8 @@ async def test_a_worker_restarted_after_a_reload_serves_the_reloaded_policy(tmp_
         victim = (await gw.health())["pids"][0]
         os.kill(victim, signal.SIGKILL)
         await until(lambda: _replaced(gw, victim), 10)
-        conns = await spread_connections(gw, 12, LATER)  # on the new worker too
+        conns = await spread(gw, 12, LATER)  # on the new worker too
         assert set(await on_each(conns, PUBLIC)) == {200}
-        await close_all(conns)
 
 
 async def _replaced(gw: GatewayProcess, victim: int) -> bool:
@@ -193,7 +193,7 @@ async def _replaced(gw: GatewayProcess, victim: int) -> bool:
     return bool(health["workers"] == 2 and victim not in health["pids"] and not alive(victim))
 
 
-async def test_a_new_listen_port_replaces_the_workers(tmp_path: Path, upstream: Upstream) -> None:
+async def test_a_new_listen_port_replaces_the_workers(tmp_path: Path, upstream: Upstream, spread: Spread) -> None:
     async with (
         running_gateway(tmp_path, routes(upstream), UNWATCHED) as gw,
         Asking(gw.admin_port, get("/readyz")) as readiness,
@@ -212,7 +212,7 @@ async def test_a_new_listen_port_replaces_the_workers(tmp_path: Path, upstream: 
         await until(lambda: _refused(gw.port), 3)
         moved = dataclasses.replace(gw, port=new_port)
         assert sorted(moved.workers()) == sorted(health["pids"])
-        await close_all(await spread_connections(moved, 12, PUBLIC))
+        await spread(moved, 12, PUBLIC)
         assert set(await readiness.stop()) == {200}  # ready throughout the replacement
 
 
@@ -225,7 +225,7 @@ async def _refused(port: int) -> bool:
     return False
 
 
-async def test_a_new_worker_count_replaces_the_workers(tmp_path: Path, upstream: Upstream) -> None:
+async def test_a_new_worker_count_replaces_the_workers(tmp_path: Path, upstream: Upstream, spread: Spread) -> None:
     async with (
         running_gateway(tmp_path, routes(upstream), UNWATCHED) as gw,
         Asking(gw.port) as asking,
@@ -242,7 +242,7 @@ async def test_a_new_worker_count_replaces_the_workers(tmp_path: Path, upstream:
         assert not set(health["pids"]) & set(old)
         await until(lambda: not any(alive(pid) for pid in old), 5)
         assert sorted(gw.workers()) == sorted(health["pids"])
-        await close_all(await spread_connections(gw, 24, PUBLIC))  # all three serve
+        await spread(gw, 24, PUBLIC)  # all three serve
         # The same listening socket throughout: no request failed.
         assert set(await asking.stop()) == {200}
         assert set(await readiness.stop()) == {200}  # ready throughout the replacement

@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
 from tests.conftest import Upstream
 from tests.procs import GatewayProcess
@@ -17,6 +18,14 @@ WORKERS = "server: {workers: 2}\n"
 # The supervisor's line once every worker switched (a worker's own line names no count).
 RELOADED = "gateway.runtime: policy reloaded from"
 REFUSED = "reload refused; the running policy stays in force"
+
+
+class Spread(Protocol):
+    """The `spread` fixture: `tests.procs.spread_connections`, closed at the test's end."""
+
+    async def __call__(
+        self, gw: GatewayProcess, count: int = ..., request: bytes = ..., expect: int = ...
+    ) -> list[tuple[KeptAlive, int]]: ...
 
 
 def routes(upstream: Upstream, providers: bool = False) -> str:
@@ -88,10 +97,6 @@ async def until(check: Callable[[], Awaitable[bool] | bool], seconds: float = 5.
 async def logged(gw: GatewayProcess, text: str, count: int = 1, seconds: float = 5.0) -> float:
     """Wait until the gateway's log holds `text` `count` times; how long that took."""
     return await until(lambda: gw.log_text().count(text) >= count, seconds)
-
-
-async def close_all(conns: list[tuple[KeptAlive, int]]) -> None:
-    await asyncio.gather(*(c.close() for c, _ in conns))
 
 
 class Asking:
