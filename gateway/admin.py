@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
+
+from gateway.obs.exposition import CONTENT_TYPE_LATEST
 
 
 class AdminSource(Protocol):

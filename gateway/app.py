@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import generate_latest
 
 from gateway.admin import admin_app
 from gateway.demo import demo_app
@@ -210,7 +209,7 @@ class Gateway:
         return self.not_ready()
 
     async def exposition(self) -> bytes:
-        return generate_latest(self.metrics.registry)
+        return self.metrics.exposition()
 
     def not_ready(self) -> list[str]:
         """What readiness waits for: the listeners, and keys for every provider."""

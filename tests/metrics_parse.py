@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.obs.metrics import Metrics
 
 
 class Scrape:
@@ -24,8 +30,26 @@ class Scrape:
         return {v for (_, labels) in self.samples for k, v in labels if k == label}
 
 
+def sample_value(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float | None:
+    """One sample of an in-process gateway's exposition, None when it is not there."""
+    return Scrape(metrics.exposition().decode()).samples.get((name, frozenset((labels or {}).items())))
+
+
 async def scrape(admin_port: int) -> Scrape:
     async with aiohttp.ClientSession() as client, client.get(f"http://127.0.0.1:{admin_port}/metrics") as r:
         assert r.status == 200
         assert r.headers["Content-Type"].startswith("text/plain; version=")
         return Scrape(await r.text())
+
+
+def promtool_check(text: str) -> None:
+    """`promtool check metrics` finds nothing to say about `text` (skips without promtool)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (make test installs Debian's 'prometheus' package where it can)")
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == ""
+    assert result.stderr.strip() == ""

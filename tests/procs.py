@@ -1,4 +1,4 @@
-"""Run the real `gateway` program as a child process, on free loopback ports."""
+"""Child processes for tests: the real `gateway` program on free loopback ports, or Python code."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,3 +262,17 @@ async def _wait_serving(gw: GatewayProcess) -> None:
                 return
         await asyncio.sleep(0.05)
     raise AssertionError("the gateway's workers did not all serve")
+
+
+@contextmanager
+def python_child(code: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """A Python child importing this checkout's `gateway`, stdin and stdout pipes;
+    killed if still running at the end."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-c", textwrap.dedent(code), *args]
+    with subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()

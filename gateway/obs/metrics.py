@@ -1,85 +1,175 @@
-"""Prometheus metrics, in a registry per gateway, with label children bound per route.
+"""Prometheus metrics, every value a cell in a `CellStore`, with cells bound per route.
 
 Label values come only from the policy (route and provider names) and from closed
 vocabularies (methods, status classes, outcomes, reasons), never from request data, so
 no client can grow the exposition.
+
+Counters and histograms are updated in place in the store, so a worker's counts are in
+shared memory the moment they are made (cells.py). Gauges matter only when scraped: a
+function gauge, and the in-flight count, are written to their cells by `sample()`,
+which the in-process admin calls before rendering and a worker before the supervisor
+reads its file.
 """
 
 from __future__ import annotations
 
-import bisect
 import platform
-from collections.abc import Callable, Iterator
+import time
+from bisect import bisect_left
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import aiohttp
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
 
 from gateway import __version__
 from gateway.errors import Reason
+from gateway.obs import families as f
+from gateway.obs.cells import CellStore
+from gateway.obs.exposition import render
+from gateway.obs.families import LATENCY_BUCKETS as _LATENCY_BUCKETS
+from gateway.obs.families import Family, histogram_keys, scalar_key
 
 UNMATCHED = "_unmatched"  # route names must start with a letter or digit: no collision
 PUBLISHED_JWKS = "_jwks"  # the published API-token key set
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_SUM = len(_LATENCY_BUCKETS) + 1  # a histogram's sum cell, after its buckets
 
 
-class Metrics:
-    """Every metric the gateway exports."""
+class Count:
+    """A counter's cell. No lock: one writer per store (the event-loop thread), and
+    `inc()` takes no amount, so it never goes backwards."""
 
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
-        # The per-request series (requests, durations, in flight) live in `_HotPath`:
-        # plain numbers, no lock per update. prometheus-client takes a mutex on every
-        # inc() and observe(); the profile put that at about 5 % of a request.
-        self.hot = _HotPath()
-        r.register(self.hot)
-        self.auth_failures = Counter(
-            "gateway_auth_failures", "Requests refused by authentication, by route and reason.", ["route", "reason"],
-            registry=r,
-        )  # fmt: skip
-        self.jwks_fetches = Counter(
-            "gateway_jwks_fetches", "Remote key set fetches, by provider and result.", ["provider", "result"],
-            registry=r,
-        )  # fmt: skip
-        self.jwks_keys = Gauge("gateway_jwks_keys", "Verification keys in use, by provider.", ["provider"], registry=r)
-        self.jwks_last_success = Gauge(
-            "gateway_jwks_last_success_timestamp_seconds",
-            "Unix time keys were last loaded successfully, by provider.",
-            ["provider"],
-            registry=r,
-        )
-        self.client_connections = Gauge(
-            "gateway_client_connections", "Open client connections on the public listener.", registry=r
-        )
-        self.connections_refused = Counter(
-            "gateway_connections_refused",
-            "Client connections answered 503 and closed: server.max_connections was reached.",
-            registry=r,
-        )
-        self.config_reloads = Counter(
-            "gateway_config_reloads", "Policy reloads (SIGHUP), by result.", ["result"], registry=r
-        )
-        self.build_info = Gauge(
-            "gateway_build_info", "Build information; always 1.", ["version", "python", "aiohttp"], registry=r
-        )
-        self.build_info.labels(__version__, platform.python_version(), aiohttp.__version__).set(1)
-        self.revocation_reloads = Counter(
-            "gateway_revocation_reloads",
-            "Revocation list loads, by provider and result (failure: the last good list stays).",
-            ["provider", "result"],
-            registry=r,
-        )
-        self.revoked_tokens = Gauge(
-            "gateway_revoked_tokens",
-            "Token ids on the revocation list in force, by provider.",
-            ["provider"],
-            registry=r,
-        )
-        self.cache_hits = self.hot.cache_hits
-        self.cache_misses = self.hot.cache_misses
-        self.cache_entries = Gauge("gateway_token_cache_entries", "Tokens in the verified-token cache.", registry=r)
+    __slots__ = ("_i", "_v")
+
+    def __init__(self, series: _Series, family: Family, values: tuple[str, ...] = ()) -> None:
+        self._i = series.bind((scalar_key(family, *values),))
+        self._v = series.store.values
+
+    def inc(self) -> None:
+        # 1.0, not 1: float + float is an add the interpreter specialises (float + int
+        # is not), about 10 ns of the ~60 an update costs.
+        self._v[self._i] += 1.0
+
+
+class Level:
+    """A gauge's cell: set directly, or by a function evaluated at `sample()`."""
+
+    __slots__ = ("_function", "_i", "_series", "_v")
+
+    def __init__(self, series: _Series, family: Family, values: tuple[str, ...] = ()) -> None:
+        self._i = series.bind((scalar_key(family, *values),))
+        self._v = series.store.values
+        self._series = series
+        self._function: Callable[[], float] | None = None
+
+    def set(self, value: float) -> None:
+        self._v[self._i] = value
+
+    def set_to_current_time(self) -> None:
+        self._v[self._i] = time.time()
+
+    def set_function(self, function: Callable[[], float]) -> None:
+        """Replaces the previous function (a reload rebuilds what it reads)."""
+        if self._function is None:
+            self._series.sampled.append(self)
+        self._function = function
+
+    def sample(self) -> None:
+        if self._function is not None:
+            self._v[self._i] = self._function()
+
+
+class Histogram:
+    """One histogram series: a cell per bucket (not cumulative), then the sum."""
+
+    __slots__ = ("_sum", "_v", "first")
+
+    def __init__(self, series: _Series, family: Family, *values: str) -> None:
+        assert family.buckets == _LATENCY_BUCKETS  # observe() bisects these
+        self.first = series.bind(histogram_keys(family, *values))
+        self._sum = self.first + _SUM
+        self._v = series.store.values
+
+    def observe(self, seconds: float) -> None:
+        v = self._v
+        v[self.first + bisect_left(_LATENCY_BUCKETS, seconds)] += 1.0
+        v[self._sum] += seconds
+
+
+C = TypeVar("C", Count, Level)
+
+
+class Labelled(Generic[C]):
+    """A family with labels: `labels(*values)` binds (once) and returns a child."""
+
+    __slots__ = ("_children", "_family", "_make", "_series")
+
+    def __init__(self, series: _Series, family: Family, make: type[C]) -> None:
+        self._series, self._family = series, family
+        self._make: type[C] = make
+        self._children: dict[tuple[str, ...], C] = {}
+
+    def labels(self, *values: str) -> C:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self._family.labels):
+                raise ValueError(f"{self._family.name} takes labels {self._family.labels}, not {values}")
+            child = self._children[values] = self._make(self._series, self._family, values)
+        return child
+
+
+class _Series:
+    """Cells bound by key in one store: a series is made once and shared after that."""
+
+    def __init__(self, store: CellStore | None) -> None:
+        self.store = store if store is not None else CellStore()
+        self._index: dict[str, int] = {}
+        self.sampled: list[Level] = []
+        info = Labelled(self, f.BUILD_INFO, Level)
+        info.labels(__version__, platform.python_version(), aiohttp.__version__).set(1)
+
+    def bind(self, keys: tuple[str, ...]) -> int:
+        """The index in `store.values` of the first of these cells, made if new."""
+        index = self._index.get(keys[0])
+        if index is None:
+            index = self._index[keys[0]] = self.store.add(keys)
+        return index
+
+    def sample(self) -> None:
+        """Evaluate the function gauges into their cells."""
+        for level in self.sampled:
+            level.sample()
+
+    def cells(self) -> dict[str, float]:
+        """Every cell, the function gauges sampled now: what `render` takes."""
+        self.sample()
+        return self.store.cells()
+
+    def exposition(self) -> bytes:
+        """This process's metrics alone (the in-process admin's /metrics)."""
+        return render([(None, self.cells())], {})
+
+
+class Metrics(_Series):
+    """Every metric a gateway process exports. With `CellStore(path)`, a worker's: the
+    supervisor then counts policy reloads, and the worker must not."""
+
+    def __init__(self, store: CellStore | None = None) -> None:
+        super().__init__(store)
+        self._in_flight = 0
+        self._in_flight_cell = Level(self, f.IN_FLIGHT)
+        self.auth_failures = Labelled(self, f.AUTH_FAILURES, Count)
+        self.jwks_fetches = Labelled(self, f.JWKS_FETCHES, Count)
+        self.jwks_keys = Labelled(self, f.JWKS_KEYS, Level)
+        self.jwks_last_success = Labelled(self, f.JWKS_LAST_SUCCESS, Level)
+        self.client_connections = Level(self, f.CLIENT_CONNECTIONS)
+        self.connections_refused = Count(self, f.CONNECTIONS_REFUSED)
+        self.config_reloads = Labelled(self, f.CONFIG_RELOADS, Count)
+        self.revocation_reloads = Labelled(self, f.REVOCATION_RELOADS, Count)
+        self.revoked_tokens = Labelled(self, f.REVOKED_TOKENS, Level)
+        self.cache_hits = Count(self, f.CACHE_HITS)
+        self.cache_misses = Count(self, f.CACHE_MISSES)
+        self.cache_entries = Level(self, f.CACHE_ENTRIES)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
 
@@ -87,7 +177,13 @@ class Metrics:
         return RouteMetrics(self, name)
 
     def in_flight(self, delta: int) -> None:
-        self.hot.in_flight += delta
+        # A plain number, written to its cell by sample(): a gauge is only read at a
+        # scrape, and a dead worker's gauges are dropped, so it needs no shared write.
+        self._in_flight += delta
+
+    def sample(self) -> None:
+        self._in_flight_cell.set(self._in_flight)
+        super().sample()
 
     def provider(self, name: str) -> ProviderMetrics:
         return ProviderMetrics(self, name)
@@ -102,6 +198,18 @@ class Metrics:
             gauge.set(count)
 
         return report
+
+
+class SupervisorMetrics(_Series):
+    """The supervisor's own series, rendered beside its workers' cells."""
+
+    def __init__(self, store: CellStore | None = None) -> None:
+        super().__init__(store)
+        self.worker_restarts = Count(self, f.WORKER_RESTARTS)
+        self.workers = Level(self, f.WORKERS)
+        self.config_reloads = Labelled(self, f.CONFIG_RELOADS, Count)
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)
 
 
 class ProviderMetrics:
@@ -125,110 +233,57 @@ class ProviderMetrics:
             self._last.set_to_current_time()
 
 
-class _Histogram:
-    """One histogram series as plain numbers: non-cumulative bucket counts, sum."""
-
-    __slots__ = ("buckets", "sum")
-
-    def __init__(self) -> None:
-        self.buckets = [0] * (len(_LATENCY_BUCKETS) + 1)  # the last one is +Inf
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.buckets[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
-        self.sum += seconds
-
-    def exposition(self) -> tuple[list[tuple[str, float]], float]:
-        out, total = [], 0
-        for bound, count in zip((*(str(b) for b in _LATENCY_BUCKETS), "+Inf"), self.buckets, strict=True):
-            total += count
-            out.append((bound, float(total)))
-        return out, self.sum
-
-
-class _Count:
-    """A counter without a lock (see `_HotPath`)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def inc(self) -> None:
-        self.value += 1
-
-
-class _HotPath(Collector):
-    """The per-request metrics, exported at scrape time.
-
-    No locks: they are updated by the request handler and read by the /metrics
-    handler, and both run on the one event loop thread."""
-
-    def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, str, str], int] = {}  # route, method, class, outcome
-        self.duration: dict[str, _Histogram] = {}
-        self.upstream: dict[str, _Histogram] = {}
-        self.in_flight = 0
-        self.cache_hits = _Count()
-        self.cache_misses = _Count()
-
-    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily | GaugeMetricFamily]:
-        requests = CounterMetricFamily(
-            "gateway_requests",
-            "Requests answered, by route, method, status class and outcome (allowed/denied/error).",
-            labels=["route", "method", "status_class", "outcome"],
-        )
-        for labels, count in self.requests.items():
-            requests.add_metric(labels, count)
-        yield requests
-        for name, text, series in (
-            (
-                "gateway_request_duration_seconds",
-                "Time from request to the end of the response, by route.",
-                self.duration,
-            ),
-            (
-                "gateway_upstream_duration_seconds",
-                "Time from sending a request upstream to receiving its response headers, by route.",
-                self.upstream,
-            ),
-        ):
-            family = HistogramMetricFamily(name, text, labels=["route"])
-            for route, histogram in series.items():
-                buckets, total = histogram.exposition()
-                family.add_metric([route], buckets, total)
-            yield family
-        yield GaugeMetricFamily("gateway_in_flight_requests", "Requests being handled now.", value=self.in_flight)
-        yield CounterMetricFamily("gateway_token_cache_hits", "Verified-token cache hits.", value=self.cache_hits.value)
-        yield CounterMetricFamily(
-            "gateway_token_cache_misses", "Verified-token cache misses.", value=self.cache_misses.value
-        )
-
-
 class RouteMetrics:
     """One route's series: histograms bound now (so they are exported from the start),
     request counters on first use. Series are shared by name across policy reloads."""
 
-    __slots__ = ("_auth", "_hot", "_metrics", "_name", "_requests", "duration", "upstream")
+    __slots__ = ("_auth", "_duration", "_metrics", "_name", "_requests", "_upstream", "_v", "duration", "upstream")
 
     def __init__(self, metrics: Metrics, name: str) -> None:
         self._metrics = metrics
         self._name = name
-        hot = self._hot = metrics.hot
-        self.duration = hot.duration.setdefault(name, _Histogram())
-        self.upstream = hot.upstream.setdefault(name, _Histogram())
-        self._requests: dict[tuple[str, int, str], tuple[str, str, str, str]] = {}
-        self._auth: dict[Reason, Counter] = {}
+        self.duration = Histogram(metrics, f.REQUEST_DURATION, name)
+        self.upstream = Histogram(metrics, f.UPSTREAM_DURATION, name)
+        self._duration, self._upstream = self.duration.first, self.upstream.first
+        # Cells by (method, status, outcome) as the handler passes them: the fast path
+        # is one dict lookup. Bounded: unknown methods are keyed as "OTHER", and a status
+        # is three digits.
+        self._requests: dict[tuple[str, int, str], int] = {}
+        self._v = metrics.store.values
+        self._auth: dict[Reason, Count] = {}
 
     def request(self, method: str, status: int, outcome: str) -> None:
+        index = self._requests.get((method, status, outcome))
+        if index is None:
+            index = self._bind(method, status, outcome)
+        self._v[index] += 1.0
+
+    def answered(self, method: str, status: int, outcome: str, seconds: float, upstream: float | None) -> None:
+        """`request()`, `duration.observe(seconds)` and, unless None,
+        `upstream.observe(upstream)`, in one call: the handler's, once per request."""
+        index = self._requests.get((method, status, outcome))
+        if index is None:
+            index = self._bind(method, status, outcome)
+        v = self._v
+        v[index] += 1.0
+        first = self._duration
+        v[first + bisect_left(_LATENCY_BUCKETS, seconds)] += 1.0
+        v[first + _SUM] += seconds
+        if upstream is not None:
+            first = self._upstream
+            v[first + bisect_left(_LATENCY_BUCKETS, upstream)] += 1.0
+            v[first + _SUM] += upstream
+
+    def _bind(self, method: str, status: int, outcome: str) -> int:
         # Keyed by the label, never the raw method: clients choose methods freely.
         label = method if method in METHODS else "OTHER"
-        key = (label, status // 100, outcome)
-        series = self._requests.get(key)
-        if series is None:
-            series = self._requests[key] = (self._name, label, f"{status // 100}xx", outcome)
-        requests = self._hot.requests
-        requests[series] = requests.get(series, 0) + 1
+        index = self._requests.get((label, status, outcome))
+        if index is None:
+            index = self._metrics.bind((scalar_key(f.REQUESTS, self._name, label, f"{status // 100}xx", outcome),))
+            self._requests[(label, status, outcome)] = index
+            # The newest view covers every cell made so far (cells.py): this one too.
+            self._v = self._metrics.store.values
+        return index
 
     def auth_failure(self, reason: Reason) -> None:
         child = self._auth.get(reason)

@@ -715,7 +715,11 @@ class ClientConnection(BaseProtocol):
             self._closing = True
             return
         since = self._idle_deadline
-        if self.idle and since is not None and self._loop.time() - (since - self._server.keepalive_timeout) >= idle_grace:
+        if (
+            self.idle
+            and since is not None
+            and self._loop.time() - (since - self._server.keepalive_timeout) >= idle_grace
+        ):
             self._close()
         else:
             self._draining = True

@@ -204,10 +204,7 @@ class ProxyHandler:
     def _finish(self, request: Request, runtime: Runtime, ex: Exchange, status: int) -> None:
         total = time.perf_counter() - ex.started
         route: RouteMetrics = ex.metrics or runtime.unmatched
-        route.request(request.method, status, ex.outcome)
-        route.duration.observe(total)
-        if ex.upstream_seconds is not None:
-            route.upstream.observe(ex.upstream_seconds)
+        route.answered(request.method, status, ex.outcome, total, ex.upstream_seconds)
         access_log = runtime.access_log
         if access_log.enabled:
             # The access log reads plain values, never a Request (obs imports no proxy type).

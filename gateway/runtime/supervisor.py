@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -41,6 +42,9 @@ from aiohttp import web
 
 from gateway.admin import admin_app
 from gateway.demo import demo_app
+from gateway.obs.cells import read_cells
+from gateway.obs.exposition import fold, render
+from gateway.obs.metrics import SupervisorMetrics
 from gateway.policy import ConfigError, load_policy_text
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.model import Listen
@@ -133,7 +137,14 @@ class Supervisor:
         self._socket: socket.socket | None = None
         self._admin: web.AppRunner | None = None
         self._demo_runner: web.AppRunner | None = None
-        self._metrics_dir = Path(tempfile.mkdtemp(prefix="gateway-metrics-"))
+        # Workers' metric cells: in memory (tmpfs) where there is one, private to us.
+        # mkdtemp makes a fresh directory of mode 0700 with an unguessable name.
+        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # noqa: S108
+        self._metrics_dir = Path(tempfile.mkdtemp(prefix="gateway-metrics-", dir=shm))
+        self.metrics = SupervisorMetrics()
+        # The counts of workers that are gone: a restart never makes a counter go back.
+        self._retired: dict[str, float] = {}
+        self.restarts = 0
         self._serial = 0  # names metrics files: one per worker process ever started
         self._generation = 0
         self._lock = asyncio.Lock()  # one reload or restart at a time
@@ -142,8 +153,6 @@ class Supervisor:
         self._fatal: str | None = None
         self._backoff: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.restarts = 0
-        self.reloads = {"success": 0, "failure": 0}
         self.public_port = 0
         self.admin_port = 0
 
@@ -313,7 +322,6 @@ class Supervisor:
     async def _reap(self, worker: WorkerProcess) -> None:
         code = await worker.proc.wait()
         worker.channel.close()
-        worker.exited.set()
         self._retire(worker)
         self._draining.discard(worker)
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
@@ -329,6 +337,7 @@ class Supervisor:
         delay = BACKOFF_FIRST if last is None or lived >= STABLE_AFTER else min(last * 2, BACKOFF_MAX)
         self._backoff[worker.name] = delay
         self.restarts += 1
+        self.metrics.worker_restarts.inc()
         log.error("worker %s (pid %d) died (%s); restarting it in %gs", worker.name, worker.pid, how, delay)
         await asyncio.sleep(delay)
         async with self._lock:
@@ -344,12 +353,12 @@ class Supervisor:
             self._watch(started)
 
     def _retire(self, worker: WorkerProcess) -> None:
-        """Its counts stay in the totals (a counter never goes backwards); its file goes."""
-        self.on_retire(worker)
+        """Its counts stay in the totals (a counter never goes backwards); its file goes.
+        Called as it exits, in the same step that marks it exited: a scrape reads
+        either its file or the totals it was folded into, never both, never neither."""
+        worker.exited.set()
+        fold(self._retired, _cells(worker))
         worker.metrics_file.unlink(missing_ok=True)
-
-    def on_retire(self, worker: WorkerProcess) -> None:
-        pass
 
     async def _relay(self, stream: asyncio.StreamReader) -> None:
         """A worker's stdout (its access log) to ours, whole lines at a time."""
@@ -394,7 +403,7 @@ class Supervisor:
     async def reload(self) -> bool:
         async with self._lock:
             ok = await self._reload_now()
-        self.reloads["success" if ok else "failure"] += 1
+        self.metrics.config_reloads.labels("success" if ok else "failure").inc()
         return ok
 
     async def _reload_now(self) -> bool:
@@ -517,7 +526,7 @@ class Supervisor:
 
     async def health(self) -> dict[str, Any]:
         return {
-            "workers": sum(1 for w in self.workers if w.serving and w.proc.returncode is None),
+            "workers": self._serving(),
             "workers_configured": self.policy.workers,
             "restarts": self.restarts,
             "pids": [w.pid for w in self.workers],
@@ -526,15 +535,36 @@ class Supervisor:
     async def waiting(self) -> list[str]:
         if self._stop.is_set():
             return ["stopping"]
-        missing = self.policy.workers - sum(1 for w in self.workers if w.serving and w.proc.returncode is None)
+        missing = self.policy.workers - self._serving()
         waiting = [f"{missing} of {self.policy.workers} workers"] if missing else []
         for answer in await asyncio.gather(*(self._status(w) for w in self.workers)):
             waiting += answer
         return waiting
 
     async def exposition(self) -> bytes:
+        # The status round trip makes each worker write its gauges to its cells.
         await asyncio.gather(*(self._status(w) for w in [*self.workers, *self._draining]))
-        return b""
+        # From here on no await: the set of workers and of retired counts is one state.
+        self.metrics.workers.set(self._serving())
+        live: list[tuple[str | None, dict[str, float]]] = [(None, self.metrics.cells())]
+        live += [(w.name, _cells(w)) for w in self.workers if not w.exited.is_set()]
+        # Workers draining after a replacement share slot names with the new ones:
+        # their counters count, their gauges (a generation that is leaving) do not.
+        retired = dict(self._retired)
+        for w in self._draining:
+            if not w.exited.is_set():
+                fold(retired, _cells(w))
+        return render(live, retired)
+
+    def _serving(self) -> int:
+        return sum(1 for w in self.workers if w.serving and not w.exited.is_set())
+
+
+def _cells(worker: WorkerProcess) -> dict[str, float]:
+    try:
+        return read_cells(worker.metrics_file)
+    except OSError:  # it died before it made its file: it counted nothing
+        return {}
 
 
 async def _either(a: asyncio.Event, b: asyncio.Event) -> None:

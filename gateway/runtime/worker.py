@@ -25,6 +25,7 @@ from typing import Any
 
 from gateway.app import Gateway
 from gateway.obs.access import LineWriter, set_sink
+from gateway.obs.cells import CellStore
 from gateway.obs.metrics import Metrics
 from gateway.policy import ConfigError, load_policy_text
 from gateway.policy.compile import CompiledPolicy
@@ -91,7 +92,7 @@ class Worker:
         if gateway is None:
             return
         if op == "status":
-            pass  # TEMP sample
+            self._metrics.sample()
             self._channel.reply(message, {"op": "status", "waiting": gateway.not_ready()})
         elif op == "prepare":
             self._channel.reply(message, await self._prepare(gateway, message))
@@ -164,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _main(args: argparse.Namespace) -> int:
     listen = socket.socket(fileno=args.listen_fd)
     channel = await Channel.open(socket.socket(fileno=args.control_fd))
-    metrics = Metrics()  # TEMP
+    metrics = Metrics(CellStore(Path(args.metrics_file)))
     return await Worker(channel, listen, metrics).run()
 
 

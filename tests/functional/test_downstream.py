@@ -21,6 +21,7 @@ from aiohttp import web
 from gateway.app import Gateway
 from gateway.proxy.downstream import ClientConnection
 from tests.conftest import GatewayFactory, Upstream
+from tests.metrics_parse import sample_value
 from tests.rawhttp import parse_response
 
 
@@ -237,11 +238,13 @@ async def test_client_leaving_early_is_logged_and_the_gateway_keeps_serving(
     resp = parse_response(await exchange(gw.public_port, req("/open/fine", "Connection: close")))
     assert resp.status == 200
     # Counted as nginx counts it: 499, an error, not a 200 nobody received.
-    left = gw.metrics.registry.get_sample_value(
-        "gateway_requests_total", {"route": "open", "method": "GET", "status_class": "4xx", "outcome": "error"}
+    left = sample_value(
+        gw.metrics,
+        "gateway_requests_total",
+        {"route": "open", "method": "GET", "status_class": "4xx", "outcome": "error"},
     )
     assert left == 1.0
-    assert gw.metrics.registry.get_sample_value("gateway_in_flight_requests") == 0.0
+    assert sample_value(gw.metrics, "gateway_in_flight_requests") == 0.0
 
 
 async def echo(request: web.Request) -> web.StreamResponse:
@@ -279,7 +282,7 @@ async def slow_reader(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWr
 
 
 def in_flight(gw: Gateway) -> float | None:
-    return gw.metrics.registry.get_sample_value("gateway_in_flight_requests")
+    return sample_value(gw.metrics, "gateway_in_flight_requests")
 
 
 def access_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
@@ -288,7 +291,7 @@ def access_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
 
 def requests_counted(gw: Gateway, method: str, status_class: str, outcome: str, route: str = "open") -> float:
     labels = {"route": route, "method": method, "status_class": status_class, "outcome": outcome}
-    return gw.metrics.registry.get_sample_value("gateway_requests_total", labels) or 0.0
+    return sample_value(gw.metrics, "gateway_requests_total", labels) or 0.0
 
 
 async def test_a_bad_chunk_inside_a_forwarded_upload_is_the_clients_fault_and_frees_everything(
@@ -400,8 +403,10 @@ async def test_pipelined_answers_wait_for_a_client_that_does_not_read(
     assert buffered < 4 * 1024 * 1024
     assert len([s for s in upstream.seen if s.raw_path == "/open/big"]) == 0  # `big` is special: not recorded
     # The requests the upstream served are bounded by what fits in the buffers, not 3 000.
-    served = gw.metrics.registry.get_sample_value(
-        "gateway_requests_total", {"route": "open", "method": "GET", "status_class": "2xx", "outcome": "allowed"}
+    served = sample_value(
+        gw.metrics,
+        "gateway_requests_total",
+        {"route": "open", "method": "GET", "status_class": "2xx", "outcome": "allowed"},
     )
     assert served is not None
     assert served < 200
@@ -414,8 +419,10 @@ async def test_one_pipelining_client_cannot_hold_the_loop(make_gateway: GatewayF
     await flood.drain()
     # Another client is answered while the flood is still being answered.
     other = parse_response(await exchange(gw.public_port, req("/open/other", "Connection: close")))
-    refused = gw.metrics.registry.get_sample_value(
-        "gateway_requests_total", {"route": "_unmatched", "method": "GET", "status_class": "4xx", "outcome": "denied"}
+    refused = sample_value(
+        gw.metrics,
+        "gateway_requests_total",
+        {"route": "_unmatched", "method": "GET", "status_class": "4xx", "outcome": "denied"},
     )
     flood.close()
     assert other.status == 200
@@ -469,8 +476,10 @@ async def test_a_client_that_stops_reading_is_cut_off_after_send_timeout(
     assert in_flight(gw) == 0.0
     assert not gw._server.connections
     # The response had started: it is counted as cut (an error), not as served.
-    cut = gw.metrics.registry.get_sample_value(
-        "gateway_requests_total", {"route": "open", "method": "GET", "status_class": "2xx", "outcome": "error"}
+    cut = sample_value(
+        gw.metrics,
+        "gateway_requests_total",
+        {"route": "open", "method": "GET", "status_class": "2xx", "outcome": "error"},
     )
     assert cut == 1.0
 
@@ -560,7 +569,7 @@ async def test_draining_takes_no_queued_request_it_could_not_answer(
 
     def count(status_class: str, outcome: str) -> float:
         labels = {"route": "open", "method": "GET", "status_class": status_class, "outcome": outcome}
-        return gw.metrics.registry.get_sample_value("gateway_requests_total", labels) or 0.0
+        return sample_value(gw.metrics, "gateway_requests_total", labels) or 0.0
 
     assert count("4xx", "error") == 0  # no request ran that could not be answered
     assert count("2xx", "allowed") == len(served)
