@@ -22,6 +22,7 @@ and the workers' lives:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -163,22 +164,10 @@ class Supervisor:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         try:
-            if not await self._start():
-                return EXIT_FAILED
-            self._announce()
-            watch = None
-            if self.policy.watch:
-                watch = PolicyWatch(self.policy.inputs, self._reload_watched)
-                self._watching = self._spawn(watch.run())
-            while not self._stop.is_set() and self._fatal is None:
-                await _either(self._stop, self._reload)
-                if self._reload.is_set() and not self._stop.is_set():
-                    self._reload.clear()
-                    paths, seen = await self._reload_watched()
-                    if watch is not None:
-                        watch.rebase(paths, seen)
-            if self._fatal is None:
-                log.info("signal received: draining in-flight requests (up to %gs)", self.policy.shutdown_timeout)
+            # A failed start sets _fatal: said below, once every worker is gone.
+            if await self._start():
+                self._announce()
+                await self._until_stopped()
         finally:
             await self._shutdown()
         if self._fatal is not None:
@@ -186,6 +175,22 @@ class Supervisor:
             return EXIT_FAILED
         log.info("stopped")
         return EXIT_OK
+
+    async def _until_stopped(self) -> None:
+        """Reload on SIGHUP or a watched change, until a signal or a fatal error."""
+        watch = None
+        if self.policy.watch:
+            watch = PolicyWatch(self.policy.inputs, self._reload_watched)
+            self._watching = self._spawn(watch.run())
+        while not self._stop.is_set() and self._fatal is None:
+            await _either(self._stop, self._reload)
+            if self._reload.is_set() and not self._stop.is_set():
+                self._reload.clear()
+                paths, seen = await self._reload_watched()
+                if watch is not None:
+                    watch.rebase(paths, seen)
+        if self._fatal is None:
+            log.info("signal received: draining in-flight requests (up to %gs)", self.policy.shutdown_timeout)
 
     async def _start(self) -> bool:
         policy = self.policy
@@ -306,7 +311,12 @@ class Supervisor:
         try:
             async with asyncio.timeout(START_TIMEOUT):
                 await channel.request({"op": "start", "text": text, "source": source}, within=START_TIMEOUT)
-        except (TimeoutError, ChannelClosedError):
+        except (TimeoutError, ChannelClosedError) as exc:
+            if isinstance(exc, ChannelClosedError):
+                # It closed its end because it is exiting (its error printed): let it
+                # finish, so the exit code reported is its own, not our kill's.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), EXIT_MARGIN)
             if proc.returncode is None:
                 proc.kill()
             code = await proc.wait()
