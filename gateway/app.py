@@ -23,13 +23,11 @@ from gateway.proxy.coalesce import Coalescer
 from gateway.proxy.downstream import Server
 from gateway.proxy.handler import HandlerSettings, ProxyHandler, Runtime
 from gateway.proxy.headers import ForwardedFor
+from gateway.proxy.listener import Listener, bind, port_of
 from gateway.proxy.server import make_server
 from gateway.proxy.upstream import UpstreamPool
 
 log = logging.getLogger("gateway")
-
-# How long, after the drain, stopping waits for the listener's connections to be gone.
-_LISTENER_CLOSE = 1.0
 
 
 def client_session() -> aiohttp.ClientSession:
@@ -79,7 +77,7 @@ class Gateway:
         self._pool: UpstreamPool | None = None
         self._handler: ProxyHandler | None = None
         self._server: Server | None = None
-        self._listener: asyncio.Server | None = None
+        self._listener: Listener | None = None
         self._reload_lock = asyncio.Lock()
         self.public_port = 0
         self.admin_port = 0
@@ -127,16 +125,11 @@ class Gateway:
         self.metrics.client_connections.set_function(lambda: server.open)
         server.on_refused = self.metrics.connections_refused.inc
         server.on_unparseable = self._handler.unparseable
-        loop = asyncio.get_running_loop()
-        if self.listen_socket is not None:
-            listener = await loop.create_server(self._server, sock=self.listen_socket, backlog=1024)
-        else:
-            listener = await loop.create_server(
-                self._server, policy.listen.host, policy.listen.port, reuse_address=True, backlog=1024
-            )
-        self._listener = listener
+        sock = self.listen_socket or bind(policy.listen)
         # The bound port (differs from the configured one when that is 0, as in tests).
-        self.public_port = int(listener.sockets[0].getsockname()[1])
+        self.public_port = port_of(sock)
+        self._listener = Listener(sock, self._server)
+        self._listener.start()
         if self.admin:
             admin = web.AppRunner(admin_app(self), access_log=None, shutdown_timeout=1.0)
             self.admin_port = await self._serve(admin, policy.admin_listen)
@@ -229,20 +222,10 @@ class Gateway:
         self.listening = False
         # Public listener first, so health checks keep answering while we drain.
         if self._listener is not None and self._server is not None:
-            self._listener.close()
-            # Since Python 3.12.1 wait_closed() waits for every connection the listener
-            # accepted. One accepted in this loop turn reaches our Server (connection_made)
-            # on the next: let it, so the drain sees it. None is accepted after close().
-            await asyncio.sleep(0)
-            await self._server.shutdown(self.policy.shutdown_timeout)
-            try:
-                # Everything the drain saw is closed or reset by now; bound the wait anyway,
-                # so that nothing unforeseen can hold a SIGTERM past shutdown_timeout.
-                async with asyncio.timeout(_LISTENER_CLOSE):
-                    await self._listener.wait_closed()
-            except TimeoutError:
-                log.warning("connections outlived the drain by %gs; stopping without them", _LISTENER_CLOSE)
+            # Every connection accepted so far reaches our Server before the drain looks.
+            await self._listener.close()
             self._listener = None
+            await self._server.shutdown(self.policy.shutdown_timeout)
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

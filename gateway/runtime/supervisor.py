@@ -48,7 +48,7 @@ from gateway.obs.metrics import SupervisorMetrics
 from gateway.policy import ConfigError, load_policy_text
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.model import Listen
-from gateway.runtime import sockets
+from gateway.proxy.listener import bind, port_of
 from gateway.runtime.control import Channel, ChannelClosedError
 from gateway.runtime.watch import PolicyWatch, Stamp, stamps
 
@@ -195,8 +195,8 @@ class Supervisor:
     async def _start(self) -> bool:
         policy = self.policy
         try:
-            self._socket = await asyncio.to_thread(sockets.bind, policy.listen)
-            self.public_port = sockets.port_of(self._socket)
+            self._socket = await asyncio.to_thread(bind, policy.listen)
+            self.public_port = port_of(self._socket)
             self._admin, self.admin_port = await _serve(admin_app(self), policy.admin_listen)
             if self._demo is not None:
                 self._demo_runner, _ = await _serve(demo_app(), self._demo)
@@ -488,7 +488,7 @@ class Supervisor:
         listen = self._socket
         if new.listen != self.policy.listen:
             try:
-                listen = await asyncio.to_thread(sockets.bind, new.listen)
+                listen = await asyncio.to_thread(bind, new.listen)
             except OSError as exc:
                 log.error("reload refused: cannot listen on %s (%s)", new.listen, exc)
                 return False
@@ -513,7 +513,7 @@ class Supervisor:
             return False
         old, old_socket = self.workers, self._socket
         self.workers, self._socket, self.policy, self._text = fresh, listen, new, text
-        self.public_port = sockets.port_of(listen)
+        self.public_port = port_of(listen)
         for w in fresh:
             self._watch(w)
         for w in old:
