@@ -211,8 +211,8 @@ async def spread_connections(
     (the split is never asserted). The caller closes them.
 
     Batches alternate: all opened at once, then one at a time 10 ms apart. Workers
-    accept from one shared queue, and a worker woken for a burst accepts all it finds:
-    on a busy machine the first woken often takes a whole concurrent batch."""
+    accept one connection per wakeup from one shared queue, so both kinds usually
+    spread; on a busy machine one worker may still be the only one awake for a while."""
     workers = gw.workers()
     for attempt in range(tries):
         if attempt % 2 == 0:
