@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -32,11 +31,9 @@ from tests.metrics_parse import scrape
 from tests.procs import (
     GatewayProcess,
     alive,
-    connection_owners,
     gateway_cmd,
     group_members,
     kill_group,
-    local_port,
     running_gateway,
 )
 from tests.rawhttp import KeptAlive, get
@@ -56,24 +53,6 @@ async def test_connections_land_on_more_than_one_worker(tmp_path: Path, upstream
         # Each connection stays with its worker: further requests on it are answered.
         responses = await asyncio.gather(*(c.send(get("/public/y", close=False)) for c, _ in conns))
         assert {r.status for r in responses} == {200}
-
-
-async def test_a_burst_of_connections_is_shared_by_the_workers(tmp_path: Path, upstream: Upstream) -> None:
-    """Workers accept one connection per wakeup (proxy/listener.py): 20 connections
-    opened at once are split between two workers every time, not taken whole by the
-    first one awake (which accepting until the queue is empty did most times)."""
-    async with running_gateway(tmp_path, routes(upstream), WORKERS) as gw:
-        workers = gw.workers()
-        for burst in range(5):
-            conns = list(await asyncio.gather(*(KeptAlive.open(gw.port) for _ in range(20))))
-            try:
-                responses = await asyncio.gather(*(c.send(get("/public/x", close=False)) for c in conns))
-                assert {r.status for r in responses} == {200}
-                owners = connection_owners(workers, gw.port)
-                taken = Counter(owners.get(local_port(c), 0) for c in conns)
-                assert set(taken) == set(workers), f"burst {burst}: {taken}"
-            finally:
-                await asyncio.gather(*(c.close() for c in conns))
 
 
 async def test_a_killed_worker_is_replaced_while_the_others_keep_answering(
