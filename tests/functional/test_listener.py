@@ -36,15 +36,15 @@ async def test_two_listeners_on_one_socket_split_a_queued_burst() -> None:
     clients = [socket.create_connection(("127.0.0.1", port_of(sock))) for _ in range(10)]
     # The kernel completed every handshake: ten connections wait in the accept queue.
     taken: tuple[list[asyncio.Transport], list[asyncio.Transport]] = ([], [])
-    listeners = [
-        Listener(s, lambda into=into: _Accepted(into)) for s, into in zip((sock, sock.dup()), taken, strict=True)
-    ]
+    arrived = asyncio.Event()
+    listeners = [Listener(s, _into(into, arrived)) for s, into in zip((sock, sock.dup()), taken, strict=True)]
     try:
         for listener in listeners:
             listener.start()
         async with asyncio.timeout(5):
             while len(taken[0]) + len(taken[1]) < 10:
-                await asyncio.sleep(0.01)
+                arrived.clear()
+                await arrived.wait()
         assert sorted(map(len, taken)) == [5, 5]
     finally:
         for listener in listeners:
@@ -62,7 +62,7 @@ async def test_close_waits_for_accepted_connections_to_reach_their_protocol() ->
     listener = Listener(sock, _into(taken, asyncio.Event()))
     listener.start()
     try:
-        for _ in range(10_000):  # loop turns until it is accepted (transport being made)
+        for _ in range(10_000):  # loop turns until it is accepted (its transport being made)
             if listener._pending or taken:
                 break
             await asyncio.sleep(0)
