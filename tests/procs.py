@@ -239,7 +239,7 @@ async def spread_connections(
 
 async def _wait_ready(gw: GatewayProcess) -> None:
     async with aiohttp.ClientSession() as client:
-        for _ in range(200):
+        for _ in range(600):  # 30 s: a supervisor and its workers start slowly on a busy machine
             if gw.proc.poll() is not None:
                 raise AssertionError(f"gateway exited early with {gw.proc.returncode}")
             try:
