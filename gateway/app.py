@@ -23,15 +23,11 @@ from gateway.proxy.coalesce import Coalescer
 from gateway.proxy.downstream import Server
 from gateway.proxy.handler import HandlerSettings, ProxyHandler, Runtime
 from gateway.proxy.headers import ForwardedFor
+from gateway.proxy.listener import Listener, bind, port_of
 from gateway.proxy.server import make_server
 from gateway.proxy.upstream import UpstreamPool
 
 log = logging.getLogger("gateway")
-
-# How long, after the drain, stopping waits for the listener's connections to be gone.
-_LISTENER_CLOSE = 1.0
-# The public listener's accept queue (listen(2) backlog).
-_BACKLOG = 1024
 
 
 def client_session() -> aiohttp.ClientSession:
@@ -70,7 +66,6 @@ class Gateway:
 
     policy: CompiledPolicy
     demo_upstream: Listen | None = None
-    reload_ready_timeout: float = 10.0
     listen_socket: socket.socket | None = None
     admin: bool = True
     metrics: Metrics = field(default_factory=Metrics)
@@ -82,7 +77,7 @@ class Gateway:
         self._pool: UpstreamPool | None = None
         self._handler: ProxyHandler | None = None
         self._server: Server | None = None
-        self._listener: asyncio.Server | None = None
+        self._listener: Listener | None = None
         self._reload_lock = asyncio.Lock()
         self.public_port = 0
         self.admin_port = 0
@@ -130,16 +125,11 @@ class Gateway:
         self.metrics.client_connections.set_function(lambda: server.open)
         server.on_refused = self.metrics.connections_refused.inc
         server.on_unparseable = self._handler.unparseable
-        loop = asyncio.get_running_loop()
-        if self.listen_socket is not None:
-            listener = await loop.create_server(self._server, sock=self.listen_socket, backlog=_BACKLOG)
-        else:
-            listener = await loop.create_server(
-                self._server, policy.listen.host, policy.listen.port, reuse_address=True, backlog=_BACKLOG
-            )
-        self._listener = listener
+        sock = self.listen_socket or bind(policy.listen)
         # The bound port (differs from the configured one when that is 0, as in tests).
-        self.public_port = int(listener.sockets[0].getsockname()[1])
+        self.public_port = port_of(sock)
+        self._listener = Listener(sock, self._server)
+        self._listener.start()
         if self.admin:
             admin = web.AppRunner(admin_app(self), access_log=None, shutdown_timeout=1.0)
             self.admin_port = await self._serve(admin, policy.admin_listen)
@@ -178,7 +168,7 @@ class Gateway:
         """Start the new policy's key sources and wait until every provider has keys:
         None when it may be committed, else what is missing (its sources are stopped)."""
         await self._start_providers(new)
-        deadline = time.monotonic() + self.reload_ready_timeout
+        deadline = time.monotonic() + new.reload_timeout
         while not all(p.ready for p in new.providers):
             if time.monotonic() > deadline:
                 await self._stop_providers(new)
@@ -227,61 +217,15 @@ class Gateway:
         # The bound port (differs from the configured one when that is 0, as in tests).
         return int(runner.addresses[-1][1])
 
-    def _take_queued(self) -> list[socket.socket]:
-        """The connections waiting in the accept queue of the listening socket we share
-        with other processes (a worker's), taken before we close our descriptor of it.
-
-        Closing the last descriptor of a listening socket resets every connection queued
-        on it: their clients have connected and may have sent a request, which would then
-        fail. That is the old socket of a listen change (and the socket at a SIGTERM),
-        while clients still arrive. Taken here, they are served like the other
-        connections of the drain (answered with `Connection: close`). Nothing is awaited
-        between taking them and closing, so one more can only slip in within
-        microseconds."""
-        listen = self.listen_socket
-        taken: list[socket.socket] = []
-        if listen is None:
-            return taken
-        while len(taken) < _BACKLOG:  # bounded: a flood must not hold the stop
-            try:
-                sock, _ = listen.accept()
-            except (BlockingIOError, InterruptedError):
-                break
-            except ConnectionAbortedError:
-                continue  # reset by its client while queued
-            except OSError as exc:  # out of descriptors: the rest are lost with the socket
-                log.warning("cannot take the queued connections before closing the listener (%s)", exc)
-                break
-            sock.setblocking(False)
-            taken.append(sock)
-        return taken
-
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (up to shutdown_timeout), close."""
         self.listening = False
         # Public listener first, so health checks keep answering while we drain.
         if self._listener is not None and self._server is not None:
-            queued = self._take_queued()
-            self._listener.close()
-            loop = asyncio.get_running_loop()
-            for sock in queued:
-                try:
-                    await loop.connect_accepted_socket(self._server, sock)
-                except OSError:
-                    sock.close()  # gone already (its client reset it)
-            # Since Python 3.12.1 wait_closed() waits for every connection the listener
-            # accepted. One accepted in this loop turn reaches our Server (connection_made)
-            # on the next: let it, so the drain sees it. None is accepted after close().
-            await asyncio.sleep(0)
-            await self._server.shutdown(self.policy.shutdown_timeout)
-            try:
-                # Everything the drain saw is closed or reset by now; bound the wait anyway,
-                # so that nothing unforeseen can hold a SIGTERM past shutdown_timeout.
-                async with asyncio.timeout(_LISTENER_CLOSE):
-                    await self._listener.wait_closed()
-            except TimeoutError:
-                log.warning("connections outlived the drain by %gs; stopping without them", _LISTENER_CLOSE)
+            # Every connection accepted so far reaches our Server before the drain looks.
+            await self._listener.close()
             self._listener = None
+            await self._server.shutdown(self.policy.shutdown_timeout)
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -110,6 +110,8 @@ class IdentityProvider:
     discovery_hits: int = 0
     fail: bool = False
     hang: float = 0.0
+    # When set, each JWKS answer first takes a permit (a test releases them one by one).
+    gate: asyncio.Semaphore | None = None
     cache_control: str | None = None
     discovery_issuer: str | None = None
     body_override: bytes | None = None
@@ -126,6 +128,8 @@ class IdentityProvider:
 
     async def _jwks(self, request: web.Request) -> web.Response:
         self.jwks_hits += 1
+        if self.gate is not None:
+            await self.gate.acquire()  # and keep it: one release, one answer
         if self.hang:
             await asyncio.sleep(self.hang)
         if self.fail:

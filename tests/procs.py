@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+
+from tests.rawhttp import KeptAlive, get
 
 
 def free_port() -> int:
@@ -33,6 +37,8 @@ class GatewayProcess:
     proc: subprocess.Popen[bytes]
     port: int
     admin_port: int
+    config: Path
+    log: Path
 
     @property
     def url(self) -> str:
@@ -50,29 +56,68 @@ class GatewayProcess:
                 return int(line.split()[1])
         raise AssertionError(f"{field} not in /proc status")
 
+    def log_text(self) -> str:
+        """Everything it wrote so far: the access log (stdout) and its stderr."""
+        return self.log.read_text(errors="replace")
+
+    async def health(self) -> dict[str, Any]:
+        """What /healthz reports."""
+        async with aiohttp.ClientSession() as client, client.get(f"http://127.0.0.1:{self.admin_port}/healthz") as r:
+            assert r.status == 200
+            answer: dict[str, Any] = json.loads(await r.text())
+            return answer
+
+    async def readiness(self) -> tuple[int, dict[str, Any]]:
+        """/readyz: its status and its JSON body."""
+        async with aiohttp.ClientSession() as client, client.get(f"http://127.0.0.1:{self.admin_port}/readyz") as r:
+            answer: dict[str, Any] = json.loads(await r.text())
+            return r.status, answer
+
 
 @asynccontextmanager
 async def running_gateway(
-    tmp_path: Path, routes_yaml: str, extra: str = "", env: dict[str, str] | None = None
+    tmp_path: Path,
+    routes_yaml: str,
+    extra: str = "",
+    env: dict[str, str] | None = None,
+    *,
+    ready: bool = True,
 ) -> AsyncIterator[GatewayProcess]:
-    """Start `python -m gateway run` and wait until /readyz answers; always reap it."""
+    """Start `python -m gateway run` and wait until /readyz answers (or, if not `ready`,
+    until /healthz shows every worker serving, keys or not); always reap it."""
     port, admin_port = free_port(), free_port()
     config = tmp_path / "gateway.yaml"
     config.write_text(
         f"listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin_port}}}\n{extra}\nroutes:\n"
         + textwrap.indent(textwrap.dedent(routes_yaml), "  ")
     )
-    with (tmp_path / "gateway.log").open("wb") as log:
+    async with gateway_process(config, port, admin_port, tmp_path / "gateway.log", env, ready=ready) as gw:
+        yield gw
+
+
+@asynccontextmanager
+async def gateway_process(
+    config: Path,
+    port: int,
+    admin_port: int,
+    log: Path,
+    env: dict[str, str] | None = None,
+    *,
+    ready: bool = True,
+) -> AsyncIterator[GatewayProcess]:
+    """`running_gateway` for a policy file the caller wrote (listening on `port` and
+    `admin_port`): stdout and stderr go to `log`."""
+    with log.open("wb") as out:
         proc = subprocess.Popen(
             gateway_cmd("run", "--config", str(config)),
-            stdout=log,
+            stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             start_new_session=True,  # its own process group: the workers are reaped with it
         )
-        gw = GatewayProcess(proc, port, admin_port)
+        gw = GatewayProcess(proc, port, admin_port, config, log)
         try:
-            await _wait_ready(gw)
+            await (_wait_ready(gw) if ready else _wait_serving(gw))
             yield gw
         finally:
             kill_group(proc)
@@ -93,9 +138,108 @@ def worker_pids(supervisor: int) -> list[int]:
     return [int(pid) for pid in text.split()]
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (exited, not yet reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    # pid (comm) state ...: comm may hold spaces and parentheses, the state follows the last ")".
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes (zombies left out) in process group `pgid`."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        # After the comm: state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def connection_owners(pids: Iterable[int], server_port: int) -> dict[int, int]:
+    """Which process holds the server side of each TCP connection to `server_port`, as
+    {the client's local port: pid}.
+
+    How: every socket a process holds appears in /proc/PID/fd as a link to
+    `socket:[INODE]`. /proc/net/tcp and /proc/net/tcp6 list the network namespace's TCP
+    sockets one a line: `local_address` and `rem_address` as HEXADDR:HEXPORT, and the
+    socket's `inode` (the 10th column). The server side of a client's connection is the
+    line whose local port is `server_port` and whose remote port is the client's local
+    port; its inode is in the fd table of exactly one of `pids`. Ports alone tell the
+    connections apart (all are on loopback). A connection still in the accept queue has
+    inode 0 (no process holds it yet) and is left out, so ask after a request was
+    answered on it; the listening socket (remote port 0), held by every worker, too."""
+    held: dict[int, int] = {}
+    for pid in pids:
+        fds = Path(f"/proc/{pid}/fd")
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for fd in fds.iterdir():
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        held[int(target[len("socket:[") : -1])] = pid
+    owners: dict[int, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                columns = line.split()
+                local_port = int(columns[1].rpartition(":")[2], 16)
+                remote_port = int(columns[2].rpartition(":")[2], 16)
+                inode = int(columns[9])
+                if local_port == server_port and remote_port != 0 and inode in held:
+                    owners[remote_port] = held[inode]
+    return owners
+
+
+def local_port(conn: KeptAlive) -> int:
+    return int(conn.writer.get_extra_info("sockname")[1])
+
+
+async def spread_connections(
+    gw: GatewayProcess, count: int = 20, request: bytes = get("/", close=False), expect: int = 200, tries: int = 10
+) -> list[tuple[KeptAlive, int]]:
+    """`count` keep-alive connections, each with `request` answered `expect`, and the
+    pid of the worker that accepted each; retried until every worker holds at least one
+    (the split is never asserted). The caller closes them.
+
+    Batches alternate: all opened at once, then one at a time 10 ms apart. Workers
+    accept one connection per wakeup from one shared queue, so both kinds usually
+    spread; on a busy machine one worker may still be the only one awake for a while."""
+    workers = gw.workers()
+    for attempt in range(tries):
+        if attempt % 2 == 0:
+            conns = list(await asyncio.gather(*(KeptAlive.open(gw.port) for _ in range(count))))
+        else:
+            conns = []
+            for _ in range(count):
+                conns.append(await KeptAlive.open(gw.port))
+                await asyncio.sleep(0.01)
+        try:
+            responses = await asyncio.gather(*(c.send(request) for c in conns))
+            assert [r.status for r in responses] == [expect] * count
+            owners = connection_owners(workers, gw.port)
+            found = [(c, owners.get(local_port(c), 0)) for c in conns]
+            assert all(pid in workers for _, pid in found), (found, workers)
+            if {pid for _, pid in found} == set(workers):
+                return found
+        except BaseException:
+            await asyncio.gather(*(c.close() for c in conns))
+            raise
+        await asyncio.gather(*(c.close() for c in conns))
+    raise AssertionError(f"in {tries} batches of {count} connections, some of the workers {workers} got none")
+
+
 async def _wait_ready(gw: GatewayProcess) -> None:
     async with aiohttp.ClientSession() as client:
-        for _ in range(200):
+        for _ in range(600):  # 30 s: a supervisor and its workers start slowly on a busy machine
             if gw.proc.poll() is not None:
                 raise AssertionError(f"gateway exited early with {gw.proc.returncode}")
             try:
@@ -106,6 +250,18 @@ async def _wait_ready(gw: GatewayProcess) -> None:
                 pass
             await asyncio.sleep(0.05)
     raise AssertionError("gateway did not become ready")
+
+
+async def _wait_serving(gw: GatewayProcess) -> None:
+    for _ in range(200):
+        if gw.proc.poll() is not None:
+            raise AssertionError(f"gateway exited early with {gw.proc.returncode}")
+        with contextlib.suppress(aiohttp.ClientConnectionError):
+            health = await gw.health()
+            if health["workers"] == health["workers_configured"]:
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the gateway's workers did not all serve")
 
 
 @contextmanager

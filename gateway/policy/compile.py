@@ -120,6 +120,7 @@ class CompiledPolicy:
     cache_entries: int = 10_000
     cache_ttl: float = 300.0
     upstream_keepalive: bool = True
+    reload_timeout: float = 10.0
     revocations: tuple[RevocationWatcher, ...] = ()
     # Public JWKS documents served on the public listener: path -> provider keys.
     published: Mapping[str, ProviderKeys] = dataclasses.field(default_factory=dict)
@@ -209,6 +210,7 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
         admin_listen=policy.admin.listen,
         trusted_proxies=tuple(ipaddress.ip_network(n, strict=False) for n in policy.server.trusted_proxies),
         shutdown_timeout=policy.server.shutdown_timeout,
+        reload_timeout=policy.server.reload_timeout,
         keepalive_timeout=policy.server.keepalive_timeout,
         send_timeout=policy.server.send_timeout,
         upstream_keepalive=policy.server.upstream_keepalive,

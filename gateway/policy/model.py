@@ -170,6 +170,9 @@ class Server(Strict):
 
     trusted_proxies: tuple[Network, ...] = ()
     shutdown_timeout: Duration = 30.0
+    # How long a reload waits for the new policy's providers to have keys (in every
+    # worker) before it is refused and the running policy stays.
+    reload_timeout: Duration = 10.0
     # nginx's default. It also bounds how long a client may take to send a request's
     # head, so a connection trickling header bytes is closed.
     keepalive_timeout: Duration = 75.0

@@ -22,6 +22,7 @@ and the workers' lives:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -47,7 +48,7 @@ from gateway.obs.metrics import SupervisorMetrics
 from gateway.policy import ConfigError, load_policy_text
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.model import Listen
-from gateway.runtime import sockets
+from gateway.proxy.listener import bind, port_of
 from gateway.runtime.control import Channel, ChannelClosedError
 from gateway.runtime.watch import PolicyWatch, Stamp, stamps
 
@@ -122,7 +123,6 @@ class Supervisor:
         demo_upstream: Listen | None = None,
         access: Callable[[str], None] = lambda _: None,
         log_level: str = "info",
-        reload_ready_timeout: float = 10.0,
     ) -> None:
         self.policy = overrides.apply(policy)
         self._text = text
@@ -130,9 +130,9 @@ class Supervisor:
         self._demo = demo_upstream
         self._access = access
         self._log_level = log_level
-        self._ready_timeout = reload_ready_timeout
         self.workers: list[WorkerProcess] = []  # the current generation, by slot
         self._draining: set[WorkerProcess] = set()  # an older generation, finishing
+        self._running: set[WorkerProcess] = set()  # every worker process not yet reaped
         self._socket: socket.socket | None = None
         self._admin: web.AppRunner | None = None
         self._demo_runner: web.AppRunner | None = None
@@ -153,6 +153,7 @@ class Supervisor:
         self._fatal: str | None = None
         self._backoff: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._watching: asyncio.Task[Any] | None = None
         self.public_port = 0
         self.admin_port = 0
 
@@ -164,23 +165,10 @@ class Supervisor:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         try:
-            if not await self._start():
-                return EXIT_FAILED
-            self._announce()
-            watch = None
-            self._read = await asyncio.to_thread(stamps, self.policy.inputs)
-            if self.policy.watch:
-                watch = PolicyWatch(self.policy.inputs, self._reload_changed)
-                self._spawn(watch.run())
-            while not self._stop.is_set() and self._fatal is None:
-                await _either(self._stop, self._reload)
-                if self._reload.is_set() and not self._stop.is_set():
-                    self._reload.clear()
-                    paths, seen = await self._reload_watched()
-                    if watch is not None:
-                        watch.rebase(paths, seen)
-            if self._fatal is None:
-                log.info("signal received: draining in-flight requests (up to %gs)", self.policy.shutdown_timeout)
+            # A failed start sets _fatal: said below, once every worker is gone.
+            if await self._start():
+                self._announce()
+                await self._until_stopped()
         finally:
             await self._shutdown()
         if self._fatal is not None:
@@ -189,11 +177,28 @@ class Supervisor:
         log.info("stopped")
         return EXIT_OK
 
+    async def _until_stopped(self) -> None:
+        """Reload on SIGHUP or a watched change, until a signal or a fatal error."""
+        watch = None
+        self._read = await asyncio.to_thread(stamps, self.policy.inputs)
+        if self.policy.watch:
+            watch = PolicyWatch(self.policy.inputs, self._reload_changed)
+            self._watching = self._spawn(watch.run())
+        while not self._stop.is_set() and self._fatal is None:
+            await _either(self._stop, self._reload)
+            if self._reload.is_set() and not self._stop.is_set():
+                self._reload.clear()
+                paths, seen = await self._reload_watched()
+                if watch is not None:
+                    watch.rebase(paths, seen)
+        if self._fatal is None:
+            log.info("signal received: draining in-flight requests (up to %gs)", self.policy.shutdown_timeout)
+
     async def _start(self) -> bool:
         policy = self.policy
         try:
-            self._socket = await asyncio.to_thread(sockets.bind, policy.listen)
-            self.public_port = sockets.port_of(self._socket)
+            self._socket = await asyncio.to_thread(bind, policy.listen)
+            self.public_port = port_of(self._socket)
             self._admin, self.admin_port = await _serve(admin_app(self), policy.admin_listen)
             if self._demo is not None:
                 self._demo_runner, _ = await _serve(demo_app(), self._demo)
@@ -214,9 +219,12 @@ class Supervisor:
         return True
 
     async def _shutdown(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        everyone = [*self.workers, *self._draining]
+        self._stop.set()  # no restart from now on
+        if self._watching is not None:
+            self._watching.cancel()  # and no reload
+        # Every process started and not reaped: the current and the draining ones, and
+        # any a reload was starting when the signal came.
+        everyone = list(self._running)
         for w in everyone:
             w.terminate()
         if self._socket is not None:
@@ -236,15 +244,22 @@ class Supervisor:
                 w.proc.kill()
                 await w.proc.wait()
             w.channel.close()
+        # The rest end at the workers' end of file; the relays write the last access
+        # lines of the drain on the way.
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+        for task in list(self._tasks):
+            task.cancel()
         for runner in (self._admin, self._demo_runner):
             if runner is not None:
                 await runner.cleanup()
         shutil.rmtree(self._metrics_dir, ignore_errors=True)
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _announce(self) -> None:
         policy = self.policy
@@ -297,12 +312,18 @@ class Supervisor:
         assert proc.stdout is not None
         channel = await Channel.open(ours)
         worker = WorkerProcess(name, proc, channel, metrics_file)
+        self._running.add(worker)
         self._spawn(self._relay(proc.stdout))
         self._spawn(channel.serve(lambda _: None))
         try:
             async with asyncio.timeout(START_TIMEOUT):
                 await channel.request({"op": "start", "text": text, "source": source}, within=START_TIMEOUT)
-        except (TimeoutError, ChannelClosedError):
+        except (TimeoutError, ChannelClosedError) as exc:
+            if isinstance(exc, ChannelClosedError):
+                # It closed its end because it is exiting (its error printed): let it
+                # finish, so the exit code reported is its own, not our kill's.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), EXIT_MARGIN)
             if proc.returncode is None:
                 proc.kill()
             code = await proc.wait()
@@ -354,6 +375,7 @@ class Supervisor:
         Called as it exits, in the same step that marks it exited: a scrape reads
         either its file or the totals it was folded into, never both, never neither."""
         worker.exited.set()
+        self._running.discard(worker)
         fold(self._retired, _cells(worker))
         worker.metrics_file.unlink(missing_ok=True)
 
@@ -460,7 +482,7 @@ class Supervisor:
     async def _in_place(self, new: CompiledPolicy, text: str) -> bool:
         self._generation += 1
         gen = self._generation
-        timeout = self._ready_timeout + STATUS_TIMEOUT + 5.0
+        timeout = new.reload_timeout + STATUS_TIMEOUT + 5.0
         message = {"op": "prepare", "gen": gen, "text": text, "source": new.source}
         answers = await asyncio.gather(
             *(w.channel.request(message, within=timeout) for w in self.workers), return_exceptions=True
@@ -489,7 +511,7 @@ class Supervisor:
         listen = self._socket
         if new.listen != self.policy.listen:
             try:
-                listen = await asyncio.to_thread(sockets.bind, new.listen)
+                listen = await asyncio.to_thread(bind, new.listen)
             except OSError as exc:
                 log.error("reload refused: cannot listen on %s (%s)", new.listen, exc)
                 return False
@@ -500,19 +522,21 @@ class Supervisor:
         fresh = [w for w in started if isinstance(w, WorkerProcess)]
         problems = [s for s in started if isinstance(s, str)]
         if not problems:
-            problems = await self._until_ready(fresh)
+            problems = await self._until_ready(fresh, new.reload_timeout)
         if problems:
             log.error("reload refused; the running policy stays in force: %s", "; ".join(problems))
             for w in fresh:
                 w.terminate()
             for w in fresh:
                 await w.proc.wait()
+                w.channel.close()
+                self._retire(w)
             if listen is not self._socket:
                 listen.close()
             return False
         old, old_socket = self.workers, self._socket
         self.workers, self._socket, self.policy, self._text = fresh, listen, new, text
-        self.public_port = sockets.port_of(listen)
+        self.public_port = port_of(listen)
         for w in fresh:
             self._watch(w)
         for w in old:
@@ -525,8 +549,8 @@ class Supervisor:
             old_socket.close()
         return True
 
-    async def _until_ready(self, workers: Sequence[WorkerProcess]) -> list[str]:
-        deadline = time.monotonic() + self._ready_timeout
+    async def _until_ready(self, workers: Sequence[WorkerProcess], within: float) -> list[str]:
+        deadline = time.monotonic() + within
         while True:
             waiting = [what for w in workers for what in await self._status(w)]
             if not waiting:
