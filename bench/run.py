@@ -73,10 +73,21 @@ def need(tool: str, package: str) -> str:
 UNIQUE_TOKENS = 2000
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now and not handed out before in this run: the kernel may offer a
+    port again once the probing socket is closed, before the server given it binds it
+    (two gateways were once given the same admin port, and the second one's readiness
+    check was answered by the first)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass
@@ -131,6 +142,12 @@ def children(pid: int) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def machine_idle() -> float:
+    """Seconds all CPUs spent idle (idle + iowait), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return (int(fields[3]) + int(fields[4])) / _TICK
 
 
 def group_cpu(pid: int) -> dict[int, float]:
@@ -317,9 +334,11 @@ def measured(
     ends during the run, so the growth of RUSAGE_CHILDREN)."""
     proxy, backend = group_cpu(who.proxy), group_cpu(who.backend)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    idle = machine_idle()
     t0 = time.perf_counter()
     out = run_wrk(wrk, url, duration, connections, script)
     wall = time.perf_counter() - t0
+    out["cpu_idle"] = machine_idle() - idle
     kids_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     proxy_after, backend_after = group_cpu(who.proxy), group_cpu(who.backend)
     by_process = {pid: cpu - proxy.get(pid, 0.0) for pid, cpu in proxy_after.items()}
@@ -442,6 +461,8 @@ def _run(args: argparse.Namespace, work: Path, procs: Procs, wrk: str, nginx: st
         )
         gateways[name] = (port, proc)
         wait_http(f"http://127.0.0.1:{admin}/readyz")
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: gateway {name} exited ({proc.returncode}); see {work}/gateway-{name}.log")
         admins[name] = admin
     wait_http(f"http://127.0.0.1:{proxy}/")
     # The ceiling: the leanest Python proxy on the same parsers, doing none of the work.
@@ -593,7 +614,7 @@ def workers_report(samples: dict[str, list[dict[str, float]]]) -> dict[str, obje
     print(f"\nworkers, unpinned (wrk and the backend on core {LOAD_CORE}; {cores} cores)")
     print(
         f"{'route':14} {'workers':>7} {'req/s':>8} {'2 vs 1':>7} {'CPU us/req':>10} {'growth':>7}"
-        f" {'gateway':>8} {'wrk':>6} {'backend':>8} {'idle/other':>10} {'busiest worker':>14}"
+        f" {'gateway':>8} {'wrk':>6} {'backend':>8} {'idle':>6} {'other':>6} {'busiest worker':>14}"
     )
     for label in ("public", "RS256 reused"):
         one, two = (samples[f"{WORKER_LABEL[w]}, {label}"] for w in ("w1", "w2"))
@@ -607,22 +628,28 @@ def workers_report(samples: dict[str, list[dict[str, float]]]) -> dict[str, obje
             cpu = statistics.median(s["cpu_proxy"] / s["requests"] for s in runs)
             share = {
                 group: statistics.median(s[f"cpu_{group}"] / (s["wall"] * cores) for s in runs)
-                for group in ("proxy", "wrk", "backend")
+                for group in ("proxy", "wrk", "backend", "idle")
             }
             busiest = statistics.median(s["busiest_worker_share"] for s in runs)
+            # Busy, but not the gateway, wrk or the backend: other processes on the
+            # machine (this script's own, other sessions').
+            other = max(0.0, 1 - sum(share.values()))
             row[str(workers)] = {
                 "rps": round(rps, 1),
                 "cpu_us_per_request": round(cpu * 1e6, 1),
-                "machine_share": {("gateway" if k == "proxy" else k): round(v, 3) for k, v in share.items()},
+                "machine_share": {
+                    **{("gateway" if k == "proxy" else k): round(v, 3) for k, v in share.items()},
+                    "other": round(other, 3),
+                },
                 "busiest_worker_share": round(busiest, 3),
                 "rounds": [round(s["rps"], 1) for s in runs],
             }
             ratio = f"{rps / base_rps:7.2f}" if workers == 2 else f"{'':7}"
             growth = f"{cpu / base_cpu - 1:+7.1%}" if workers == 2 else f"{'':7}"
-            other = 1 - sum(share.values())
             print(
                 f"{label:14} {workers:7d} {rps:8.0f} {ratio} {cpu * 1e6:10.1f} {growth}"
-                f" {share['proxy']:8.1%} {share['wrk']:6.1%} {share['backend']:8.1%} {other:10.1%} {busiest:14.1%}"
+                f" {share['proxy']:8.1%} {share['wrk']:6.1%} {share['backend']:8.1%} {share['idle']:6.1%}"
+                f" {other:6.1%} {busiest:14.1%}"
             )
         row["ratio"] = round(statistics.median(s["rps"] for s in two) / base_rps, 3)
         row["ratio_paired"] = round(paired, 3)

@@ -6,7 +6,7 @@ The policy lives in a directory laid out as the kubelet lays out a ConfigMap vol
 changes by SIGHUP, by a rewrite of the file (the watch), by a `..data` swap, once to an
 invalid version and once to another listen port. Version N adds the route /version/N
 (and drops /version/N-1): before the next change, every worker is shown to serve N
-(which worker answered a connection is read from /proc, tests/tcpowners.py). The load
+(which worker answered a connection is read from the kernel, tests/tcpowners.py). The load
 itself only uses routes every version has, so each of its requests has one right answer
 whichever version a worker runs.
 """
