@@ -91,10 +91,22 @@ class Listener:
             self._loop.remove_reader(self._sock.fileno())
             self._loop.call_later(_PAUSE_AFTER_ERROR, self._resume)
             return
+        self._adopt(conn)
+
+    def _adopt(self, conn: socket.socket) -> None:
         conn.setblocking(False)
-        task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, conn))
+        task = self._loop.create_task(self._connect(conn))
         self._pending.add(task)
         task.add_done_callback(self._made)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(self._factory, conn)
+        except BaseException:
+            # No transport owns it (or the one made is closing it): never leave a
+            # descriptor to the garbage collector.
+            conn.close()
+            raise
 
     def _made(self, task: asyncio.Task[object]) -> None:
         self._pending.discard(task)
@@ -136,7 +148,4 @@ class Listener:
             except OSError as exc:  # out of descriptors: the rest go with the socket
                 log.warning("cannot take the queued connections before closing (%s)", exc)
                 return
-            conn.setblocking(False)
-            task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, conn))
-            self._pending.add(task)
-            task.add_done_callback(self._made)
+            self._adopt(conn)
