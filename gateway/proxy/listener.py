@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import socket
 from collections.abc import Callable
@@ -75,6 +76,8 @@ class Listener:
         self._accepting = False
 
     def start(self) -> None:
+        if self._accepting:
+            return
         self._accepting = True
         self._loop.add_reader(self._sock.fileno(), self._accept)
 
@@ -95,24 +98,19 @@ class Listener:
 
     def _adopt(self, conn: socket.socket) -> None:
         conn.setblocking(False)
-        task = self._loop.create_task(self._connect(conn))
+        task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, conn))
         self._pending.add(task)
-        task.add_done_callback(self._made)
+        task.add_done_callback(functools.partial(self._made, conn))
 
-    async def _connect(self, conn: socket.socket) -> None:
-        try:
-            await self._loop.connect_accepted_socket(self._factory, conn)
-        except BaseException:
-            # No transport owns it (or the one made is closing it): never leave a
-            # descriptor to the garbage collector.
-            conn.close()
-            raise
-
-    def _made(self, task: asyncio.Task[object]) -> None:
+    def _made(self, conn: socket.socket, task: asyncio.Task[object]) -> None:
         self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # The client went away before its transport was made: nothing to answer.
-            log.debug("accepted connection lost before it started (%s)", type(task.exception()).__name__)
+        if task.cancelled() or task.exception() is not None:
+            # No transport owns it: the client went away before it was made, or the
+            # task was cancelled (a loop torn down) before its first step, where no
+            # `except` in it could run. Closing twice is harmless.
+            conn.close()
+            if not task.cancelled():
+                log.debug("accepted connection lost before it started (%s)", type(task.exception()).__name__)
 
     def _resume(self) -> None:
         if self._accepting:
