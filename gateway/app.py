@@ -107,7 +107,10 @@ class Gateway:
         for revocations in policy.revocations:
             await revocations.stop()
 
-    async def start(self) -> None:
+    async def start(self, accept: bool = True) -> None:
+        """Bind (or take) the listeners and serve; with `accept` False, the public
+        listener takes no connection until `accept()`: a worker replacing others waits
+        for its keys before it takes a share of the traffic."""
         policy = self.policy
         if self.demo_upstream is not None:
             await self._serve(web.AppRunner(demo_app(), access_log=None), self.demo_upstream)
@@ -129,7 +132,8 @@ class Gateway:
         # The bound port (differs from the configured one when that is 0, as in tests).
         self.public_port = port_of(sock)
         self._listener = Listener(sock, self._server)
-        self._listener.start()
+        if accept:
+            self._listener.start()
         if self.admin:
             admin = web.AppRunner(admin_app(self), access_log=None, shutdown_timeout=1.0)
             self.admin_port = await self._serve(admin, policy.admin_listen)
@@ -193,6 +197,10 @@ class Gateway:
         self.policy = new
         await self._stop_providers(old)
         log.info("policy reloaded from %s (%d routes)", new.source, len(new.table.routes))
+
+    def accept(self) -> None:
+        if self._listener is not None:
+            self._listener.start()
 
     async def health(self) -> dict[str, Any]:
         return {}

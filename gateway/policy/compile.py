@@ -165,10 +165,12 @@ def _compile_limits(policy: Policy, problems: list[Problem]) -> Limits:
 def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
     """Compile or raise CompileError listing everything wrong, by field path."""
     problems: list[Problem] = []
-    # Relative to the directory the policy was named in, not the one its symlinks lead
-    # to: a Kubernetes ConfigMap's files are links into a `..2026_…` directory that the
-    # next update deletes, and a Secret mounted beside it is not in there.
-    base_dir = FsPath(os.path.abspath(source)).parent
+    # Relative to the directory the policy file really is in (symlinks followed), as
+    # before workers: a policy linked from elsewhere keeps finding its revocation list
+    # beside it (a missing list revokes nothing, so a moved lookup would fail open). In
+    # a Kubernetes ConfigMap that is the `..2026_…` directory of the current version;
+    # the swap to the next one changes the policy file too, and the reload follows.
+    base_dir = FsPath(source).resolve().parent
     verifiers: dict[str, ProviderVerifier] = {}
     for name, provider in policy.providers.items():
         verifier = _compile_provider(name, provider, base_dir, problems)
@@ -248,7 +250,7 @@ def _inputs(policy: Policy, source: str, base_dir: FsPath) -> tuple[str, ...]:
         for spec in provider.keys:
             for name in (spec.pem_file, spec.jwks_file, spec.hmac_secret.file if spec.hmac_secret else None):
                 if name is not None:
-                    named.add(os.path.abspath(base_dir / name))
+                    named.add(str(base_dir / name))  # the path compile reads, unnormalised
     first = os.path.abspath(source)
     return (first, *sorted(named - {first}))
 

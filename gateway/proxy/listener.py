@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import socket
 from collections.abc import Callable
@@ -75,6 +76,8 @@ class Listener:
         self._accepting = False
 
     def start(self) -> None:
+        if self._accepting:
+            return
         self._accepting = True
         self._loop.add_reader(self._sock.fileno(), self._accept)
 
@@ -91,16 +94,23 @@ class Listener:
             self._loop.remove_reader(self._sock.fileno())
             self._loop.call_later(_PAUSE_AFTER_ERROR, self._resume)
             return
+        self._adopt(conn)
+
+    def _adopt(self, conn: socket.socket) -> None:
         conn.setblocking(False)
         task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, conn))
         self._pending.add(task)
-        task.add_done_callback(self._made)
+        task.add_done_callback(functools.partial(self._made, conn))
 
-    def _made(self, task: asyncio.Task[object]) -> None:
+    def _made(self, conn: socket.socket, task: asyncio.Task[object]) -> None:
         self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # The client went away before its transport was made: nothing to answer.
-            log.debug("accepted connection lost before it started (%s)", type(task.exception()).__name__)
+        if task.cancelled() or task.exception() is not None:
+            # No transport owns it: the client went away before it was made, or the
+            # task was cancelled (a loop torn down) before its first step, where no
+            # `except` in it could run. Closing twice is harmless.
+            conn.close()
+            if not task.cancelled():
+                log.debug("accepted connection lost before it started (%s)", type(task.exception()).__name__)
 
     def _resume(self) -> None:
         if self._accepting:
@@ -136,7 +146,4 @@ class Listener:
             except OSError as exc:  # out of descriptors: the rest go with the socket
                 log.warning("cannot take the queued connections before closing (%s)", exc)
                 return
-            conn.setblocking(False)
-            task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, conn))
-            self._pending.add(task)
-            task.add_done_callback(self._made)
+            self._adopt(conn)

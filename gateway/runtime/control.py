@@ -48,7 +48,7 @@ class Channel:
     def send(self, message: Message) -> None:
         if self.closed:
             raise ChannelClosedError("control channel closed")
-        self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        self._writer.write(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
 
     async def request(self, message: Message, within: float) -> Message:
         """Send and wait for the answer with the same id (TimeoutError, ChannelClosedError)."""

@@ -139,7 +139,8 @@ class Supervisor:
         # Workers' metric cells: in memory (tmpfs) where there is one, private to us.
         # mkdtemp makes a fresh directory of mode 0700 with an unguessable name.
         shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # noqa: S108
-        self._metrics_dir = Path(tempfile.mkdtemp(prefix="gateway-metrics-", dir=shm))
+        _sweep_metrics_dirs(Path(shm or tempfile.gettempdir()))
+        self._metrics_dir = Path(tempfile.mkdtemp(prefix=f"{_METRICS_DIR}{os.getpid()}-", dir=shm))
         self.metrics = SupervisorMetrics()
         # The counts of workers that are gone: a restart never makes a counter go back.
         self._retired: dict[str, float] = {}
@@ -279,8 +280,13 @@ class Supervisor:
 
     # -- workers -----------------------------------------------------------------------
 
-    async def _start_worker(self, name: str, listen: socket.socket, text: str, source: str) -> WorkerProcess | str:
-        """A worker serving `text`, or why it could not start."""
+    async def _start_worker(
+        self, name: str, listen: socket.socket, text: str, source: str, accept: bool = True
+    ) -> WorkerProcess | str:
+        """A worker serving `text`, or why it could not start. With `accept` False it
+        takes no connection until `_accept`: a worker joining running ones (a restart,
+        a replacement) loads its keys first, so that it never answers 503 for want of
+        them, nor serves at all a policy that is then refused."""
         self._serial += 1
         metrics_file = self._metrics_dir / f"worker-{self._serial}.cells"
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -317,7 +323,8 @@ class Supervisor:
         self._spawn(channel.serve(lambda _: None))
         try:
             async with asyncio.timeout(START_TIMEOUT):
-                await channel.request({"op": "start", "text": text, "source": source}, within=START_TIMEOUT)
+                message = {"op": "start", "text": text, "source": source, "accept": accept}
+                await channel.request(message, within=START_TIMEOUT)
         except (TimeoutError, ChannelClosedError) as exc:
             if isinstance(exc, ChannelClosedError):
                 # It closed its end because it is exiting (its error printed): let it
@@ -362,11 +369,15 @@ class Supervisor:
             if self._stop.is_set() or slot >= len(self.workers) or self.workers[slot] is not worker:
                 return
             assert self._socket is not None
-            started = await self._start_worker(worker.name, self._socket, self._text, self.policy.source)
+            started = await self._start_worker(worker.name, self._socket, self._text, self.policy.source, False)
             if isinstance(started, str):
                 self._fatal = started
                 self._stop.set()
                 return
+            waiting = await self._until_ready([started], self.policy.reload_timeout)
+            if waiting:  # it serves anyway, as a first start does: readiness says what is missing
+                log.warning("worker %s accepts without all its keys: %s", worker.name, "; ".join(waiting))
+            await self._accept([started])
             self.workers[slot] = started
             self._watch(started)
 
@@ -484,18 +495,21 @@ class Supervisor:
         gen = self._generation
         timeout = new.reload_timeout + STATUS_TIMEOUT + 5.0
         message = {"op": "prepare", "gen": gen, "text": text, "source": new.source}
+        # A worker that died and waits for its restart is not asked: its restart (under
+        # this lock) takes the text in force when it comes, this one if it is committed.
+        alive = [w for w in self.workers if not w.exited.is_set()]
         answers = await asyncio.gather(
-            *(w.channel.request(message, within=timeout) for w in self.workers), return_exceptions=True
+            *(w.channel.request(message, within=timeout) for w in alive), return_exceptions=True
         )
         problems = []
-        for w, answer in zip(self.workers, answers, strict=True):
+        for w, answer in zip(alive, answers, strict=True):
             if isinstance(answer, BaseException):
                 problems.append(f"worker {w.name}: {'no answer' if isinstance(answer, TimeoutError) else 'gone'}")
             elif not answer.get("ok"):
                 problems.append(f"worker {w.name}: {answer.get('error')}")
         op = "abort" if problems else "commit"
         await asyncio.gather(
-            *(w.channel.request({"op": op, "gen": gen}, within=timeout) for w in self.workers), return_exceptions=True
+            *(w.channel.request({"op": op, "gen": gen}, within=timeout) for w in alive), return_exceptions=True
         )
         if problems:
             log.error("reload refused; the running policy stays in force: %s", "; ".join(problems))
@@ -517,7 +531,7 @@ class Supervisor:
                 return False
         self._generation += 1
         started = await asyncio.gather(
-            *(self._start_worker(str(slot), listen, text, new.source) for slot in range(new.workers))
+            *(self._start_worker(str(slot), listen, text, new.source, False) for slot in range(new.workers))
         )
         fresh = [w for w in started if isinstance(w, WorkerProcess)]
         problems = [s for s in started if isinstance(s, str)]
@@ -534,6 +548,7 @@ class Supervisor:
             if listen is not self._socket:
                 listen.close()
             return False
+        await self._accept(fresh)  # every new worker has its keys: now they take traffic
         old, old_socket = self.workers, self._socket
         self.workers, self._socket, self.policy, self._text = fresh, listen, new, text
         self.public_port = port_of(listen)
@@ -548,6 +563,11 @@ class Supervisor:
             # them where nobody accepts.
             old_socket.close()
         return True
+
+    async def _accept(self, workers: Sequence[WorkerProcess]) -> None:
+        await asyncio.gather(
+            *(w.channel.request({"op": "accept"}, within=STATUS_TIMEOUT) for w in workers), return_exceptions=True
+        )
 
     async def _until_ready(self, workers: Sequence[WorkerProcess], within: float) -> list[str]:
         deadline = time.monotonic() + within
@@ -595,6 +615,25 @@ class Supervisor:
 
     def _serving(self) -> int:
         return sum(1 for w in self.workers if w.serving and not w.exited.is_set())
+
+
+_METRICS_DIR = "gateway-metrics-"
+
+
+def _sweep_metrics_dirs(parent: Path) -> None:
+    """Remove what a supervisor killed with SIGKILL left: its directory of cell files
+    (memory, on tmpfs), named after its pid. Only our own, and only of dead processes."""
+    uid = os.getuid()
+    for entry in parent.glob(f"{_METRICS_DIR}*-*"):
+        pid = entry.name[len(_METRICS_DIR) :].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or entry.lstat().st_uid != uid or not entry.is_dir() or entry.is_symlink():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue  # alive (another user's, or ours): not ours to remove
 
 
 def _cells(worker: WorkerProcess) -> dict[str, float]:

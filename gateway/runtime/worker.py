@@ -62,7 +62,7 @@ class Worker:
         try:
             policy = await asyncio.to_thread(load_policy_text, start["text"], start["source"])
             gateway = Gateway(policy, listen_socket=self._listen, admin=False, metrics=self._metrics)
-            await gateway.start()
+            await gateway.start(accept=bool(start.get("accept", True)))
         except ConfigError as exc:
             print(f"gateway: worker cannot start: invalid policy\n{exc}", file=sys.stderr)
             return EXIT_START
@@ -91,7 +91,10 @@ class Worker:
         gateway = self._gateway
         if gateway is None:
             return
-        if op == "status":
+        if op == "accept":
+            gateway.accept()
+            self._channel.reply(message, {"op": "accepting"})
+        elif op == "status":
             self._metrics.sample()
             self._channel.reply(message, {"op": "status", "waiting": gateway.not_ready()})
         elif op == "prepare":

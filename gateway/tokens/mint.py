@@ -59,7 +59,7 @@ def api_token_provider(policy: Policy, config_file: str, name: str | None) -> Ap
     provider = candidates.get(name)
     if provider is None or provider.api_tokens is None:
         raise MintError(f"no API-token provider {name!r} (expected one of: {', '.join(sorted(candidates))})")
-    base = Path(os.path.abspath(config_file)).parent  # as compile.py: symlinks not followed
+    base = Path(config_file).resolve().parent  # as compile.py
     tokens = provider.api_tokens
     key_dir = base / tokens.signing_keys
     assert provider.max_lifetime is not None

@@ -251,3 +251,24 @@ async def test_a_new_worker_count_replaces_the_workers(tmp_path: Path, upstream:
         assert set(await readiness.stop()) == {200}  # ready throughout the replacement
         metrics = await scrape(gw.admin_port)
         assert metrics.get("gateway_workers") == 3
+
+
+async def test_a_replacement_refused_for_want_of_keys_never_serves_its_policy(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """New workers take no connection until they have their keys: a worker-count change
+    whose provider gets none is refused, and its new route was never answered, not even
+    while the supervisor waited (it once was, by the new workers, for reload_timeout)."""
+    async with running_gateway(tmp_path, routes(upstream), UNWATCHED) as gw, Asking(gw.port, get("/later/x")) as asking:
+        nobody = free_port()  # nothing listens there
+        text = gw.config.read_text().replace(
+            "workers: 2, watch: false}", "workers: 3, watch: false, reload_timeout: 2s}"
+        )
+        text += corp(ISS, f'{{jwks_url: "http://127.0.0.1:{nobody}/jwks"}}', "{retry_interval: 100ms}")
+        gw.config.write_text(with_route(text, later(upstream)))
+        gw.proc.send_signal(signal.SIGHUP)
+        await logged(gw, REFUSED, seconds=15)
+        statuses = await asking.stop()
+        assert len(statuses) > 20
+        assert set(statuses) == {404}  # the route of the refused version: never served
+        assert (await gw.health())["workers"] == 2
