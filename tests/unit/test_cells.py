@@ -58,8 +58,9 @@ def test_growth_across_several_remaps_keeps_every_view_live(tmp_path: Path, name
 def test_a_reader_in_another_process_sees_whole_entries_while_the_writer_appends(tmp_path: Path) -> None:
     path = tmp_path / "w"
     # The writer: 4 000 series, each added then counted up to its number modulo 7,
-    # growing the file from one page. It waits for a line before each batch of 400, so
-    # that the reader reads at least once while each batch is being written.
+    # growing the file from one page. Before each batch of 400 it waits for a line and
+    # says it starts, so that the reader reads once while each batch is being written
+    # (in lock-step: lines sent ahead would let a busy machine run batches unread).
     code = """
         import mmap, sys
         from gateway.obs.cells import CellStore
@@ -67,6 +68,7 @@ def test_a_reader_in_another_process_sees_whole_entries_while_the_writer_appends
         for n in range(4000):
             if n % 400 == 0:
                 sys.stdin.readline()
+                print("batch", flush=True)
             index = store.add((f"series-{n:05}",))
             for _ in range(n % 7):
                 store.values[index] += 1.0
@@ -74,19 +76,17 @@ def test_a_reader_in_another_process_sees_whole_entries_while_the_writer_appends
     snapshots = []
     with child(code, str(path)) as writer:
         assert writer.stdin is not None
-        while writer.poll() is None:
-            try:
-                writer.stdin.write("go\n")
-                writer.stdin.flush()
-            except BrokenPipeError:
-                break  # done and gone since poll()
-            if path.exists():
-                snapshots.append(read_cells(path))
+        assert writer.stdout is not None
+        for _ in range(10):
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+            assert writer.stdout.readline() == "batch\n"
+            snapshots.append(read_cells(path))
         writer.stdin.close()
         assert writer.wait(timeout=30) == 0
     final = read_cells(path)
     assert final == {f"series-{n:05}": float(n % 7) for n in range(4000)}
-    assert len(snapshots) >= 9
+    assert len(snapshots) == 10
     previous: dict[str, float] = {}
     for cells in snapshots:
         # A prefix of the series in order, none half-written, no value going back.
