@@ -189,7 +189,18 @@ class Supervisor:
             await _either(self._stop, self._reload)
             if self._reload.is_set() and not self._stop.is_set():
                 self._reload.clear()
-                paths, seen = await self._reload_watched()
+                # A SIGTERM does not wait for a reload (keys may take reload_timeout,
+                # new workers their start): the reload is cancelled, and the workers it
+                # started are stopped with the others.
+                reloading = asyncio.ensure_future(self._reload_watched())
+                stopping = asyncio.ensure_future(self._stop.wait())
+                await asyncio.wait({reloading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                if not reloading.done():
+                    reloading.cancel()
+                    await asyncio.gather(reloading, return_exceptions=True)
+                    break
+                paths, seen = reloading.result()
                 if watch is not None:
                     watch.rebase(paths, seen)
         if self._fatal is None:

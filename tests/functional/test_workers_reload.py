@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -272,3 +273,26 @@ async def test_a_replacement_refused_for_want_of_keys_never_serves_its_policy(
         assert len(statuses) > 20
         assert set(statuses) == {404}  # the route of the refused version: never served
         assert (await gw.health())["workers"] == 2
+
+
+async def test_sigterm_does_not_wait_for_a_reload_in_progress(tmp_path: Path, upstream: Upstream) -> None:
+    """A reload waiting for keys (here an IdP that accepts and never answers, with a
+    20 s reload_timeout) is cancelled by SIGTERM: the drain starts at once."""
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(16)
+    try:
+        async with running_gateway(tmp_path, routes(upstream), UNWATCHED) as gw:
+            text = gw.config.read_text().replace("watch: false}", "watch: false, reload_timeout: 20s}")
+            text += corp(ISS, f'{{jwks_url: "http://127.0.0.1:{hang.getsockname()[1]}/jwks"}}')
+            gw.config.write_text(text)
+            gw.proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(0.5)  # the reload waits for the keys
+            t0 = time.monotonic()
+            gw.proc.send_signal(signal.SIGTERM)
+            await until(lambda: gw.proc.poll() is not None, 10)
+            assert gw.proc.returncode == 0
+            assert time.monotonic() - t0 < 5
+            assert RELOADED not in gw.log_text()
+    finally:
+        hang.close()
