@@ -171,14 +171,19 @@ class Gateway:
     async def prepare(self, new: CompiledPolicy) -> str | None:
         """Start the new policy's key sources and wait until every provider has keys:
         None when it may be committed, else what is missing (its sources are stopped)."""
-        await self._start_providers(new)
         deadline = time.monotonic() + new.reload_timeout
-        while not all(p.ready for p in new.providers):
-            if time.monotonic() > deadline:
-                await self._stop_providers(new)
-                missing = ", ".join(p.provider for p in new.providers if not p.ready)
-                return f"the new policy's providers have no keys ({missing})"
-            await asyncio.sleep(0.05)
+        try:
+            await self._start_providers(new)
+            while not all(p.ready for p in new.providers):
+                if time.monotonic() > deadline:
+                    missing = ", ".join(p.provider for p in new.providers if not p.ready)
+                    await self._stop_providers(new)
+                    return f"the new policy's providers have no keys ({missing})"
+                await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            # Given up on (an abort): its key sources must not go on fetching.
+            await self._stop_providers(new)
+            raise
         return None
 
     async def abort(self, new: CompiledPolicy) -> None:

@@ -9,14 +9,13 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.duration import format_duration
 from gateway.obs.access import LineWriter, set_sink
-from gateway.policy import ConfigError, load_policy, load_policy_text
+from gateway.policy import ConfigError, load_policy
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.model import Listen, Policy, WorkerSetting, parse_workers
 from gateway.runtime.cpus import available_cpus, cpu_budget
@@ -156,12 +155,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, write_access: Callable[[str], None]) -> int:
     try:
-        text = Path(args.config).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        print(f"gateway: invalid policy\n{args.config}: cannot read the policy file: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    try:
-        policy = load_policy_text(text, args.config)
+        policy = load_policy(args.config)
     except ConfigError as exc:
         print(f"gateway: invalid policy\n{exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -177,5 +171,5 @@ def _serve(args: argparse.Namespace, write_access: Callable[[str], None]) -> int
         return EXIT_INVALID
     for later, earlier in policy.table.shadowed():
         logging.getLogger("gateway").warning("route %r can never match: shadowed by %r", later.name, earlier.name)
-    supervisor = Supervisor(policy, text, overrides, demo, access=write_access, log_level=args.log_level)
+    supervisor = Supervisor(policy, overrides, demo, access=write_access, log_level=args.log_level)
     return asyncio.run(supervisor.run())

@@ -9,6 +9,7 @@ depends on nothing.
 
 from __future__ import annotations
 
+import errno
 import resource
 from dataclasses import dataclass
 
@@ -25,6 +26,13 @@ PARSED_OVERHEAD = 4
 # client connection at most), log files, key files, the admin listener.
 _FD_RESERVE = 64
 _DEFAULT_MAX_CONNECTIONS = 10_000
+# Files the policy is read from. A policy of thousands of routes is a few hundred KiB; a
+# JWKS file or a secret, a few KiB. The supervisor sends a validated policy and the key
+# files it names to each worker over the control channel (runtime/control.py), whose
+# message limit is above what these allow together.
+MAX_POLICY_BYTES = 4 * 2**20
+MAX_KEY_FILE_BYTES = 2**20
+MAX_KEY_FILES_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +74,17 @@ def default_max_connections() -> int:
     if soft == resource.RLIM_INFINITY:
         return _DEFAULT_MAX_CONNECTIONS
     return max(1, min(_DEFAULT_MAX_CONNECTIONS, (soft - _FD_RESERVE) // 2))
+
+
+def read_bounded(path: str, limit: int) -> bytes:
+    """A file's bytes, or OSError(EFBIG) when it holds more than `limit`: a file named in
+    the policy never makes the process read an unbounded amount."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"the file is larger than {_size(limit)} (the most it may hold)", path)
+    return data
+
+
+def _size(n: int) -> str:
+    return f"{n // 2**20} MiB" if n % 2**20 == 0 else f"{n} bytes"

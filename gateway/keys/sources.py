@@ -16,7 +16,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import aiohttp
@@ -24,6 +23,7 @@ from yarl import URL
 
 from gateway.filestamp import file_stamp
 from gateway.keys.keyset import KeySet, UnusableKeyError, VerifyKey, from_jwks_bytes, from_pem
+from gateway.limits import MAX_KEY_FILE_BYTES, read_bounded
 from gateway.obs.redact import Redactor
 
 log = logging.getLogger("gateway.keys")
@@ -69,11 +69,16 @@ class StaticKeys:
 
 
 def read_key_file(path: str, kind: str, *, allow_empty: bool = False) -> list[VerifyKey]:
-    """Parse a PEM or JWK/JWKS file; raise UnusableKeyError (with no key material) when unusable.
+    """Read and parse a PEM or JWK/JWKS file (OSError, UnusableKeyError)."""
+    return parse_key_file(read_bounded(path, MAX_KEY_FILE_BYTES), path, kind, allow_empty=allow_empty)
+
+
+def parse_key_file(data: bytes, path: str, kind: str, *, allow_empty: bool = False) -> list[VerifyKey]:
+    """Parse a PEM or JWK/JWKS file's bytes; raise UnusableKeyError (with no key material)
+    when unusable.
 
     `allow_empty`: an empty key set is valid (all keys retired at runtime: refuse every
     token rather than keep trusting retired keys)."""
-    data = Path(path).read_bytes()
     if kind == "pem":
         return [from_pem(data)]
     parsed = from_jwks_bytes(data, allow_oct=True)
@@ -90,12 +95,16 @@ def read_key_file(path: str, kind: str, *, allow_empty: bool = False) -> list[Ve
 class FileKeys:
     """A PEM or JWKS file, loaded at start and re-read when it changes (key rotation)."""
 
-    def __init__(self, path: str, kind: str, keys: list[VerifyKey]) -> None:
+    def __init__(self, path: str, kind: str, keys: list[VerifyKey], *, read_now: bool = True) -> None:
+        """`read_now`: `keys` are what the file holds now. False when they came from a
+        policy validated earlier (a worker compiles the supervisor's copy): the first
+        poll then reads the file, as the workers already running did when it changed,
+        and keeps `keys` if it is unusable."""
         self.label = f"{kind} file {path}"
         self._path = path
         self._kind = kind
         self.snapshot: KeySet | None = KeySet.of(keys)
-        self._stamp = file_stamp(self._path)
+        self._stamp = file_stamp(self._path) if read_now else None
         self._task: asyncio.Task[None] | None = None
 
     async def start(

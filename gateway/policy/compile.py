@@ -25,7 +25,7 @@ from gateway.keys.sources import (
     RemoteSettings,
     StaticKeys,
     insecure_url,
-    read_key_file,
+    parse_key_file,
 )
 from gateway.limits import Limits, default_max_connections
 from gateway.obs.access import AccessLog
@@ -35,6 +35,7 @@ from gateway.pathnorm import Rejected, normalize_target
 from gateway.policy.errors import CompileError, Path, Problem
 from gateway.policy.model import Identity, JwtAuth, Listen, Policy, Provider, Route
 from gateway.policy.model import KeySource as KeySourceModel
+from gateway.policy.snapshot import Reader, Snapshot, base_dir_of
 from gateway.routing import CompiledRoute, PublicAccess, RouteTable, Upstream
 from gateway.runtime.cpus import available_cpus
 from gateway.tokens.keystore import JWKS_FILE
@@ -130,6 +131,8 @@ class CompiledPolicy:
     watch: bool = True
     # The files this policy was read from (`_inputs`): what `watch` watches.
     inputs: tuple[str, ...] = ()
+    # What it was compiled from: the supervisor sends this to its workers.
+    snapshot: Snapshot = dataclasses.field(default_factory=lambda: Snapshot("", "."))
 
 
 def _compile_limits(policy: Policy, problems: list[Problem]) -> Limits:
@@ -162,18 +165,17 @@ def _compile_limits(policy: Policy, problems: list[Problem]) -> Limits:
     )
 
 
-def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
-    """Compile or raise CompileError listing everything wrong, by field path."""
+def compile_policy(policy: Policy, source: str, text: str = "", replay: Snapshot | None = None) -> CompiledPolicy:
+    """Compile or raise CompileError listing everything wrong, by field path. `text` is
+    what `policy` was parsed from; with `replay`, the key files it names are taken
+    from that snapshot, not read."""
     problems: list[Problem] = []
-    # Relative to the directory the policy file really is in (symlinks followed), as
-    # before workers: a policy linked from elsewhere keeps finding its revocation list
-    # beside it (a missing list revokes nothing, so a moved lookup would fail open). In
-    # a Kubernetes ConfigMap that is the `..2026_…` directory of the current version;
-    # the swap to the next one changes the policy file too, and the reload follows.
-    base_dir = FsPath(source).resolve().parent
+    base = replay.base_dir if replay is not None else base_dir_of(source)
+    base_dir = FsPath(base)
+    reader = Reader(replay)
     verifiers: dict[str, ProviderVerifier] = {}
     for name, provider in policy.providers.items():
-        verifier = _compile_provider(name, provider, base_dir, problems)
+        verifier = _compile_provider(name, provider, base_dir, reader, problems)
         if verifier is not None:
             verifiers[name] = verifier
     seen: dict[str, int] = {}
@@ -208,6 +210,7 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
         workers_auto=workers == "auto",
         watch=policy.server.watch,
         inputs=_inputs(policy, source, base_dir),
+        snapshot=reader.snapshot(text, base),
         listen=policy.listen,
         admin_listen=policy.admin.listen,
         trusted_proxies=tuple(ipaddress.ip_network(n, strict=False) for n in policy.server.trusted_proxies),
@@ -285,7 +288,7 @@ def _claim_header_names(policy: Policy, problems: list[Problem]) -> set[str]:
 
 
 def _compile_provider(
-    name: str, provider: Provider, base_dir: FsPath, problems: list[Problem]
+    name: str, provider: Provider, base_dir: FsPath, reader: Reader, problems: list[Problem]
 ) -> ProviderVerifier | None:
     path: Path = ("providers", name)
     hmac = {a.startswith("HS") for a in provider.algorithms} == {True}
@@ -293,7 +296,7 @@ def _compile_provider(
     settings = RemoteSettings(**provider.remote.model_dump())
     for j, spec in enumerate(provider.keys):
         where = (*path, "keys", j)
-        source = _key_source(name, provider, spec, hmac, settings, base_dir, where, problems)
+        source = _key_source(name, provider, spec, hmac, settings, base_dir, reader, where, problems)
         if source is not None:
             sources.append(source)
     if len(sources) != len(provider.keys):
@@ -342,6 +345,7 @@ def _key_source(
     hmac: bool,
     settings: RemoteSettings,
     base_dir: FsPath,
+    reader: Reader,
     where: Path,
     problems: list[Problem],
 ) -> KeySource | None:
@@ -349,7 +353,7 @@ def _key_source(
         if not hmac:
             problems.append(Problem(where, "an HMAC secret needs HMAC algorithms (HS256, HS384, HS512)"))
             return None
-        secret = _read_secret(spec.hmac_secret.env, spec.hmac_secret.file, base_dir)
+        secret = _read_secret(spec.hmac_secret.env, spec.hmac_secret.file, base_dir, reader)
         if isinstance(secret, str):
             problems.append(Problem((*where, "hmac_secret"), secret))
             return None
@@ -372,7 +376,7 @@ def _key_source(
         field, kind = ("pem_file", "pem") if spec.pem_file is not None else ("jwks_file", "jwks")
         file = str(base_dir / (spec.pem_file or spec.jwks_file or ""))
         try:
-            keys = read_key_file(file, kind)
+            keys = parse_key_file(reader.read(file), file, kind)
         except OSError as exc:
             hint = (
                 f" (create it with: gateway keys generate --dir {FsPath(file).parent})"
@@ -398,7 +402,7 @@ def _key_source(
                     )
                 )
                 return None
-        return FileKeys(file, kind, keys)
+        return FileKeys(file, kind, keys, read_now=not reader.replaying)
     if spec.jwks_url is not None:
         problem = insecure_url(spec.jwks_url, settings.allow_insecure_http)
         if problem:
@@ -415,7 +419,7 @@ def _key_source(
     return RemoteJwks(name, settings, issuer=provider.issuer)
 
 
-def _read_secret(env: str | None, file: str | None, base_dir: FsPath) -> bytes | str:
+def _read_secret(env: str | None, file: str | None, base_dir: FsPath, reader: Reader) -> bytes | str:
     """The secret's bytes, or what is wrong (never the secret itself)."""
     if env is not None:
         value = os.environ.get(env)
@@ -426,7 +430,7 @@ def _read_secret(env: str | None, file: str | None, base_dir: FsPath) -> bytes |
         path = base_dir / (file or "")
         try:
             # One trailing newline is an artefact of `echo > file`, not part of the secret.
-            data = path.read_bytes().removesuffix(b"\n").removesuffix(b"\r")
+            data = reader.read(str(path)).removesuffix(b"\n").removesuffix(b"\r")
         except OSError as exc:
             return f"cannot read {path}: {exc.strerror}"
     if len(data) < MIN_HMAC_BYTES:

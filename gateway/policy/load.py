@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path as FsPath
 from typing import Any
 
 from pydantic import ValidationError
@@ -10,27 +9,28 @@ from pydantic import ValidationError
 from gateway.policy.compile import CompiledPolicy, compile_policy
 from gateway.policy.errors import CompileError, ConfigError, Path, format_path
 from gateway.policy.model import CLAIM_NAME_PATTERN, HEADER_NAME_PATTERN, REALM_PATTERN, Policy
+from gateway.policy.snapshot import Snapshot, read_policy_text
 from gateway.policy.source import SourceError, SourceMap, parse_yaml
 
 
 def load_policy(filename: str) -> CompiledPolicy:
     """Load, validate and compile; raise ConfigError with located messages."""
+    return load_policy_text(read_text(filename), filename)
+
+
+def read_text(filename: str) -> str:
+    """The policy file's text, or ConfigError saying why it cannot be read."""
     try:
-        text = FsPath(filename).read_text(encoding="utf-8")
+        return read_policy_text(filename)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(
             [f"{filename}: cannot read the policy file: {exc.strerror if isinstance(exc, OSError) else exc}"]
         ) from None
-    return load_policy_text(text, filename)
 
 
 def load_model(filename: str) -> Policy:
     """Read and validate without compiling (no key files are read): for the token tools."""
-    try:
-        text = FsPath(filename).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{filename}: cannot read the policy file: {exc}"]) from None
-    policy, _ = _validate(text, filename)
+    policy, _ = _validate(read_text(filename), filename)
     return policy
 
 
@@ -48,11 +48,12 @@ def _validate(text: str, filename: str) -> tuple[Policy, SourceMap]:
         raise ConfigError(_located(_pydantic_problems(exc, data), source)) from None
 
 
-def load_policy_text(text: str, filename: str) -> CompiledPolicy:
-    """As load_policy, for text already in hand (the CLI and tests use it)."""
+def load_policy_text(text: str, filename: str, replay: Snapshot | None = None) -> CompiledPolicy:
+    """As load_policy, for text already in hand; with `replay` (whose text `text` is),
+    the key files are taken from that snapshot."""
     policy, source = _validate(text, filename)
     try:
-        return compile_policy(policy, filename)
+        return compile_policy(policy, filename, text, replay)
     except CompileError as exc:
         raise ConfigError(_located([(p.path, p.message) for p in exc.problems], source)) from None
 

@@ -17,12 +17,17 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from gateway.limits import MAX_KEY_FILES_BYTES, MAX_POLICY_BYTES
+
 log = logging.getLogger("gateway.runtime")
 
 Message = dict[str, Any]
 
-# A policy file is at most a few MB of YAML; no honest message is larger.
-MAX_MESSAGE = 64 * 2**20
+# The largest message is a policy snapshot: its text, a JSON string (at most 6 bytes a
+# character, for `\u00XX` escapes), and its key files in base64 (4 bytes for 3), plus
+# room for paths and fields. Load refuses larger files (gateway/limits.py), so no honest
+# message is over this.
+MAX_MESSAGE = 6 * MAX_POLICY_BYTES + 2 * MAX_KEY_FILES_BYTES + 2**20
 
 
 class ChannelClosedError(ConnectionError):

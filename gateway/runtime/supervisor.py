@@ -6,13 +6,16 @@ public listening socket (each worker accepts from it), the admin listener (healt
 readiness and the metrics of all workers), the demo upstream, the policy file watch,
 and the workers' lives:
 
-- start: the policy is validated here, once; each worker compiles the same text. A
-  worker that cannot start stops the whole gateway (exit 1), rather than a restart loop.
+- start: the policy is validated here, once; each worker compiles the same snapshot of
+  it (its text and the key files it names, policy/snapshot.py). A worker that cannot
+  start stops the whole gateway (exit 1), rather than a restart loop.
 - a worker that dies after it served is restarted in its slot, with backoff, logged and
-  counted (`gateway_worker_restarts_total`).
-- reload (SIGHUP, or a change of the policy or a file it names): the new text is
-  validated here; then every worker prepares it (compiles, loads keys) and only when
-  all have, every worker commits; otherwise every worker keeps the running policy. A
+  counted (`gateway_worker_restarts_total`). It compiles the snapshot in force, so a
+  key file that went bad since (its reload refused) does not stop it.
+- reload (SIGHUP, or a change of the policy or a file it names): the new snapshot is
+  validated here (a watched change that leaves every byte as it was is no reload);
+  then every worker prepares it (compiles, loads keys) and only when all have, every
+  worker commits; otherwise every worker keeps the running policy. A
   change a worker cannot apply in place (listen address, worker count) replaces the
   workers: new ones start on the new policy, and only when they serve do the old ones
   stop accepting and drain.
@@ -48,6 +51,7 @@ from gateway.obs.metrics import SupervisorMetrics
 from gateway.policy import ConfigError, load_policy_text
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.model import Listen
+from gateway.policy.snapshot import read_policy_text
 from gateway.proxy.listener import bind, port_of
 from gateway.runtime.control import Channel, ChannelClosedError
 from gateway.runtime.watch import PolicyWatch, Stamp, stamps
@@ -118,14 +122,12 @@ class Supervisor:
     def __init__(
         self,
         policy: CompiledPolicy,
-        text: str,
         overrides: Overrides = Overrides(),
         demo_upstream: Listen | None = None,
         access: Callable[[str], None] = lambda _: None,
         log_level: str = "info",
     ) -> None:
         self.policy = overrides.apply(policy)
-        self._text = text
         self._overrides = overrides
         self._demo = demo_upstream
         self._access = access
@@ -219,7 +221,7 @@ class Supervisor:
             return False
         self._generation += 1
         started = await asyncio.gather(
-            *(self._start_worker(str(slot), self._socket, self._text, policy.source) for slot in range(policy.workers))
+            *(self._start_worker(str(slot), self._socket, policy) for slot in range(policy.workers))
         )
         failed = [problem for problem in started if isinstance(problem, str)]
         self.workers = [w for w in started if isinstance(w, WorkerProcess)]
@@ -292,9 +294,9 @@ class Supervisor:
     # -- workers -----------------------------------------------------------------------
 
     async def _start_worker(
-        self, name: str, listen: socket.socket, text: str, source: str, accept: bool = True
+        self, name: str, listen: socket.socket, policy: CompiledPolicy, accept: bool = True
     ) -> WorkerProcess | str:
-        """A worker serving `text`, or why it could not start. With `accept` False it
+        """A worker serving `policy`'s snapshot, or why it could not start. With `accept` False it
         takes no connection until `_accept`: a worker joining running ones (a restart,
         a replacement) loads its keys first, so that it never answers 503 for want of
         them, nor serves at all a policy that is then refused."""
@@ -334,7 +336,7 @@ class Supervisor:
         self._spawn(channel.serve(lambda _: None))
         try:
             async with asyncio.timeout(START_TIMEOUT):
-                message = {"op": "start", "text": text, "source": source, "accept": accept}
+                message = {"op": "start", **_wire(policy), "accept": accept}
                 await channel.request(message, within=START_TIMEOUT)
         except (TimeoutError, ChannelClosedError) as exc:
             if isinstance(exc, ChannelClosedError):
@@ -380,7 +382,7 @@ class Supervisor:
             if self._stop.is_set() or slot >= len(self.workers) or self.workers[slot] is not worker:
                 return
             assert self._socket is not None
-            started = await self._start_worker(worker.name, self._socket, self._text, self.policy.source, False)
+            started = await self._start_worker(worker.name, self._socket, self.policy, False)
             if isinstance(started, str):
                 self._fatal = started
                 self._stop.set()
@@ -448,7 +450,10 @@ class Supervisor:
             before = self.policy.inputs
             seen = await asyncio.to_thread(stamps, before)
             if always or seen != self._read:
-                await self._reload_counted()
+                # A watched change is a reload only if a byte changed: `touch`, or a
+                # ConfigMap update of some other key, would otherwise make every worker
+                # refetch its remote keys. A SIGHUP always reloads (and refetches).
+                await self._reload_counted(unless_same=not always)
                 if self.policy.inputs != before:  # the new policy names other files
                     seen = await asyncio.to_thread(stamps, self.policy.inputs)
                 self._read = seen
@@ -458,15 +463,19 @@ class Supervisor:
         async with self._lock:
             return await self._reload_counted()
 
-    async def _reload_counted(self) -> bool:
-        ok = await self._reload_now()
+    async def _reload_counted(self, unless_same: bool = False) -> bool:
+        ok = await self._reload_now(unless_same)
+        if ok is None:
+            return True
         self.metrics.config_reloads.labels("success" if ok else "failure").inc()
         return ok
 
-    async def _reload_now(self) -> bool:
+    async def _reload_now(self, unless_same: bool) -> bool | None:
+        """Whether the new policy is in force; None when it is the running one, byte
+        for byte, and `unless_same`."""
         source = self.policy.source
         try:
-            text = await asyncio.to_thread(Path(source).read_text, encoding="utf-8")
+            text = await asyncio.to_thread(read_policy_text, source)
             new = self._overrides.apply(await asyncio.to_thread(load_policy_text, text, source))
         except ConfigError as exc:
             log.error("reload refused; the running policy stays in force:\n%s", exc)
@@ -477,6 +486,9 @@ class Supervisor:
         except Exception as exc:  # a reload must never take the running gateway down
             log.error("reload refused (%s); the running policy stays in force", type(exc).__name__)
             return False
+        if unless_same and new.snapshot.same(self.policy.snapshot):
+            log.info("policy files rewritten with the same contents: nothing to reload")
+            return None
         admin: tuple[web.AppRunner, int] | None = None
         if new.admin_listen != self.policy.admin_listen:
             try:
@@ -485,9 +497,9 @@ class Supervisor:
                 log.error("reload refused: cannot listen on %s (%s)", new.admin_listen, exc)
                 return False
         if (new.listen, new.workers) != (self.policy.listen, self.policy.workers):
-            ok = await self._replace(new, text)
+            ok = await self._replace(new)
         else:
-            ok = await self._in_place(new, text)
+            ok = await self._in_place(new)
         if admin is not None:
             old, self._admin = self._admin, admin[0]
             if ok:
@@ -501,11 +513,11 @@ class Supervisor:
             log.info("policy reloaded from %s (%d routes, %d workers)", source, len(new.table.routes), new.workers)
         return ok
 
-    async def _in_place(self, new: CompiledPolicy, text: str) -> bool:
+    async def _in_place(self, new: CompiledPolicy) -> bool:
         self._generation += 1
         gen = self._generation
         timeout = new.reload_timeout + STATUS_TIMEOUT + 5.0
-        message = {"op": "prepare", "gen": gen, "text": text, "source": new.source}
+        message = {"op": "prepare", "gen": gen, **_wire(new)}
         # A worker that died and waits for its restart is not asked: its restart (under
         # this lock) takes the text in force when it comes, this one if it is committed.
         alive = [w for w in self.workers if not w.exited.is_set()]
@@ -526,10 +538,9 @@ class Supervisor:
             log.error("reload refused; the running policy stays in force: %s", "; ".join(problems))
             return False
         self.policy = new
-        self._text = text
         return True
 
-    async def _replace(self, new: CompiledPolicy, text: str) -> bool:
+    async def _replace(self, new: CompiledPolicy) -> bool:
         """New workers on the new policy (and socket); once they serve with keys, the old
         ones stop accepting and drain."""
         assert self._socket is not None
@@ -542,7 +553,7 @@ class Supervisor:
                 return False
         self._generation += 1
         started = await asyncio.gather(
-            *(self._start_worker(str(slot), listen, text, new.source, False) for slot in range(new.workers))
+            *(self._start_worker(str(slot), listen, new, False) for slot in range(new.workers))
         )
         fresh = [w for w in started if isinstance(w, WorkerProcess)]
         problems = [s for s in started if isinstance(s, str)]
@@ -561,7 +572,7 @@ class Supervisor:
             return False
         await self._accept(fresh)  # every new worker has its keys: now they take traffic
         old, old_socket = self.workers, self._socket
-        self.workers, self._socket, self.policy, self._text = fresh, listen, new, text
+        self.workers, self._socket, self.policy = fresh, listen, new
         self.public_port = port_of(listen)
         for w in fresh:
             self._watch(w)
@@ -629,6 +640,10 @@ class Supervisor:
 
 
 _METRICS_DIR = "gateway-metrics-"
+
+
+def _wire(policy: CompiledPolicy) -> dict[str, Any]:
+    return {"source": policy.source, "snapshot": policy.snapshot.to_wire()}
 
 
 def _sweep_metrics_dirs(parent: Path) -> None:

@@ -3,8 +3,9 @@
 Started by the supervisor as `python -m gateway.runtime.worker` with two inherited
 descriptors: the public listening socket (shared by every worker; the kernel hands each
 new connection to one of them) and its end of the control channel. The policy comes
-over the channel as text the supervisor has already validated, so every worker compiles
-exactly what was checked, even if the file changes meanwhile.
+over the channel as a snapshot the supervisor has already validated (its text and the
+key files it names), so every worker compiles exactly what was checked, even if a file
+changes meanwhile or has gone bad since.
 
 Exit codes: 0 after a drain; EXIT_START when it could not start (the supervisor then
 stops the whole gateway instead of restarting it in a loop).
@@ -29,6 +30,7 @@ from gateway.obs.cells import CellStore
 from gateway.obs.metrics import Metrics
 from gateway.policy import ConfigError, load_policy_text
 from gateway.policy.compile import CompiledPolicy
+from gateway.policy.snapshot import Snapshot
 from gateway.runtime.control import Channel, Message
 
 log = logging.getLogger("gateway.runtime")
@@ -46,6 +48,9 @@ class Worker:
         self._stop = asyncio.Event()
         # Prepared policies waiting for commit or abort, by the supervisor's generation.
         self._prepared: dict[int, CompiledPolicy] = {}
+        # Prepares under way: an abort that arrives first (the supervisor gave up
+        # waiting, or another worker failed) cancels it, key fetches and all.
+        self._preparing: dict[int, asyncio.Task[Message]] = {}
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -60,13 +65,13 @@ class Worker:
         if start is None:
             return 0
         try:
-            policy = await asyncio.to_thread(load_policy_text, start["text"], start["source"])
+            policy = await asyncio.to_thread(_compile, start)
             gateway = Gateway(policy, listen_socket=self._listen, admin=False, metrics=self._metrics)
             await gateway.start(accept=bool(start.get("accept", True)))
         except ConfigError as exc:
             print(f"gateway: worker cannot start: invalid policy\n{exc}", file=sys.stderr)
             return EXIT_START
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             print(f"gateway: worker cannot start: {exc}", file=sys.stderr)
             return EXIT_START
         self._gateway = gateway
@@ -99,13 +104,25 @@ class Worker:
             self._metrics.sample()
             self._channel.reply(message, {"op": "status", "waiting": gateway.not_ready()})
         elif op == "prepare":
-            self._channel.reply(message, await self._prepare(gateway, message))
+            gen = message["gen"]
+            task = asyncio.ensure_future(self._prepare(gateway, message))
+            self._preparing[gen] = task
+            try:
+                answer = await task
+            except asyncio.CancelledError:
+                answer = {"op": "prepared", "ok": False, "error": "aborted"}
+            finally:
+                self._preparing.pop(gen, None)
+            self._channel.reply(message, answer)
         elif op == "commit":
             policy = self._prepared.pop(message["gen"], None)
             if policy is not None:
                 await gateway.commit(policy)
             self._channel.reply(message, {"op": "committed", "ok": policy is not None})
         elif op == "abort":
+            preparing = self._preparing.get(message["gen"])
+            if preparing is not None:
+                preparing.cancel()
             policy = self._prepared.pop(message["gen"], None)
             if policy is not None:
                 await gateway.abort(policy)
@@ -113,7 +130,7 @@ class Worker:
 
     async def _prepare(self, gateway: Gateway, message: Message) -> Message:
         try:
-            policy = await asyncio.to_thread(load_policy_text, message["text"], message["source"])
+            policy = await asyncio.to_thread(_compile, message)
         except ConfigError as exc:
             # The supervisor validated this text: a difference means a file it names
             # changed since. The watcher will bring the next version.
@@ -125,6 +142,12 @@ class Worker:
             return {"op": "prepared", "ok": False, "error": problem}
         self._prepared[message["gen"]] = policy
         return {"op": "prepared", "ok": True}
+
+
+def _compile(message: Message) -> CompiledPolicy:
+    """The policy of a start or prepare message, from its snapshot (ConfigError, ValueError)."""
+    snapshot = Snapshot.from_wire(message["snapshot"])
+    return load_policy_text(snapshot.text, message["source"], replay=snapshot)
 
 
 async def _first(start: asyncio.Future[Message], stop: asyncio.Event) -> Message | None:

@@ -147,9 +147,12 @@ async def _restarted(gw: GatewayProcess, times: int) -> bool:
     return bool(health["restarts"] == times and health["workers"] == 2)
 
 
-async def test_a_worker_that_cannot_start_again_stops_the_gateway(
+async def test_a_worker_restarted_after_its_key_file_went_bad_serves_the_validated_keys(
     tmp_path: Path, upstream: Upstream, rsa: SigningKey
 ) -> None:
+    """The supervisor sends each worker the key files' bytes it validated: a restart
+    does not read a key file broken since (whose reload was refused), and the gateway
+    goes on with every worker, instead of stopping for one crash."""
     pem = tmp_path / "key.pem"
     write(pem, rsa.public_pem())
     extra = "server: {workers: 2, watch: false}\n" + corp(ISS, f'{{pem_file: "{pem}"}}')
@@ -157,7 +160,43 @@ async def test_a_worker_that_cannot_start_again_stops_the_gateway(
         token = sign(rsa, claims(ISS), kid=None)
         assert await answer(gw.port, get("/orders", f"Authorization: Bearer {token}")) == 200
         pids = (await gw.health())["pids"]
-        pem.write_text("not a key\n")  # a broken key file, read by the next worker to start
+        pem.write_text("not a key\n")
+        os.kill(pids[0], signal.SIGKILL)
+
+        async def restarted() -> bool:
+            health = await gw.health()
+            return bool(health["workers"] == 2 and pids[0] not in health["pids"])
+
+        await until(restarted, 15)
+        assert gw.proc.poll() is None
+        restarted = (await gw.health())["pids"][0]
+        # Its first poll of the file (2 s) finds it broken and keeps the validated keys.
+        await until(lambda: "is unusable, keeping the last good keys" in gw.log_text(), 10)
+        # Every connection, whichever worker takes it, accepts the token.
+        for _ in range(20):
+            assert await answer(gw.port, get("/orders", f"Authorization: Bearer {token}")) == 200
+        assert restarted in gw.workers()
+    log = gw.log_text()
+    assert "could not start" not in log
+    assert "worker cannot start" not in log
+
+
+async def test_a_worker_that_cannot_start_again_stops_the_gateway(
+    tmp_path: Path, upstream: Upstream, rsa: SigningKey
+) -> None:
+    """A revocation list is read as a worker starts, never from a snapshot (an old list
+    would let revoked tokens through): one broken since stops the restart, and the
+    gateway with it, rather than a restart loop or a worker without it."""
+    pem, revoked = tmp_path / "key.pem", tmp_path / "revoked.json"
+    write(pem, rsa.public_pem())
+    revoked.write_text('{"revoked": []}')
+    provider = corp(ISS, f'{{pem_file: "{pem}"}}') + f'    revocation_file: "{revoked}"\n'
+    extra = "server: {workers: 2, watch: false}\n" + provider
+    async with running_gateway(tmp_path, routes(upstream, providers=True), extra) as gw:
+        token = sign(rsa, claims(ISS, jti="t-1"), kid=None)
+        assert await answer(gw.port, get("/orders", f"Authorization: Bearer {token}")) == 200
+        pids = (await gw.health())["pids"]
+        revoked.write_text("not a list\n")  # read by the next worker to start
         t0 = time.monotonic()
         os.kill(pids[0], signal.SIGKILL)
         code = await asyncio.to_thread(gw.proc.wait, 15)
@@ -175,7 +214,7 @@ async def test_a_worker_that_cannot_start_again_stops_the_gateway(
     assert log.count("restarting it") == 1
     assert log.count("worker cannot start") == 1
     assert "gateway: worker cannot start: invalid policy" in log
-    assert f"pem_file: {pem}: not a PEM public key" in log
+    assert "revocation_file" in log
 
 
 @pytest.mark.parametrize("busy_one", ["listen", "admin"])

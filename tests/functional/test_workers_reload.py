@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import Upstream
-from tests.factories import SigningKey, claims, rsa_key, sign, write
+from tests.factories import IdentityProvider, SigningKey, claims, rsa_key, sign, write
 from tests.functional.workers_env import (
     REFUSED,
     RELOADED,
@@ -77,6 +77,31 @@ async def test_a_rewritten_file_is_reloaded_without_a_signal(
         assert set(await asking.stop()) == {200}
         assert sorted(gw.workers()) == pids
         assert "policy input changed" in gw.log_text()
+
+
+async def test_files_rewritten_with_the_same_bytes_are_no_reload(
+    tmp_path: Path, upstream: Upstream, idp: IdentityProvider, rsa: SigningKey
+) -> None:
+    """`touch`, or a tool that rewrites a file it did not change: the watch sees new
+    stamps, the contents are those in force, so no worker reloads, and none refetches
+    its remote keys. A real change afterwards is a reload (and a refetch)."""
+    pem = tmp_path / "key.pem"
+    write(pem, rsa.public_pem())
+    extra = WORKERS + corp(ISS, f'{{jwks_url: "{idp.url}/jwks"}}, {{pem_file: "{pem}"}}')
+    async with running_gateway(tmp_path, routes(upstream, providers=True), extra) as gw:
+        assert idp.jwks_hits == 2  # each worker's first fetch
+        os.utime(gw.config)
+        replace_file(pem, pem.read_text())  # another inode, the same bytes
+        await logged(gw, "policy files rewritten with the same contents", seconds=5)
+        await asyncio.sleep(1.5)  # a poll more: no reload follows
+        assert RELOADED not in gw.log_text()
+        assert idp.jwks_hits == 2
+        metrics = await scrape(gw.admin_port)
+        assert metrics.get("gateway_config_reloads_total", result="success") == 0
+        gw.config.write_text(with_route(gw.config.read_text(), later(upstream)))
+        await logged(gw, RELOADED)
+        assert idp.jwks_hits == 4  # the reloaded policy's sources, one fetch per worker
+        assert (await scrape(gw.admin_port)).get("gateway_config_reloads_total", result="success") == 1
 
 
 async def test_a_configmap_symlink_swap_is_detected(tmp_path: Path, upstream: Upstream, spread: Spread) -> None:
