@@ -169,13 +169,13 @@ async def test_a_worker_restarted_after_its_key_file_went_bad_serves_the_validat
 
         await until(restarted, 15)
         assert gw.proc.poll() is None
-        restarted = (await gw.health())["pids"][0]
+        new_pid = (await gw.health())["pids"][0]
         # Its first poll of the file (2 s) finds it broken and keeps the validated keys.
         await until(lambda: "is unusable, keeping the last good keys" in gw.log_text(), 10)
         # Every connection, whichever worker takes it, accepts the token.
         for _ in range(20):
             assert await answer(gw.port, get("/orders", f"Authorization: Bearer {token}")) == 200
-        assert restarted in gw.workers()
+        assert new_pid in gw.workers()
     log = gw.log_text()
     assert "could not start" not in log
     assert "worker cannot start" not in log
