@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from tests import tcpowners
 from tests.rawhttp import KeptAlive, get
 
 
@@ -166,37 +167,8 @@ def group_members(pgid: int) -> list[int]:
 
 def connection_owners(pids: Iterable[int], server_port: int) -> dict[int, int]:
     """Which process holds the server side of each TCP connection to `server_port`, as
-    {the client's local port: pid}.
-
-    How: every socket a process holds appears in /proc/PID/fd as a link to
-    `socket:[INODE]`. /proc/net/tcp and /proc/net/tcp6 list the network namespace's TCP
-    sockets one a line: `local_address` and `rem_address` as HEXADDR:HEXPORT, and the
-    socket's `inode` (the 10th column). The server side of a client's connection is the
-    line whose local port is `server_port` and whose remote port is the client's local
-    port; its inode is in the fd table of exactly one of `pids`. Ports alone tell the
-    connections apart (all are on loopback). A connection still in the accept queue has
-    inode 0 (no process holds it yet) and is left out, so ask after a request was
-    answered on it; the listening socket (remote port 0), held by every worker, too."""
-    held: dict[int, int] = {}
-    for pid in pids:
-        fds = Path(f"/proc/{pid}/fd")
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            for fd in fds.iterdir():
-                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                    target = os.readlink(fd)
-                    if target.startswith("socket:["):
-                        held[int(target[len("socket:[") : -1])] = pid
-    owners: dict[int, int] = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                columns = line.split()
-                local_port = int(columns[1].rpartition(":")[2], 16)
-                remote_port = int(columns[2].rpartition(":")[2], 16)
-                inode = int(columns[9])
-                if local_port == server_port and remote_port != 0 and inode in held:
-                    owners[remote_port] = held[inode]
-    return owners
+    {the client's local port: pid} (read from the kernel: tests/tcpowners.py)."""
+    return tcpowners.owners(None, server_port, pids)
 
 
 def local_port(conn: KeptAlive) -> int:

@@ -78,10 +78,17 @@ def client_ports_of(pid: int, server_ports: Iterable[int]) -> set[int]:
     return {sides[inode] for inode in socket_inodes(pid) if inode in sides}
 
 
-def owners(client_ports: Iterable[int], server_port: int, pids: Iterable[int]) -> dict[int, int]:
-    """Client port -> the process among `pids` that accepted that connection."""
-    wanted = set(client_ports)
-    sides = {inode: remote for local, remote, inode in connected_sockets() if local == server_port and remote in wanted}
+def owners(client_ports: Iterable[int] | None, server_port: int, pids: Iterable[int]) -> dict[int, int]:
+    """Client port -> the process among `pids` that accepted that connection, for the
+    given client ports (None: every connection to `server_port`). A connection still in
+    the accept queue is held by no process yet and is left out: ask after a request
+    was answered on it."""
+    wanted = None if client_ports is None else set(client_ports)
+    sides = {
+        inode: remote
+        for local, remote, inode in connected_sockets()
+        if local == server_port and (wanted is None or remote in wanted)
+    }
     found: dict[int, int] = {}
     for pid in pids:
         for inode in sides.keys() & socket_inodes(pid):
