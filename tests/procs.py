@@ -136,7 +136,8 @@ def worker_pids(supervisor: int) -> list[int]:
         text = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text()
     except FileNotFoundError:
         return []
-    return [int(pid) for pid in text.split()]
+    # A worker that exited stays a child (a zombie) until the supervisor reaps it.
+    return [int(pid) for pid in text.split() if alive(int(pid))]
 
 
 def alive(pid: int) -> bool:
