@@ -26,6 +26,11 @@ EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_INVALID = 2
 
+UNVERIFIED = (
+    "upstream {} is not verified (upstream_tls insecure_skip_verify: true): anyone on the path "
+    "to it can read and change what the gateway sends it, verified identity headers included"
+)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -119,6 +124,8 @@ def _check(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for origin in policy.unverified_upstreams():
+        print(f"warning: {UNVERIFIED.format(origin)}", file=sys.stderr)
     for later, earlier in policy.table.shadowed():
         print(
             f"warning: route {later.name!r} (routes[{later.index}]) can never match: "
@@ -171,5 +178,7 @@ def _serve(args: argparse.Namespace, write_access: Callable[[str], None]) -> int
         return EXIT_INVALID
     for later, earlier in policy.table.shadowed():
         logging.getLogger("gateway").warning("route %r can never match: shadowed by %r", later.name, earlier.name)
+    for origin in policy.unverified_upstreams():
+        logging.getLogger("gateway").warning(UNVERIFIED.format(origin))
     supervisor = Supervisor(policy, overrides, demo, access=write_access, log_level=args.log_level)
     return asyncio.run(supervisor.run())

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from gateway.auth.requirement import TokenRequirement
+from gateway.upstream_tls import UpstreamTls
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,9 @@ class Upstream:
     host: str
     port: int
     base: str
+    # TLS settings of an `https` origin the policy names in `upstream_tls`; None: the
+    # defaults (verified against the system's CAs).
+    tls: UpstreamTls | None = None
     # The Host header the upstream receives: computed once here, not per request.
     authority: str = field(init=False, compare=False)
 

@@ -40,6 +40,8 @@ from gateway.routing import CompiledRoute, PublicAccess, RouteTable, Upstream
 from gateway.runtime.cpus import available_cpus
 from gateway.tokens.keystore import JWKS_FILE
 from gateway.tokens.revocation import RevocationError, RevocationWatcher
+from gateway.upstream_tls import TlsSettingsError, UpstreamTls
+from gateway.upstream_tls import build as build_upstream_tls
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MIN_HMAC_BYTES = 32
@@ -134,6 +136,11 @@ class CompiledPolicy:
     # What it was compiled from: the supervisor sends this to its workers.
     snapshot: Snapshot = dataclasses.field(default_factory=lambda: Snapshot("", "."))
 
+    def unverified_upstreams(self) -> list[str]:
+        """The https origins whose certificates are not verified (`insecure_skip_verify`)."""
+        ups = {r.upstream for r in self.table.routes if r.upstream.tls is not None and not r.upstream.tls.verify}
+        return sorted({f"https://{u.authority}" for u in ups})
+
 
 def _compile_limits(policy: Policy, problems: list[Problem]) -> Limits:
     server = policy.server
@@ -178,6 +185,7 @@ def compile_policy(policy: Policy, source: str, text: str = "", replay: Snapshot
         verifier = _compile_provider(name, provider, base_dir, reader, problems)
         if verifier is not None:
             verifiers[name] = verifier
+    tls = _upstream_tls(policy, base_dir, reader, problems)
     seen: dict[str, int] = {}
     routes: list[CompiledRoute] = []
     for i, route in enumerate(policy.routes):
@@ -186,7 +194,7 @@ def compile_policy(policy: Policy, source: str, text: str = "", replay: Snapshot
                 Problem(("routes", i, "name"), f"duplicate route name {route.name!r} (also routes[{seen[route.name]}])")
             )
         seen.setdefault(route.name, i)
-        compiled = _compile_route(i, route, policy, verifiers, problems)
+        compiled = _compile_route(i, route, policy, verifiers, tls, problems)
         if compiled is not None:
             routes.append(compiled)
     claim_headers = _claim_header_names(policy, problems)
@@ -244,7 +252,8 @@ def _inputs(policy: Policy, source: str, base_dir: FsPath) -> tuple[str, ...]:
 
     abspath, not realpath: Kubernetes updates a ConfigMap by swapping a `..data` symlink,
     which only a stat through the symlink sees. The named files are the paths
-    `_key_source` and `_read_secret` read. Left out on purpose: revocation files (each
+    `_key_source`, `_read_secret` and `_upstream_tls` read (a rotated upstream client
+    certificate is a reload). Left out on purpose: revocation files (each
     worker polls them itself; a policy reload per revoked token would be waste)
     and the `api_tokens.signing_keys` directory (its private keys, lock and ledger are the
     token CLI's; `jwks.json`, the one file the gateway reads there, is a `jwks_file`)."""
@@ -254,6 +263,10 @@ def _inputs(policy: Policy, source: str, base_dir: FsPath) -> tuple[str, ...]:
             for name in (spec.pem_file, spec.jwks_file, spec.hmac_secret.file if spec.hmac_secret else None):
                 if name is not None:
                     named.add(str(base_dir / name))  # the path compile reads, unnormalised
+    for tls in policy.upstream_tls.values():
+        for name in (tls.ca_file, tls.cert_file, tls.key_file):
+            if name is not None:
+                named.add(str(base_dir / name))
     first = os.path.abspath(source)
     return (first, *sorted(named - {first}))
 
@@ -439,12 +452,19 @@ def _read_secret(env: str | None, file: str | None, base_dir: FsPath, reader: Re
 
 
 def _compile_route(
-    i: int, route: Route, policy: Policy, verifiers: Mapping[str, ProviderVerifier], problems: list[Problem]
+    i: int,
+    route: Route,
+    policy: Policy,
+    verifiers: Mapping[str, ProviderVerifier],
+    tls: Mapping[tuple[str, int], UpstreamTls],
+    problems: list[Problem],
 ) -> CompiledRoute | None:
     upstream = _upstream(route.upstream)
     if isinstance(upstream, str):
         problems.append(Problem(("routes", i, "upstream"), upstream))
         return None
+    if upstream.scheme == "https":
+        upstream = dataclasses.replace(upstream, tls=tls.get((upstream.host, upstream.port)))
     auth: PublicAccess | TokenRequirement | None = PublicAccess()
     if isinstance(route.auth, JwtAuth):
         auth = _compile_requirement(i, route.auth, policy, verifiers, problems)
@@ -539,6 +559,61 @@ def _compile_requirement(
 
 def _provider_header(identity: Identity) -> str | None:
     return identity.provider_header
+
+
+def _upstream_tls(
+    policy: Policy, base_dir: FsPath, reader: Reader, problems: list[Problem]
+) -> dict[tuple[str, int], UpstreamTls]:
+    """`upstream_tls`, by (host, port): an SSL context per origin, built here, once."""
+    used = set()
+    for route in policy.routes:
+        up = _upstream(route.upstream)
+        if not isinstance(up, str):
+            used.add((up.scheme, up.host, up.port))
+    out: dict[tuple[str, int], UpstreamTls] = {}
+    for origin, spec in policy.upstream_tls.items():
+        where: Path = ("upstream_tls", origin)
+        try:
+            up = _upstream(origin)
+        except ValueError:
+            up = "unparseable"
+        if isinstance(up, str) or up.base or up.scheme != "https":
+            problems.append(Problem(where, f"not an https origin: {origin!r} (expected https://host[:port])"))
+            continue
+        if (up.host, up.port) in out:
+            problems.append(Problem(where, f"{origin!r} is the origin of another entry"))
+            continue
+        if ("https", up.host, up.port) not in used:
+            # A typo in the origin would leave its routes' TLS at the defaults, silently.
+            problems.append(Problem(where, f"no route forwards to {origin!r}"))
+            continue
+        files: dict[str, bytes | None] = {}
+        failed = False
+        for field in ("ca_file", "cert_file", "key_file"):
+            name = getattr(spec, field)
+            files[field] = None
+            if name is None:
+                continue
+            path = str(base_dir / name)
+            try:
+                files[field] = reader.read(path)
+            except OSError as exc:
+                problems.append(Problem((*where, field), f"cannot read {path}: {exc.strerror}"))
+                failed = True
+        if failed:
+            continue
+        try:
+            out[(up.host, up.port)] = build_upstream_tls(
+                ca=files["ca_file"],
+                cert=files["cert_file"],
+                key=files["key_file"],
+                server_name=spec.server_name,
+                verify=not spec.insecure_skip_verify,
+                min_version=spec.min_version,
+            )
+        except TlsSettingsError as exc:
+            problems.append(Problem((*where, exc.field), exc.message))
+    return out
 
 
 def _upstream(text: str) -> Upstream | str:

@@ -433,6 +433,41 @@ _UPSTREAM = re.compile(
 )
 
 
+class UpstreamTls(Strict):
+    """How the gateway speaks TLS to one `https` upstream (an origin, `https://host[:port]`).
+    Verification is on unless `insecure_skip_verify` says otherwise, in so many words."""
+
+    # PEM CA bundle to verify the upstream's certificate with, instead of the system's.
+    ca_file: StrictStr | None = None
+    # A client certificate (mTLS): both or neither.
+    cert_file: StrictStr | None = None
+    key_file: StrictStr | None = None
+    # The name sent in SNI and checked against the certificate, when the URL's host is
+    # not it (an IP address, a Service name the certificate does not carry).
+    server_name: StrictStr | None = None
+    insecure_skip_verify: StrictBool = False
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+    @field_validator("server_name")
+    @classmethod
+    def _server_name(cls, value: str | None) -> str | None:
+        if value is not None and re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?", value) is None:
+            raise invalid("server_name", f"not a host name: {value!r} (expected e.g. orders.internal)")
+        return value.lower() if value is not None else None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UpstreamTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise PydanticCustomError(
+                "tls", "expected both 'cert_file' and 'key_file' (a client certificate and its key)"
+            )
+        if self.insecure_skip_verify and self.ca_file is not None:
+            raise PydanticCustomError(
+                "tls", "'ca_file' verifies the upstream, 'insecure_skip_verify: true' turns that off: keep one"
+            )
+        return self
+
+
 class Timeouts(Strict):
     """Upstream timeouts: `connect` to open a connection, `read` for each wait on data."""
 
@@ -536,4 +571,6 @@ class Policy(Strict):
     token_cache: TokenCacheSettings = Field(default_factory=TokenCacheSettings)
     identity: Identity = Field(default_factory=Identity)
     providers: dict[ProviderName, Provider] = Field(default_factory=dict)
+    # TLS to upstreams, by origin (`https://host[:port]`): every route to that origin.
+    upstream_tls: dict[StrictStr, UpstreamTls] = Field(default_factory=dict)
     routes: tuple[Route, ...] = Field(min_length=1)

@@ -29,6 +29,11 @@ from gateway.proxy.coalesce import Coalescer
 from gateway.proxy.downstream import ClientBodyError
 from gateway.proxy.guards import ResponseGuard
 from gateway.routing import Upstream
+from gateway.upstream_tls import UpstreamTls
+
+# What a kept-alive upstream connection may be reused for: the same origin under the
+# same TLS settings (compared by identity: a reload's new settings get new connections).
+OriginKey = tuple[str, str, int, UpstreamTls | None]
 
 # Origins one client connection keeps an idle upstream connection to (one each).
 _SLOT_ORIGINS = 4
@@ -328,7 +333,7 @@ class UpstreamResponse:
     def __init__(
         self,
         slot: UpstreamSlot | None,
-        key: tuple[str, str, int],
+        key: OriginKey,
         conn: _Conn,
         message: Any,
         payload: StreamReader,
@@ -396,11 +401,11 @@ class UpstreamSlot:
 
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
-        self._idle: dict[tuple[str, str, int], _Conn] = {}
+        self._idle: dict[OriginKey, _Conn] = {}
         self._closed = False
         pool.slots.add(self)
 
-    def take(self, key: tuple[str, str, int]) -> _Conn | None:
+    def take(self, key: OriginKey) -> _Conn | None:
         conn = self._idle.pop(key, None)
         if conn is None:
             return None
@@ -409,7 +414,7 @@ class UpstreamSlot:
             return conn
         return None
 
-    def put(self, key: tuple[str, str, int], conn: _Conn) -> None:
+    def put(self, key: OriginKey, conn: _Conn) -> None:
         idle = self._idle
         pool = self._pool
         previous = idle.pop(key, None)
@@ -440,7 +445,7 @@ class UpstreamSlot:
             self._drop(key, conn)
         self._idle.clear()
 
-    def _drop(self, key: tuple[str, str, int], conn: _Conn) -> None:
+    def _drop(self, key: OriginKey, conn: _Conn) -> None:
         """Close a connection taken out of `_idle`, and uncount it."""
         conn.close()
         self._pool.unparked(key)
@@ -464,7 +469,7 @@ class UpstreamPool:
 
     def __init__(self, coalescer: Coalescer | None = None) -> None:
         self.slots: set[UpstreamSlot] = set()
-        self.idle: dict[tuple[str, str, int], int] = {}  # idle connections per origin
+        self.idle: dict[OriginKey, int] = {}  # idle connections per origin
         self.coalescer = coalescer or Coalescer()
         self._ssl = ssl.create_default_context()
         self._sweeper: asyncio.TimerHandle | None = None
@@ -474,12 +479,12 @@ class UpstreamPool:
         """Idle connections for one client connection; close it when that one closes."""
         return UpstreamSlot(self)
 
-    def parked(self, key: tuple[str, str, int]) -> None:
+    def parked(self, key: OriginKey) -> None:
         self.idle[key] = self.idle.get(key, 0) + 1
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_EVERY, self._sweep)
 
-    def unparked(self, key: tuple[str, str, int]) -> None:
+    def unparked(self, key: OriginKey) -> None:
         left = self.idle[key] - 1
         if left:
             self.idle[key] = left
@@ -502,18 +507,24 @@ class UpstreamPool:
     async def _connect(self, up: Upstream, connect_timeout: float | None) -> _Conn:
         loop = asyncio.get_running_loop()
         coalescer = self.coalescer
-        tls = up.scheme == "https"
+        context: ssl.SSLContext | None = None
+        hostname = None
+        if up.scheme == "https":
+            context = up.tls.context if up.tls is not None else self._ssl
+            hostname = up.tls.hostname(up.host) if up.tls is not None else up.host
         try:
             async with asyncio.timeout(connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Conn(loop, coalescer),
-                    up.host,
-                    up.port,
-                    ssl=self._ssl if tls else None,
-                    server_hostname=up.host if tls else None,
+                    lambda: _Conn(loop, coalescer), up.host, up.port, ssl=context, server_hostname=hostname
                 )
         except TimeoutError:
             raise UpstreamError("unreachable", "connect timeout") from None
+        except ssl.SSLCertVerificationError as exc:
+            # OpenSSL's fixed text (and the name verified, from the policy): says what
+            # to fix, carries nothing the upstream chose.
+            raise UpstreamError("unreachable", f"TLS: {exc.verify_message}") from None
+        except ssl.SSLError as exc:
+            raise UpstreamError("unreachable", f"TLS: {exc.reason or type(exc).__name__}") from None
         except OSError as exc:
             raise UpstreamError("unreachable", type(exc).__name__) from None
         return conn
@@ -533,7 +544,7 @@ class UpstreamPool:
         """Send one request. With a `slot`, a kept-alive connection of that client's is
         reused, and the response's connection goes back to it; with none, the
         connection is used for this request only."""
-        key = (up.scheme, up.host, up.port)
+        key = (up.scheme, up.host, up.port, up.tls)
         if length is not None:
             framing = f"Content-Length: {length}\r\n"
         elif body is not None:
