@@ -15,6 +15,7 @@ from gateway.app import Gateway
 from gateway.errors import Reason
 from tests.conftest import GatewayFactory, Upstream
 from tests.factories import SigningKey, claims, sign, write
+from tests.metrics_parse import sample_value
 from tests.rawhttp import RawResponse, get, raw_request
 
 ISS = "https://cors.test"
@@ -132,6 +133,8 @@ async def test_a_preflight_not_granted_is_refused_403_without_cors_headers(
     (line,) = [r.getMessage() for r in caplog.records if r.name == "gateway.access"]
     record = json.loads(line)
     assert (record["route"], record["outcome"], record["reason"]) == ("orders", "denied", reason.ident)
+    labels = {"route": "orders", "reason": reason.ident}
+    assert sample_value(gw.metrics, "gateway_auth_failures_total", labels) == 1.0
 
 
 async def test_a_preflight_for_a_method_the_route_does_not_allow(gw: Gateway, upstream: Upstream) -> None:
