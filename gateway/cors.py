@@ -129,6 +129,11 @@ class CorsPolicy:
         expose = (("Access-Control-Expose-Headers", ", ".join(self.expose)),) if self.expose else ()
         set_(self, "_actual", (*credentials, *expose))
 
+    def describe(self) -> str:
+        """For `gateway check`'s route table."""
+        text = f"origins={','.join(sorted(self.origins))} methods={','.join(self.methods)}"
+        return text + (" credentials" if self.credentials else "")
+
     def allows(self, origin: str | None) -> bool:
         return origin is not None and (self.any_origin or origin in self.origins)
 

@@ -16,6 +16,7 @@ from gateway.errors import Reason
 from tests.conftest import GatewayFactory, Upstream
 from tests.factories import SigningKey, claims, sign, write
 from tests.metrics_parse import sample_value
+from tests.procs import free_port
 from tests.rawhttp import RawResponse, get, raw_request
 
 ISS = "https://cors.test"
@@ -300,3 +301,22 @@ async def test_a_route_without_cors_is_unchanged(gw: Gateway, upstream: Upstream
     # The upstream's own CORS headers pass through untouched.
     resp = await _send(gw, get("/plain/cors", f"Origin: {APP}", f"Authorization: Bearer {token}"))
     assert _cors(resp) == {"access-control-allow-origin": ["https://backend.example"]}
+
+
+async def test_a_gateway_502_on_a_cors_route_carries_the_grant(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await make_gateway(f"""
+    routes:
+      - name: down
+        match: {{prefix: /down}}
+        upstream: "http://127.0.0.1:{free_port()}"
+        auth: public
+        cors: {{allow_origins: ["{APP}"], expose_headers: [X-Request-Id]}}
+    """)
+    resp = await _send(gw, get("/down", f"Origin: {APP}"))
+    assert resp.status == 502
+    assert _cors(resp) == {
+        "access-control-allow-origin": [APP],
+        "access-control-expose-headers": ["X-Request-Id"],
+    }
