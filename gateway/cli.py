@@ -109,7 +109,7 @@ def _check(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     print(f"{policy.source}: valid, {len(policy.table.routes)} routes (first match wins)")
     print(f"workers: {_describe_workers(policy, args.workers)}")
-    rows = [("#", "name", "match", "upstream", "auth", "timeouts")]
+    rows = [("#", "name", "match", "upstream", "auth", "timeouts", "cors")]
     for r in policy.table.routes:
         rows.append(
             (
@@ -119,6 +119,7 @@ def _check(args: argparse.Namespace) -> int:
                 f"{r.upstream}{'  (strip prefix)' if r.strip_prefix else ''}",
                 r.auth.describe(),
                 f"connect={format_duration(r.timeout.connect or 0)} read={format_duration(r.timeout.sock_read or 0)}",
+                r.cors.describe() if r.cors is not None else "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

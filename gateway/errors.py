@@ -84,6 +84,30 @@ class Reason(enum.Enum):
         "insufficient_scope",
         "the access token does not grant access to this resource",
     )
+    # A CORS preflight the route's `cors` does not grant (gateway/cors.py). Answered here
+    # with 403 and no CORS headers, never forwarded: to the browser any non-2xx preflight
+    # is a failure, and to operators it is a counted refusal with its reason.
+    CORS_ORIGIN_NOT_ALLOWED = (
+        "cors_origin_not_allowed",
+        403,
+        "forbidden",
+        None,
+        "cross-origin requests from this origin are not allowed",
+    )
+    CORS_METHOD_NOT_ALLOWED = (
+        "cors_method_not_allowed",
+        403,
+        "forbidden",
+        None,
+        "this method is not allowed for cross-origin requests",
+    )
+    CORS_HEADER_NOT_ALLOWED = (
+        "cors_header_not_allowed",
+        403,
+        "forbidden",
+        None,
+        "a requested header is not allowed for cross-origin requests",
+    )
     KEYS_UNAVAILABLE = (
         "keys_unavailable",
         503,
@@ -164,6 +188,11 @@ AUTH_REASONS = frozenset(
         Reason.INSUFFICIENT_SCOPE,
         Reason.CLAIM_MISMATCH,
         Reason.KEYS_UNAVAILABLE,
+        # Access refusals too (of a browser origin rather than a token): counted in the
+        # same family, so that one query shows everything the gateway turned away.
+        Reason.CORS_ORIGIN_NOT_ALLOWED,
+        Reason.CORS_METHOD_NOT_ALLOWED,
+        Reason.CORS_HEADER_NOT_ALLOWED,
     }
 )
 

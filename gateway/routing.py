@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from gateway.auth.requirement import TokenRequirement
+from gateway.cors import CorsPolicy
 from gateway.upstream_tls import UpstreamTls
 
 
@@ -64,6 +65,8 @@ class CompiledRoute:
     timeout: aiohttp.ClientTimeout
     auth: AuthRequirement
     forward_authorization: bool
+    # Browser callers from other origins; None: none (the route behaves as before CORS).
+    cors: CorsPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.host is not None and self.host.endswith("."):

@@ -113,6 +113,8 @@ class Exchange:
     values only. One object per request, so the log line costs no record of its own."""
 
     started: float = field(default_factory=time.perf_counter)
+    # Set first thing (gateway/requestid.py): a trusted proxy's well-formed ID or a new one.
+    request_id: str = "-"
     route: str = "-"
     metrics: RouteMetrics | None = None  # the matched route's; None when none matched
     outcome: str = "allowed"
@@ -182,6 +184,7 @@ class AccessLog:
         """The line's fields, in order."""
         record: dict[str, Any] = {
             "ts": _timestamp(),
+            "request_id": ex.request_id,
             "client": ex.client or "-",
             "method": self._method(ex.method),
             "path": self.redactor.target(ex.target),
@@ -231,7 +234,8 @@ class AccessLog:
         if agent is not None:
             extra += f',"user_agent":{q(self.redactor.text(agent))}'
         return (
-            f'{{"ts":"{_timestamp()}","client":{q(ex.client or "-")},"method":{q(method)},'
+            f'{{"ts":"{_timestamp()}","request_id":{q(ex.request_id)},"client":{q(ex.client or "-")},'
+            f'"method":{q(method)},'
             f'"path":{q(self.redactor.target(ex.target))},"status":{status},'
             f'"route":{q(ex.route)},"outcome":{q(ex.outcome)},"reason":{q(ex.reason)}{subject},'
             f'"upstream_seconds":{up_text},'

@@ -16,6 +16,7 @@ from gateway.auth.claims import ClaimRule, ClaimRules, normalise_typ
 from gateway.auth.forward import ClaimHeaders, IdentityHeaders, fold
 from gateway.auth.requirement import TokenRequirement
 from gateway.auth.verifier import ProviderVerifier
+from gateway.cors import ANY, POLICY_HEADERS, CorsPolicy
 from gateway.keys.keyset import ALG_KINDS, UnusableKeyError, VerifyKey
 from gateway.keys.provider_keys import ProviderKeys
 from gateway.keys.sources import (
@@ -33,9 +34,10 @@ from gateway.obs.redact import Redactor
 from gateway.overrides import is_override
 from gateway.pathnorm import Rejected, normalize_target
 from gateway.policy.errors import CompileError, Path, Problem
-from gateway.policy.model import Identity, JwtAuth, Listen, Policy, Provider, Route
+from gateway.policy.model import Cors, Identity, JwtAuth, Listen, Policy, Provider, Route
 from gateway.policy.model import KeySource as KeySourceModel
 from gateway.policy.snapshot import Reader, Snapshot, base_dir_of
+from gateway.requestid import RequestIds
 from gateway.routing import CompiledRoute, PublicAccess, RouteTable, Upstream
 from gateway.runtime.cpus import available_cpus
 from gateway.tokens.keystore import JWKS_FILE
@@ -141,6 +143,8 @@ class CompiledPolicy:
         ups = {r.upstream for r in self.table.routes if r.upstream.tls is not None and not r.upstream.tls.verify}
         return sorted({f"https://{u.authority}" for u in ups})
 
+    request_ids: RequestIds = dataclasses.field(default_factory=RequestIds)
+
 
 def _compile_limits(policy: Policy, problems: list[Problem]) -> Limits:
     server = policy.server
@@ -198,6 +202,7 @@ def compile_policy(policy: Policy, source: str, text: str = "", replay: Snapshot
         if compiled is not None:
             routes.append(compiled)
     claim_headers = _claim_header_names(policy, problems)
+    request_ids = _request_ids(policy, claim_headers, problems)
     limits = _compile_limits(policy, problems)
     published: dict[str, ProviderKeys] = {}
     for name, provider in policy.providers.items():
@@ -237,6 +242,7 @@ def compile_policy(policy: Policy, source: str, text: str = "", replay: Snapshot
         cache_ttl=policy.token_cache.max_ttl,
         revocations=tuple(v.revocations for v in verifiers.values() if v.revocations is not None),
         published=published,
+        request_ids=request_ids,
         access_log=AccessLog(
             fmt=policy.access_log.format,
             log_subject=policy.access_log.subject,
@@ -269,6 +275,50 @@ def _inputs(policy: Policy, source: str, base_dir: FsPath) -> tuple[str, ...]:
                 named.add(str(base_dir / name))
     first = os.path.abspath(source)
     return (first, *sorted(named - {first}))
+
+
+# Beyond what can never carry a claim: headers a response needs to mean what it says.
+_RESPONSE_HEADERS = frozenset(
+    fold(h)
+    for h in (
+        "Origin",
+        "Vary",
+        "Date",
+        "Server",
+        "Location",
+        "Set-Cookie",
+        "WWW-Authenticate",
+        "Cache-Control",
+        "Retry-After",
+        "Age",
+        "ETag",
+        "Last-Modified",
+        "Expires",
+    )
+)
+
+
+def _request_ids(policy: Policy, claim_headers: set[str], problems: list[Problem]) -> RequestIds:
+    """`server.request_id`. Its header is the gateway's in both directions (stripped
+    inbound and from upstream responses), so it must not be one that means anything else."""
+    header = policy.server.request_id.header
+    folded = fold(header)
+    where: Path = ("server", "request_id", "header")
+    identity = IdentityHeaders.of(policy.identity.reserved_prefix, claim_headers)
+    if (
+        _forbidden_claim_header(header)
+        or folded in _RESPONSE_HEADERS
+        or folded in POLICY_HEADERS
+        or folded.startswith("access-control-")
+    ):
+        problems.append(
+            Problem(where, f"{header!r} cannot carry the request ID (expected a header such as X-Request-Id)")
+        )
+    elif identity.reserved(folded):
+        problems.append(
+            Problem(where, f"{header!r} is an identity header (identity.reserved_prefix or a claim header)")
+        )
+    return RequestIds(header)
 
 
 def _claim_header_names(policy: Policy, problems: list[Problem]) -> set[str]:
@@ -470,6 +520,9 @@ def _compile_route(
         auth = _compile_requirement(i, route.auth, policy, verifiers, problems)
     if auth is None:
         return None
+    cors = _compile_cors(i, route, route.cors, problems) if route.cors is not None else None
+    if route.cors is not None and cors is None:
+        return None
     timeouts = route.timeouts
     return CompiledRoute(
         index=i,
@@ -485,6 +538,70 @@ def _compile_route(
         timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=timeouts.read),
         auth=auth,
         forward_authorization=route.forward_authorization,
+        cors=cors,
+    )
+
+
+# Without `allow_methods` and `match.methods`: the CORS-safelisted methods only (Fetch
+# §2.2.1); anything else a browser may send cross-origin is for the policy to say.
+_SAFELISTED_METHODS = ("GET", "HEAD", "POST")
+
+
+def _compile_cors(i: int, route: Route, cors: Cors, problems: list[Problem]) -> CorsPolicy | None:
+    where: Path = ("routes", i, "cors")
+    ok = True
+    if ANY in cors.allow_origins:
+        if cors.allow_credentials:
+            # Fetch §3.2.5: browsers refuse `*` with credentials; echoing every origin
+            # instead would hand any site the user's cookies' authority.
+            problems.append(
+                Problem(
+                    (*where, "allow_credentials"),
+                    "credentials cannot be allowed for every origin ('*'): expected the exact origins to allow",
+                )
+            )
+            ok = False
+        if len(cors.allow_origins) > 1:
+            problems.append(
+                Problem((*where, "allow_origins"), "'*' allows every origin: expected it alone, or exact origins only")
+            )
+            ok = False
+    seen: set[str] = set()
+    for j, origin in enumerate(cors.allow_origins):
+        if origin in seen:
+            problems.append(Problem((*where, "allow_origins", j), f"{origin!r} is listed twice"))
+            ok = False
+        seen.add(origin)
+    methods = cors.allow_methods or route.match.methods or _SAFELISTED_METHODS
+    if cors.allow_methods is not None and route.match.methods is not None:
+        for j, method in enumerate(cors.allow_methods):
+            if method not in route.match.methods:
+                # A preflight for it would be matched to another route (or none): what
+                # this route allows could never be asked of it.
+                problems.append(
+                    Problem(
+                        (*where, "allow_methods", j),
+                        f"{method} is not one of this route's match.methods {list(route.match.methods)}",
+                    )
+                )
+                ok = False
+    max_age = None
+    if cors.max_age is not None:
+        if cors.max_age != int(cors.max_age) or cors.max_age > 86400:
+            problems.append(
+                Problem((*where, "max_age"), "expected whole seconds, at most 24h (browsers cap it lower still)")
+            )
+            ok = False
+        max_age = int(cors.max_age)
+    if not ok:
+        return None
+    return CorsPolicy(
+        origins=frozenset(cors.allow_origins),
+        methods=tuple(dict.fromkeys(methods)),
+        headers=tuple(dict.fromkeys(cors.allow_headers)),
+        expose=tuple(dict.fromkeys(cors.expose_headers)),
+        credentials=cors.allow_credentials,
+        max_age=max_age,
     )
 
 

@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from gateway.cors import origin_problem
 from gateway.duration import DURATION_PATTERN, format_duration, parse_duration
 from gateway.pathnorm import Rejected, normalize_target
 
@@ -165,10 +166,23 @@ class Admin(Strict):
     listen: ListenAddress = Field(default_factory=lambda: Listen(host="127.0.0.1", port=9901))
 
 
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+HeaderName = Annotated[StrictStr, Field(pattern=HEADER_NAME_PATTERN)]
+
+
+class RequestIdSettings(Strict):
+    """Every request's ID: taken from `header` when a trusted proxy sent a well-formed
+    one, else made here; forwarded upstream, returned, and logged."""
+
+    header: HeaderName = "X-Request-Id"
+
+
 class Server(Strict):
     """Process-wide settings for the public listener."""
 
+    # Also who may send the request ID (`request_id`).
     trusted_proxies: tuple[Network, ...] = ()
+    request_id: RequestIdSettings = Field(default_factory=RequestIdSettings)
     shutdown_timeout: Duration = 30.0
     # How long a reload waits for the new policy's providers to have keys (in every
     # worker) before it is refused and the running policy stays.
@@ -329,8 +343,6 @@ class Provider(Strict):
         return value
 
 
-HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
-HeaderName = Annotated[StrictStr, Field(pattern=HEADER_NAME_PATTERN)]
 ROUTE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
 REALM_PATTERN = r'^[^"\\\x00-\x1f\x7f]*$'
 
@@ -523,6 +535,40 @@ Auth = Annotated[
 ]
 
 
+def _origin(value: str) -> str:
+    problem = origin_problem(value)
+    if problem is not None:
+        raise invalid("origin", problem)
+    return value
+
+
+Origin = Annotated[StrictStr, AfterValidator(_origin)]
+
+
+def _cors_header(value: str) -> str:
+    if value == "*":
+        # With credentials `*` is a header literally named `*` (Fetch §3.2.3); without,
+        # it is every header. Either way a list says what is meant.
+        raise invalid("header", "'*' is not accepted here (expected the header names, e.g. Content-Type)")
+    return value
+
+
+CorsHeader = Annotated[HeaderName, AfterValidator(_cors_header)]
+
+
+class Cors(Strict):
+    """Browser callers from other origins (README, "Browser callers")."""
+
+    allow_origins: tuple[Origin, ...] = Field(min_length=1)
+    # None: the route's match.methods, or GET, HEAD, POST (CORS-safelisted) without them.
+    allow_methods: tuple[Method, ...] | None = Field(default=None, min_length=1)
+    allow_headers: tuple[CorsHeader, ...] = ()
+    expose_headers: tuple[CorsHeader, ...] = ()
+    allow_credentials: StrictBool = False
+    # None: no Access-Control-Max-Age (browsers then cache a preflight for 5 s).
+    max_age: Duration | None = None
+
+
 class Route(Strict):
     """One entry of the ordered route table."""
 
@@ -536,6 +582,8 @@ class Route(Strict):
     forward_authorization: StrictBool = False
     # No default: every route states its auth, so forgetting it cannot open a route.
     auth: Auth
+    # None: no CORS handling; an OPTIONS request is routed and authenticated as any other.
+    cors: Cors | None = None
 
     @field_validator("upstream")
     @classmethod

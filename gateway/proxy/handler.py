@@ -17,10 +17,11 @@ import aiohttp
 
 from gateway.auth.cache import TokenCache
 from gateway.auth.extract import extract_token
-from gateway.auth.forward import IdentityHeaders, UnforwardableError
+from gateway.auth.forward import IdentityHeaders, UnforwardableError, fold
 from gateway.auth.jws import parse_jws
 from gateway.auth.requirement import Refused, TokenRequirement
 from gateway.auth.verifier import Principal
+from gateway.cors import POLICY_HEADERS, single
 from gateway.errors import AUTH_REASONS, Reason, bug_report
 from gateway.keys.keyset import KeySet
 from gateway.keys.provider_keys import ProviderKeys
@@ -37,6 +38,7 @@ from gateway.proxy.headers import (
 )
 from gateway.proxy.requestcheck import request_problem
 from gateway.proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamSlot
+from gateway.requestid import RequestIds, new_id
 from gateway.routing import CompiledRoute, RouteTable, request_host
 
 log = logging.getLogger("gateway.proxy")
@@ -48,11 +50,19 @@ _JWKS_HEADERS = (("Content-Type", "application/jwk-set+json"), ("Cache-Control",
 CLIENT_CLOSED = 499
 
 
-def send_refusal(request: Request, reason: Reason, realm: str = "gateway", scope: str = "") -> None:
-    """The small JSON body every refusal carries, plus its RFC 6750 challenge.
+def send_refusal(
+    request: Request,
+    reason: Reason,
+    realm: str = "gateway",
+    scope: str = "",
+    own: list[tuple[str, str]] | None = None,
+) -> None:
+    """The small JSON body every refusal carries, plus its RFC 6750 challenge, plus the
+    gateway's `own` headers (request ID, CORS).
 
     Never echoes request data: the body is fixed per reason."""
-    request.send(reason.status, phrase(reason.status), _refusal_headers(reason, realm, scope), reason.body)
+    headers = _refusal_headers(reason, realm, scope)
+    request.send(reason.status, phrase(reason.status), (*headers, *own) if own else headers, reason.body)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -84,10 +94,18 @@ class HandlerSettings:
     realm: str
     max_token_bytes: int
     upstream_keepalive: bool = True
+    request_ids: RequestIds = field(default_factory=RequestIds)
     request_headers: RequestHeaderRules = field(init=False)
+    # Upstream response headers the gateway writes itself, folded: on any route, and on
+    # a cors route (whose policy headers are the gateway's alone).
+    owned: frozenset[str] = field(init=False)
+    owned_cors: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "request_headers", RequestHeaderRules(self.identity))
+        owned = frozenset({fold(self.request_ids.header)})
+        object.__setattr__(self, "request_headers", RequestHeaderRules(self.identity, owned))
+        object.__setattr__(self, "owned", owned)
+        object.__setattr__(self, "owned_cors", owned | POLICY_HEADERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,13 +174,13 @@ class ProxyHandler:
         except ConnectionError as exc:
             if not request.client_gone:
                 # Not the client: some other connection broke where we did not expect it.
-                self._fail_closed(request, ex, exc)
+                self._fail_closed(request, runtime, ex, exc)
                 return
             # The client went away; nothing is left to answer. Not our failure.
             self._client_left(request, ex)
             raise
         except Exception as exc:
-            self._fail_closed(request, ex, exc)
+            self._fail_closed(request, runtime, ex, exc)
         finally:
             self._in_flight(-1)
             self._finish(request, runtime, ex, request.status or CLIENT_CLOSED)
@@ -178,18 +196,18 @@ class ProxyHandler:
         if not request.started:
             return self._refuse(request, runtime, ex, None, Reason.BAD_REQUEST, exc.detail)
         ex.outcome, ex.reason = "error", Reason.BAD_REQUEST.ident
-        log.info("request body failed route=%s detail=%s", ex.route, exc.detail)
+        log.info("request body failed request_id=%s route=%s detail=%s", ex.request_id, ex.route, exc.detail)
         request.reset()
 
     @staticmethod
-    def _fail_closed(request: Request, ex: Exchange, exc: Exception) -> None:
+    def _fail_closed(request: Request, runtime: Runtime, ex: Exchange, exc: Exception) -> None:
         """A bug must never turn into a forwarded request or a traceback page."""
-        log.error("internal error %s", bug_report(exc))
+        log.error("internal error request_id=%s %s", ex.request_id, bug_report(exc))
         ex.outcome, ex.reason, ex.bytes_out = "error", Reason.INTERNAL.ident, len(Reason.INTERNAL.body)
         if request.started:
             request.reset()
         else:
-            send_refusal(request, Reason.INTERNAL)
+            send_refusal(request, Reason.INTERNAL, own=[(runtime.settings.request_ids.header, ex.request_id)])
 
     def unparseable(self, status: int, peer: str | None) -> None:
         """A request the listener refused before it was parsed whole (400, 414, 431):
@@ -198,7 +216,11 @@ class ProxyHandler:
         reason = Reason.BAD_REQUEST
         runtime.unmatched.request("-", status, "denied")
         if runtime.access_log.enabled:
-            ex = Exchange(outcome="denied", reason=reason.ident, bytes_out=len(reason.body), client=peer)
+            # Never the request's own ID: its head was not read whole, so nothing says
+            # whether a trusted proxy sent it. A new one still ties the lines together.
+            ex = Exchange(
+                request_id=new_id(), outcome="denied", reason=reason.ident, bytes_out=len(reason.body), client=peer
+            )
             runtime.access_log.emit(ex, status, 0.0)
 
     def _finish(self, request: Request, runtime: Runtime, ex: Exchange, status: int) -> None:
@@ -218,6 +240,11 @@ class ProxyHandler:
             access_log.emit(ex, status, total)
 
     async def _handle(self, request: Request, runtime: Runtime, ex: Exchange) -> None:
+        settings = runtime.settings
+        ids = settings.request_ids
+        sent = request.headers.getall(ids.header, ())
+        # Trust is looked up only when an ID was sent: most requests pay nothing for it.
+        ex.request_id = ids.choose(sent, bool(sent) and settings.forwarded.is_trusted(request.remote))
         if request.version < (1, 0):
             # llhttp takes `GET /x` with no version (HTTP/0.9), the pure-Python parser
             # refuses it: refused here, so both parsers give one answer.
@@ -231,8 +258,19 @@ class ProxyHandler:
         path, query = normal
         if path in runtime.published and request.method in ("GET", "HEAD"):
             ex.route, ex.metrics = PUBLISHED_JWKS, runtime.jwks_metrics
-            return self._jwks(request, ex, runtime.published[path])
+            return self._jwks(request, runtime, ex, runtime.published[path])
         host = request.headers.get("Host", "")
+        if request.method == "OPTIONS":
+            # A CORS preflight asks about the request that would follow: it goes to the
+            # route that request would take. Only a route with `cors` answers it (here,
+            # never forwarded); otherwise it is an ordinary OPTIONS, routed and
+            # authenticated below like any request.
+            origin = single(request.headers.getall("Origin", ()))
+            asked = single(request.headers.getall("Access-Control-Request-Method", ()))
+            if origin is not None and asked is not None:
+                route = runtime.table.match(asked, request_host(host), path)
+                if route is not None and route.cors is not None:
+                    return self._preflight(request, runtime, ex, route, origin, asked)
         route = runtime.table.match(request.method, request_host(host), path)
         if route is None:
             return self._refuse(request, runtime, ex, None, Reason.NO_ROUTE, "")
@@ -291,7 +329,7 @@ class ProxyHandler:
                 entry.headers[requirement.headers.serial] = rendered
         return found.query, rendered
 
-    def _jwks(self, request: Request, ex: Exchange, keys: ProviderKeys) -> None:
+    def _jwks(self, request: Request, runtime: Runtime, ex: Exchange, keys: ProviderKeys) -> None:
         """The provider's public keys as a JWKS, so partners can verify tokens themselves."""
         snapshot = keys.snapshot
         cached = self._jwks_cache.get(keys.provider)
@@ -300,7 +338,21 @@ class ProxyHandler:
             cached = (snapshot, json.dumps(doc, separators=(",", ":")).encode())
             self._jwks_cache[keys.provider] = cached
         ex.bytes_out = len(cached[1])
-        request.send(200, "OK", _JWKS_HEADERS, cached[1])
+        request.send(200, "OK", (*_JWKS_HEADERS, (runtime.settings.request_ids.header, ex.request_id)), cached[1])
+
+    def _preflight(
+        self, request: Request, runtime: Runtime, ex: Exchange, route: CompiledRoute, origin: str, method: str
+    ) -> None:
+        """Answer a CORS preflight for `route` (which has `cors`): 204 with the grant, or
+        403 with the reason and no CORS headers. No token is asked for (browsers never
+        send credentials on a preflight) and nothing is forwarded."""
+        assert route.cors is not None
+        ex.route, ex.metrics = route.name, runtime.route_metrics[route.index]
+        answer = route.cors.preflight(origin, method, request.headers.getall("Access-Control-Request-Headers", ()))
+        if isinstance(answer, Reason):
+            return self._refuse(request, runtime, ex, route, answer, "", cors=False)
+        answer.append((runtime.settings.request_ids.header, ex.request_id))
+        request.send(204, "No Content", answer, b"")
 
     def _refuse(
         self,
@@ -310,6 +362,7 @@ class ProxyHandler:
         route: CompiledRoute | None,
         reason: Reason,
         detail: str,
+        cors: bool = True,
     ) -> None:
         ex.outcome = "error" if reason.status >= 500 else "denied"
         ex.reason = reason.ident
@@ -319,9 +372,25 @@ class ProxyHandler:
         if detail:
             # The access log has the reason; this is the operator's detail for it.
             # Never request data: the detail strings are fixed in code.
-            log.info("refused route=%s reason=%s detail=%s", ex.route, reason.ident, detail)
+            log.info(
+                "refused request_id=%s route=%s reason=%s detail=%s", ex.request_id, ex.route, reason.ident, detail
+            )
         scope = route.auth.scope_text if route and isinstance(route.auth, TokenRequirement) else ""
-        send_refusal(request, reason, runtime.settings.realm, scope)
+        # On a cors route the browser app must be able to read a 401 (to refresh its
+        # token) or a 502: the gateway's own answers carry the grant too.
+        own = self._own_headers(request, runtime, ex, route if cors else None)
+        send_refusal(request, reason, runtime.settings.realm, scope, own)
+
+    @staticmethod
+    def _own_headers(
+        request: Request, runtime: Runtime, ex: Exchange, route: CompiledRoute | None
+    ) -> list[tuple[str, str]]:
+        """The headers the gateway adds to every response: the request ID, and on a
+        cors route the CORS grant for the request's origin."""
+        own = [(runtime.settings.request_ids.header, ex.request_id)]
+        if route is not None and route.cors is not None:
+            own += route.cors.actual(single(request.headers.getall("Origin", ())))
+        return own
 
     async def _forward(
         self,
@@ -345,6 +414,7 @@ class ProxyHandler:
             keep_authorization=route.forward_authorization,
             claims=claims,
         )
+        headers.append((settings.request_ids.header, ex.request_id))
         failed = request.body_failure
         if failed is not None:
             # Known broken before anything reached the upstream (an upload that failed,
@@ -408,7 +478,14 @@ class ProxyHandler:
         route: CompiledRoute,
         upstream: UpstreamResponse,
     ) -> None:
-        headers = downstream_response_headers(upstream.headers.items(), connection_tokens(upstream.headers))
+        settings = runtime.settings
+        cors = route.cors is not None
+        headers = downstream_response_headers(
+            upstream.headers.items(),
+            connection_tokens(upstream.headers),
+            settings.owned_cors if cors else settings.owned,
+        )
+        headers += self._own_headers(request, runtime, ex, route)
         length = upstream.content_length
         if (
             length is not None
@@ -446,6 +523,8 @@ class ProxyHandler:
             # signal left is to cut the client's connection, so that a truncated body
             # can never be taken as a whole one.
             ex.outcome, ex.reason = "error", "relay_failed"
-            log.warning("response relay failed route=%s error=%s", route.name, type(exc).__name__)
+            log.warning(
+                "response relay failed request_id=%s route=%s error=%s", ex.request_id, route.name, type(exc).__name__
+            )
             upstream.close()
             request.reset()

@@ -124,10 +124,12 @@ class RequestHeaderRules:
     request's own `Connection` list depends on the name alone; the per-request loop
     is then one dict lookup per header."""
 
-    __slots__ = ("_identity", "_memo")
+    __slots__ = ("_identity", "_memo", "_owned")
 
-    def __init__(self, identity: IdentityHeaders) -> None:
+    def __init__(self, identity: IdentityHeaders, owned: frozenset[str] = frozenset()) -> None:
         self._identity = identity
+        # Folded names the gateway writes itself (the request ID): a client's are dropped.
+        self._owned = owned
         self._memo: dict[str, tuple[int, str]] = {}
 
     def kind(self, name: str) -> tuple[int, str]:
@@ -141,9 +143,10 @@ class RequestHeaderRules:
         bare = folded[5:] if folded.startswith("http-") else ""
         if (
             folded in _REQUEST_DROP
+            or folded in self._owned
             or is_override(folded)
             or self._identity.reserved(folded)
-            or (bare and (self._identity.reserved(bare) or _spoofable(bare)))
+            or (bare and (bare in self._owned or self._identity.reserved(bare) or _spoofable(bare)))
         ):
             # SECURITY: identity and override headers are removed in every spelling, on
             # every route, from every peer: a backend must never read a client's word
@@ -223,14 +226,16 @@ def _response_kind(name: str) -> str:
 
 
 def downstream_response_headers(
-    upstream: Iterable[tuple[str, str]], connection: frozenset[str]
+    upstream: Iterable[tuple[str, str]], connection: frozenset[str], owned: frozenset[str] = _NONE
 ) -> list[tuple[str, str]]:
-    """The upstream's response headers minus framing, hop-by-hop and Connection-named ones."""
+    """The upstream's response headers minus framing, hop-by-hop and Connection-named
+    ones, and minus `owned` (folded names the gateway writes itself: the request ID, a
+    cors route's policy headers)."""
     out = []
     for name, value in upstream:
         folded = _response_memo.get(name)
         if folded is None:
             folded = _response_kind(name)
-        if folded and folded not in connection:
+        if folded and folded not in connection and folded not in owned:
             out.append((name, value))
     return out

@@ -37,6 +37,7 @@ def test_example_config_is_valid_once_its_keys_exist(tmp_path: Path) -> None:
     assert "valid, 3 routes" in result.stdout
     assert "prefix /catalog" in result.stdout
     assert "jwt required any_of=api-tokens scopes=orders:read" in result.stdout
+    assert "origins=http://localhost:3000 methods=GET,HEAD,POST" in result.stdout
 
 
 def test_check_warns_about_shadowed_routes(tmp_path: Path) -> None:

@@ -425,7 +425,8 @@ async def test_unexpected_error_fails_closed_without_leaking(
     assert resp.status == 500
     assert resp.body == b'{"error": "internal_error", "error_description": "the gateway failed to handle this request"}'
     assert upstream.seen == []
-    assert f"internal error {table.error.__name__}" in caplog.text
+    request_id = resp.headers["X-Request-Id"]
+    assert f"internal error request_id={request_id} {table.error.__name__}" in caplog.text
     assert "SECRET123" not in caplog.text
 
 

@@ -47,7 +47,7 @@ async def test_override_headers_never_reach_the_upstream(tmp_path: Path, upstrea
         resp = await raw_request(gw.port, get("/x", *OVERRIDES, "X-Kept: yes"))
         assert resp.status == 200
         assert sorted(upstream.last.headers) == [
-            "host", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-kept"
+            "host", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-kept", "x-request-id"
         ]  # fmt: skip
         assert upstream.last.method == "GET"
         assert upstream.last.raw_path == "/x"
