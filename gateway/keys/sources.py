@@ -68,11 +68,6 @@ class StaticKeys:
         return False
 
 
-def read_key_file(path: str, kind: str, *, allow_empty: bool = False) -> list[VerifyKey]:
-    """Read and parse a PEM or JWK/JWKS file (OSError, UnusableKeyError)."""
-    return parse_key_file(read_bounded(path, MAX_KEY_FILE_BYTES), path, kind, allow_empty=allow_empty)
-
-
 def parse_key_file(data: bytes, path: str, kind: str, *, allow_empty: bool = False) -> list[VerifyKey]:
     """Parse a PEM or JWK/JWKS file's bytes; raise UnusableKeyError (with no key material)
     when unusable.
@@ -95,21 +90,25 @@ def parse_key_file(data: bytes, path: str, kind: str, *, allow_empty: bool = Fal
 class FileKeys:
     """A PEM or JWKS file, loaded at start and re-read when it changes (key rotation)."""
 
-    def __init__(self, path: str, kind: str, keys: list[VerifyKey], *, read_now: bool = True) -> None:
-        """`read_now`: `keys` are what the file holds now. False when they came from a
-        policy validated earlier (a worker compiles the supervisor's copy): the first
-        poll then reads the file, as the workers already running did when it changed,
-        and keeps `keys` if it is unusable."""
+    def __init__(self, path: str, kind: str, keys: list[VerifyKey], data: bytes, *, read_now: bool = True) -> None:
+        """`keys` were parsed from `data`. `read_now`: `data` is what the file holds now;
+        False when it came from a policy validated earlier (a worker compiles the
+        supervisor's copy): `start` then reads the file before the worker serves, and
+        takes what it holds if that is usable, as the running workers did when it
+        changed (a key retired since is not trusted again); if unusable, `keys` stay."""
         self.label = f"{kind} file {path}"
         self._path = path
         self._kind = kind
         self.snapshot: KeySet | None = KeySet.of(keys)
+        self._data = data
         self._stamp = file_stamp(self._path) if read_now else None
         self._task: asyncio.Task[None] | None = None
 
     async def start(
         self, session: aiohttp.ClientSession, on_change: Callable[[bool], None], on_fetch: Callable[[bool], None]
     ) -> None:
+        if self._stamp is None:
+            await self._read(await asyncio.to_thread(file_stamp, self._path), on_change)
         self._task = asyncio.create_task(self._watch(on_change), name=f"watch {self.label}")
 
     async def stop(self) -> None:
@@ -126,20 +125,27 @@ class FileKeys:
             stamp = await asyncio.to_thread(file_stamp, self._path)
             if stamp == self._stamp or stamp is None:
                 continue
-            try:
-                keys = await asyncio.to_thread(read_key_file, self._path, self._kind, allow_empty=True)
-            except (OSError, UnusableKeyError, RecursionError) as exc:
-                # Loud, and the last good keys stay in force.
-                log.error("key file %s is unusable, keeping the last good keys: %s", self._path, exc)
-                self._stamp = stamp
-                continue
-            self._stamp = stamp
-            self.snapshot = KeySet.of(keys)
-            if keys:
-                log.info("reloaded %d key(s) from %s", len(keys), self._path)
-            else:
-                log.warning("%s now holds no keys: every token of this provider is refused", self._path)
-            on_change(True)
+            await self._read(stamp, on_change)
+
+    async def _read(self, stamp: tuple[int, int, int] | None, on_change: Callable[[bool], None]) -> None:
+        """Take what the file holds (stamped `stamp` just before), unless it is unusable."""
+        self._stamp = stamp
+        try:
+            data = await asyncio.to_thread(read_bounded, self._path, MAX_KEY_FILE_BYTES)
+            if data == self._data:
+                return  # rewritten the same: the keys, and what was verified with them, stay
+            keys = await asyncio.to_thread(parse_key_file, data, self._path, self._kind, allow_empty=True)
+        except (OSError, UnusableKeyError, RecursionError) as exc:
+            # Loud, and the last good keys stay in force.
+            log.error("key file %s is unusable, keeping the last good keys: %s", self._path, exc)
+            return
+        self._data = data
+        self.snapshot = KeySet.of(keys)
+        if keys:
+            log.info("reloaded %d key(s) from %s", len(keys), self._path)
+        else:
+            log.warning("%s now holds no keys: every token of this provider is refused", self._path)
+        on_change(True)
 
 
 def insecure_url(url: str, allow_insecure_http: bool) -> str | None:

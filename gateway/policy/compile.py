@@ -186,7 +186,7 @@ def compile_policy(policy: Policy, source: str, text: str = "", replay: Snapshot
     reader = Reader(replay)
     verifiers: dict[str, ProviderVerifier] = {}
     for name, provider in policy.providers.items():
-        verifier = _compile_provider(name, provider, base_dir, reader, problems)
+        verifier = _compile_provider(name, provider, source, base_dir, reader, problems)
         if verifier is not None:
             verifiers[name] = verifier
     tls = _upstream_tls(policy, base_dir, reader, problems)
@@ -351,7 +351,7 @@ def _claim_header_names(policy: Policy, problems: list[Problem]) -> set[str]:
 
 
 def _compile_provider(
-    name: str, provider: Provider, base_dir: FsPath, reader: Reader, problems: list[Problem]
+    name: str, provider: Provider, policy_file: str, base_dir: FsPath, reader: Reader, problems: list[Problem]
 ) -> ProviderVerifier | None:
     path: Path = ("providers", name)
     hmac = {a.startswith("HS") for a in provider.algorithms} == {True}
@@ -366,7 +366,14 @@ def _compile_provider(
         return None
     revocations = None
     if provider.revocation_file is not None:
-        file = base_dir / provider.revocation_file
+        # Where the policy file is now, not the snapshot's directory: the list is read
+        # afresh at every start, and a ConfigMap version the kubelet has since deleted
+        # would hold none (and so revoke nothing).
+        file = FsPath(base_dir_of(policy_file)) / provider.revocation_file
+        gone = reader.revocation_list(name, file)
+        if gone is not None:
+            problems.append(Problem((*path, "revocation_file"), f"{file}: {gone}"))
+            return None
         try:
             revocations = RevocationWatcher(name, file)
         except (OSError, RevocationError) as exc:
@@ -439,7 +446,8 @@ def _key_source(
         field, kind = ("pem_file", "pem") if spec.pem_file is not None else ("jwks_file", "jwks")
         file = str(base_dir / (spec.pem_file or spec.jwks_file or ""))
         try:
-            keys = parse_key_file(reader.read(file), file, kind)
+            data = reader.read(file)
+            keys = parse_key_file(data, file, kind)
         except OSError as exc:
             hint = (
                 f" (create it with: gateway keys generate --dir {FsPath(file).parent})"
@@ -465,7 +473,7 @@ def _key_source(
                     )
                 )
                 return None
-        return FileKeys(file, kind, keys, read_now=not reader.replaying)
+        return FileKeys(file, kind, keys, data, read_now=not reader.replaying)
     if spec.jwks_url is not None:
         problem = insecure_url(spec.jwks_url, settings.allow_insecure_http)
         if problem:

@@ -32,9 +32,13 @@ class Snapshot:
     # even if a ConfigMap swapped `..data` since.
     base_dir: str
     # Path as compile read it -> the bytes it got: key files and secret files.
-    files: Mapping[str, bytes] = field(default_factory=dict)
+    files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
     # Replayed from the supervisor's copy, not read here.
     replayed: bool = False
+    # Provider -> whether its revocation list existed when this was read. The lists are
+    # never in the snapshot (an old list would un-revoke tokens): each start reads the
+    # file, and one that existed then and is gone now stops it rather than revoke nothing.
+    revocations: Mapping[str, bool] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         """For the control channel (JSON)."""
@@ -42,13 +46,15 @@ class Snapshot:
             "text": self.text,
             "base_dir": self.base_dir,
             "files": {path: base64.b64encode(data).decode("ascii") for path, data in self.files.items()},
+            "revocations": dict(self.revocations),
         }
 
     @classmethod
     def from_wire(cls, message: Mapping[str, Any]) -> Snapshot:
         try:
             files = {str(path): base64.b64decode(data, validate=True) for path, data in message["files"].items()}
-            return cls(str(message["text"]), str(message["base_dir"]), files, replayed=True)
+            revocations = {str(name): bool(existed) for name, existed in message["revocations"].items()}
+            return cls(str(message["text"]), str(message["base_dir"]), files, True, revocations)
         except (KeyError, AttributeError, TypeError, binascii.Error) as exc:
             raise ValueError(f"not a policy snapshot ({type(exc).__name__})") from None
 
@@ -77,6 +83,7 @@ class Reader:
     def __init__(self, replay: Snapshot | None = None) -> None:
         self._replay = replay
         self.files: dict[str, bytes] = {}
+        self.revocations: dict[str, bool] = {}
         self._total = 0
 
     @property
@@ -99,5 +106,17 @@ class Reader:
         self.files[path] = data
         return data
 
+    def revocation_list(self, provider: str, path: Path) -> str | None:
+        """Note whether `provider`'s revocation list exists; what is wrong if a replayed
+        snapshot saw it and it is gone."""
+        exists = path.exists()
+        self.revocations[provider] = exists
+        if self._replay is not None and self._replay.revocations.get(provider) and not exists:
+            return (
+                "the revocation list is gone (it existed when the running policy was validated): "
+                "a worker does not start without it"
+            )
+        return None
+
     def snapshot(self, text: str, base_dir: str) -> Snapshot:
-        return Snapshot(text, base_dir, dict(self.files), replayed=self._replay is not None)
+        return Snapshot(text, base_dir, dict(self.files), self._replay is not None, dict(self.revocations))

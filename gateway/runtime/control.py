@@ -3,8 +3,10 @@ socket pair, each message an object with an `op`.
 
 Requests carry an `id`; the answer repeats it, so the supervisor can wait for one
 answer while others (a reload, a scrape) are outstanding on the same channel. The
-channel carries only policy text, readiness and control: never request data, never a
-token. Its end of file tells a worker that its supervisor is gone.
+channel carries the validated policy (its text, and the bytes of the key and secret
+files it names: a socket pair between the two processes, nothing else can read it),
+readiness and control: never request data, never a token. Its end of file tells a
+worker that its supervisor is gone.
 """
 
 from __future__ import annotations

@@ -118,6 +118,10 @@ class WorkerProcess:
             self.proc.send_signal(signal.SIGTERM)
 
 
+# Workers asked to prepare a policy: their pending answers.
+Asked = dict[asyncio.Task[dict[str, Any]], WorkerProcess]
+
+
 class Supervisor:
     def __init__(
         self,
@@ -521,15 +525,13 @@ class Supervisor:
         # A worker that died and waits for its restart is not asked: its restart (under
         # this lock) takes the text in force when it comes, this one if it is committed.
         alive = [w for w in self.workers if not w.exited.is_set()]
-        answers = await asyncio.gather(
-            *(w.channel.request(message, within=timeout) for w in alive), return_exceptions=True
-        )
-        problems = []
-        for w, answer in zip(alive, answers, strict=True):
-            if isinstance(answer, BaseException):
-                problems.append(f"worker {w.name}: {'no answer' if isinstance(answer, TimeoutError) else 'gone'}")
-            elif not answer.get("ok"):
-                problems.append(f"worker {w.name}: {answer.get('error')}")
+        pending: Asked = {asyncio.ensure_future(w.channel.request(message, within=timeout)): w for w in alive}
+        problems: list[str] = []
+        try:
+            await _prepared(gen, pending, problems)
+        finally:
+            for task in pending:
+                task.cancel()  # a cancelled reload (SIGTERM) leaves no request behind
         op = "abort" if problems else "commit"
         await asyncio.gather(
             *(w.channel.request({"op": op, "gen": gen}, within=timeout) for w in alive), return_exceptions=True
@@ -640,6 +642,36 @@ class Supervisor:
 
 
 _METRICS_DIR = "gateway-metrics-"
+
+
+async def _prepared(gen: int, pending: Asked, problems: list[str]) -> None:
+    """Wait for every worker's answer to `prepare` (taking each out of `pending`),
+    noting in `problems` what is wrong; on the first problem, the others abort."""
+    while pending:
+        done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            w = pending.pop(task)
+            problem = _prepare_problem(task)
+            if problem is not None:
+                problems.append(f"worker {w.name}: {problem}")
+        if problems:
+            # One worker cannot take it: the others stop preparing now (and their new
+            # key sources stop fetching), not at their own reload_timeout. Their answers
+            # ("aborted") say nothing more.
+            for w in pending.values():
+                with contextlib.suppress(ChannelClosedError):
+                    w.channel.send({"op": "abort", "gen": gen})
+            await asyncio.gather(*pending, return_exceptions=True)
+            pending.clear()
+
+
+def _prepare_problem(task: asyncio.Future[dict[str, Any]]) -> str | None:
+    """Why a worker's answer to `prepare` is not a yes (None if it is)."""
+    exc = task.exception()
+    if exc is not None:
+        return "no answer" if isinstance(exc, TimeoutError) else "gone"
+    answer = task.result()
+    return None if answer.get("ok") else str(answer.get("error"))
 
 
 def _wire(policy: CompiledPolicy) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
@@ -145,9 +146,12 @@ class Worker:
 
 
 def _compile(message: Message) -> CompiledPolicy:
-    """The policy of a start or prepare message, from its snapshot (ConfigError, ValueError)."""
-    snapshot = Snapshot.from_wire(message["snapshot"])
-    return load_policy_text(snapshot.text, message["source"], replay=snapshot)
+    """The policy of a start or prepare message, from its snapshot (ConfigError, ValueError).
+    A worker never compares snapshots: it keeps none (a policy's key files, up to 16 MiB,
+    would otherwise stay for the life of the process, frozen out of the collector)."""
+    snapshot = Snapshot.from_wire(message.pop("snapshot"))
+    policy = load_policy_text(snapshot.text, message["source"], replay=snapshot)
+    return dataclasses.replace(policy, snapshot=Snapshot("", snapshot.base_dir))
 
 
 async def _first(start: asyncio.Future[Message], stop: asyncio.Event) -> Message | None:

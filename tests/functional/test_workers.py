@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,14 +25,26 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import Upstream
-from tests.factories import IdentityProvider, SigningKey, claims, sign, write
+from tests.factories import IdentityProvider, SigningKey, claims, jwks, rsa_key, sign, write
 from tests.functional.test_api_tokens import _payload, cli, issue, provider
-from tests.functional.workers_env import WORKERS, Spread, answer, corp, routes, until
+from tests.functional.workers_env import (
+    REFUSED,
+    WORKERS,
+    Spread,
+    answer,
+    corp,
+    logged,
+    replace_file,
+    routes,
+    until,
+)
 from tests.metrics_parse import scrape
 from tests.procs import (
     GatewayProcess,
     alive,
+    free_port,
     gateway_cmd,
+    gateway_process,
     group_members,
     kill_group,
     running_gateway,
@@ -181,22 +194,127 @@ async def test_a_worker_restarted_after_its_key_file_went_bad_serves_the_validat
     assert "worker cannot start" not in log
 
 
-async def test_a_worker_that_cannot_start_again_stops_the_gateway(
+async def test_a_worker_restarted_after_every_key_was_retired_trusts_none(
     tmp_path: Path, upstream: Upstream, rsa: SigningKey
 ) -> None:
+    """Every key retired (a JWKS emptied on purpose): the running worker refuses every
+    token, the reload is refused (a policy needs a key), so the snapshot in force still
+    holds the retired key. A restarted worker reads the file before it serves and
+    trusts that key not once (found by review: it did, until its first poll)."""
+    path = tmp_path / "jwks.json"
+    write(path, json.dumps(jwks(rsa)))
+    extra = "server: {workers: 1}\n" + corp(ISS, f'{{jwks_file: "{path}"}}')
+    token = get("/orders/1", f"Authorization: Bearer {sign(rsa, claims(ISS))}")
+    async with running_gateway(tmp_path, routes(upstream, providers=True), extra) as gw:
+        assert await answer(gw.port, token) == 200
+        replace_file(path, json.dumps({"keys": []}))
+        await logged(gw, "now holds no keys", seconds=6)
+        await logged(gw, REFUSED, seconds=6)
+        assert await answer(gw.port, token) == 503
+        (pid,) = (await gw.health())["pids"]
+        os.kill(pid, signal.SIGKILL)
+        statuses = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 4:
+            statuses.append(await answer(gw.port, token))
+            await asyncio.sleep(0.02)
+        assert (await gw.health())["pids"] != [pid]  # restarted meanwhile
+        assert 200 not in statuses
+
+
+async def test_workers_do_not_reread_key_files_that_did_not_change(
+    tmp_path: Path, upstream: Upstream, rsa: SigningKey
+) -> None:
+    """Each worker compares the file with the snapshot's bytes when it starts: the same
+    bytes keep the keys (and what was verified with them); nothing is logged."""
+    pem = tmp_path / "key.pem"
+    write(pem, rsa.public_pem())
+    # Unwatched: the workers' own polls of the file are all that reads it again.
+    extra = "server: {workers: 2, watch: false}\n" + corp(ISS, f'{{pem_file: "{pem}"}}')
+    async with running_gateway(tmp_path, routes(upstream, providers=True), extra) as gw:
+        await asyncio.sleep(2.5)  # past a poll of the file
+        pem.write_bytes(pem.read_bytes())  # rewritten the same: a new stamp
+        await asyncio.sleep(2.5)
+        assert "reloaded 1 key(s)" not in gw.log_text()
+        pem.write_bytes(rsa_key("other").public_pem())  # a real change is read
+        await logged(gw, "reloaded 1 key(s)", count=2, seconds=5)
+
+
+async def test_a_worker_restarted_after_a_configmap_swap_reads_the_current_revocation_list(
+    tmp_path: Path, upstream: Upstream, rsa: SigningKey
+) -> None:
+    """The revocation list beside the policy in a ConfigMap; a new version (with a
+    broken key file) is swapped in and refused, and the kubelet deletes the old
+    directory. A worker restarted then compiles the snapshot in force, but reads the
+    revocation list where the policy file is now (found by review: it read the deleted
+    directory's, found none and revoked nothing)."""
+    port, admin_port = free_port(), free_port()
+    mount = tmp_path / "config"
+    mount.mkdir()
+
+    def version(name: str, pem: bytes, revoked: str) -> None:
+        data = mount / name
+        data.mkdir()
+        (data / "key.pem").write_bytes(pem)
+        (data / "revoked.json").write_text(json.dumps({"revoked": [{"jti": revoked}]}))
+        text = (
+            f"listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{admin_port}}}\nserver: {{workers: 1}}\n"
+            + corp(ISS, "{pem_file: key.pem}")
+            + "    revocation_file: revoked.json\n"
+            + "routes:\n"
+            + "".join(f"  {line}\n" for line in routes(upstream, providers=True).splitlines())
+        )
+        write(data / "policy.yaml", text)
+
+    version("..2026_a", rsa.public_pem(), "t-1")
+    os.symlink("..2026_a", mount / "..data")
+    for name in ("policy.yaml", "key.pem", "revoked.json"):
+        os.symlink(f"..data/{name}", mount / name)
+
+    def token(jti: str) -> bytes:
+        return get("/orders/1", f"Authorization: Bearer {sign(rsa, claims(ISS, jti=jti), kid=None)}")
+
+    async with gateway_process(mount / "policy.yaml", port, admin_port, tmp_path / "gateway.log") as gw:
+        assert await answer(port, token("t-1")) == 401
+        assert await answer(port, token("t-2")) == 200
+        version("..2026_b", b"not a key\n", "t-2")  # refused; it also revokes t-2
+        os.symlink("..2026_b", mount / "..data_tmp")
+        os.rename(mount / "..data_tmp", mount / "..data")
+        shutil.rmtree(mount / "..2026_a")  # as the kubelet does
+        await logged(gw, REFUSED)
+        (pid,) = (await gw.health())["pids"]
+        os.kill(pid, signal.SIGKILL)
+
+        async def restarted() -> bool:
+            health = await gw.health()
+            return bool(health["workers"] == 1 and pid not in health["pids"])
+
+        await until(restarted, 15)
+        assert await answer(port, token("t-2")) == 401  # the list in the directory of now
+        assert await answer(port, token("t-3")) == 200
+
+
+@pytest.mark.parametrize("broken", ["rewritten", "deleted"])
+async def test_a_worker_that_cannot_start_again_stops_the_gateway(
+    tmp_path: Path, upstream: Upstream, rsa: SigningKey, broken: str
+) -> None:
     """A revocation list is read as a worker starts, never from a snapshot (an old list
-    would let revoked tokens through): one broken since stops the restart, and the
-    gateway with it, rather than a restart loop or a worker without it."""
+    would let revoked tokens through): one broken since, or gone since the policy in
+    force was validated, stops the restart, and the gateway with it, rather than a
+    restart loop or a worker without it."""
     pem, revoked = tmp_path / "key.pem", tmp_path / "revoked.json"
     write(pem, rsa.public_pem())
-    revoked.write_text('{"revoked": []}')
+    revoked.write_text('{"revoked": [{"jti": "t-0"}]}')
     provider = corp(ISS, f'{{pem_file: "{pem}"}}') + f'    revocation_file: "{revoked}"\n'
     extra = "server: {workers: 2, watch: false}\n" + provider
     async with running_gateway(tmp_path, routes(upstream, providers=True), extra) as gw:
         token = sign(rsa, claims(ISS, jti="t-1"), kid=None)
         assert await answer(gw.port, get("/orders", f"Authorization: Bearer {token}")) == 200
         pids = (await gw.health())["pids"]
-        revoked.write_text("not a list\n")  # read by the next worker to start
+        if broken == "deleted":
+            revoked.unlink()
+        else:
+            revoked.write_text("not a list\n")
         t0 = time.monotonic()
         os.kill(pids[0], signal.SIGKILL)
         code = await asyncio.to_thread(gw.proc.wait, 15)
@@ -214,7 +332,9 @@ async def test_a_worker_that_cannot_start_again_stops_the_gateway(
     assert log.count("restarting it") == 1
     assert log.count("worker cannot start") == 1
     assert "gateway: worker cannot start: invalid policy" in log
-    assert "revocation_file" in log
+    assert "providers.corp.revocation_file" in log
+    if broken == "deleted":
+        assert "the revocation list is gone (it existed when the running policy was validated)" in log
 
 
 @pytest.mark.parametrize("busy_one", ["listen", "admin"])
