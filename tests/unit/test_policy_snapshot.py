@@ -133,3 +133,10 @@ async def test_the_largest_snapshot_crosses_the_control_channel() -> None:
         receiver.close()
     assert len(got) == 1
     assert got[0].same(largest)
+
+
+def test_a_snapshot_never_prints_its_files() -> None:
+    secret = b"s3cret-hmac-key-" * 4
+    snapshot = Snapshot("text", "/a", {"/a/hmac": secret})
+    assert secret.decode() not in repr(snapshot)
+    assert "s3cret" not in repr(Snapshot.from_wire(snapshot.to_wire()))
