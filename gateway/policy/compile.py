@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path as FsPath
@@ -33,10 +34,12 @@ from gateway.obs.redact import Redactor
 from gateway.overrides import is_override
 from gateway.pathnorm import Rejected, normalize_target
 from gateway.policy.errors import CompileError, Path, Problem
-from gateway.policy.model import Identity, JwtAuth, Listen, Policy, Provider, Route
+from gateway.policy.model import Identity, JwtAuth, Listen, Policy, Provider, Route, Tls
 from gateway.policy.model import KeySource as KeySourceModel
 from gateway.routing import CompiledRoute, PublicAccess, RouteTable, Upstream
 from gateway.runtime.cpus import available_cpus
+from gateway.tls.context import ChangedWhileReadingError, TlsFileError, TlsSettings, load_tls
+from gateway.tls.terminator import TlsTerminator, stamps
 from gateway.tokens.keystore import JWKS_FILE
 from gateway.tokens.revocation import RevocationError, RevocationWatcher
 
@@ -130,6 +133,8 @@ class CompiledPolicy:
     watch: bool = True
     # The files this policy was read from (`_inputs`): what `watch` watches.
     inputs: tuple[str, ...] = ()
+    # TLS on the proxy listener (None: plain HTTP), its context loaded and checked.
+    tls: TlsTerminator | None = None
 
 
 def _compile_limits(policy: Policy, problems: list[Problem]) -> Limits:
@@ -189,6 +194,7 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
             routes.append(compiled)
     claim_headers = _claim_header_names(policy, problems)
     limits = _compile_limits(policy, problems)
+    tls = _compile_tls(policy.tls, base_dir, problems) if policy.tls is not None else None
     published: dict[str, ProviderKeys] = {}
     for name, provider in policy.providers.items():
         path = provider.api_tokens.publish_jwks if provider.api_tokens else None
@@ -209,6 +215,7 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
         watch=policy.server.watch,
         inputs=_inputs(policy, source, base_dir),
         listen=policy.listen,
+        tls=tls,
         admin_listen=policy.admin.listen,
         trusted_proxies=tuple(ipaddress.ip_network(n, strict=False) for n in policy.server.trusted_proxies),
         shutdown_timeout=policy.server.shutdown_timeout,
@@ -235,6 +242,35 @@ def compile_policy(policy: Policy, source: str) -> CompiledPolicy:
     )
 
 
+# A file rewritten while it is read at load: read again, this many times.
+_TLS_LOAD_TRIES = 3
+
+
+def _compile_tls(tls: Tls, base_dir: FsPath, problems: list[Problem]) -> TlsTerminator | None:
+    """The proxy listener's TLS, its files read and checked now (TlsFileError names the
+    setting, which locates the message)."""
+    settings = TlsSettings(
+        cert_file=str(base_dir / tls.cert_file),
+        key_file=str(base_dir / tls.key_file),
+        min_version=tls.min_version,
+        handshake_timeout=tls.handshake_timeout,
+        client_ca_file=str(base_dir / tls.client_ca_file) if tls.client_ca_file else None,
+        client_auth=(tls.client_auth or "required") if tls.client_ca_file else None,
+        client_subject_header=tls.client_subject_header,
+    )
+    for attempt in range(_TLS_LOAD_TRIES):
+        seen = stamps(settings.files)  # before reading: a change from here on is a rotation
+        try:
+            return TlsTerminator(settings, load_tls(settings, time.time()), seen)
+        except ChangedWhileReadingError as exc:
+            if attempt == _TLS_LOAD_TRIES - 1:
+                problems.append(Problem(("tls", exc.field), str(exc)))
+        except TlsFileError as exc:
+            problems.append(Problem(("tls", exc.field), str(exc)))
+            return None
+    return None
+
+
 def _inputs(policy: Policy, source: str, base_dir: FsPath) -> tuple[str, ...]:
     """The policy file, then every file compiling it read (sorted): a change to any of
     them can change the compiled policy.
@@ -242,8 +278,10 @@ def _inputs(policy: Policy, source: str, base_dir: FsPath) -> tuple[str, ...]:
     abspath, not realpath: Kubernetes updates a ConfigMap by swapping a `..data` symlink,
     which only a stat through the symlink sees. The named files are the paths
     `_key_source` and `_read_secret` read. Left out on purpose: revocation files (each
-    worker polls them itself; a policy reload per revoked token would be waste)
-    and the `api_tokens.signing_keys` directory (its private keys, lock and ledger are the
+    worker polls them itself; a policy reload per revoked token would be waste),
+    TLS certificate files (each worker re-reads them itself, tls/terminator.py: a
+    rotation swaps one context and must not wait on, or be refused with, the rest of
+    the policy) and the `api_tokens.signing_keys` directory (its private keys, lock and ledger are the
     token CLI's; `jwks.json`, the one file the gateway reads there, is a `jwks_file`)."""
     named: set[str] = set()
     for provider in policy.providers.values():
@@ -262,6 +300,9 @@ def _claim_header_names(policy: Policy, problems: list[Problem]) -> set[str]:
         found.setdefault(header, ("identity", "claims", claim))
     if policy.identity.provider_header:
         found.setdefault(policy.identity.provider_header, ("identity", "provider_header"))
+    subject_header = policy.tls.client_subject_header if policy.tls is not None else None
+    if subject_header:
+        found.setdefault(subject_header, ("tls", "client_subject_header"))
     for i, route in enumerate(policy.routes):
         if isinstance(route.auth, JwtAuth):
             for claim, maybe in route.auth.forward_claims.items():
@@ -274,11 +315,15 @@ def _claim_header_names(policy: Policy, problems: list[Problem]) -> set[str]:
     global_headers: list[tuple[str, Path]] = [(h, ("identity", "claims", c)) for c, h in identity.claims.items()]
     if identity.provider_header:
         global_headers.append((identity.provider_header, ("identity", "provider_header")))
+    if subject_header:
+        global_headers.append((subject_header, ("tls", "client_subject_header")))
     problems.extend(_collisions(global_headers))
     for i, route in enumerate(policy.routes):
         if isinstance(route.auth, JwtAuth) and route.auth.forward_claims:
             own = route.auth.forward_claims
-            effective = [(h, p) for h, p in global_headers if p[-1] not in own or p[1] == "provider_header"]
+            effective = [
+                (h, p) for h, p in global_headers if p[-1] not in own or p[1] == "provider_header" or p[0] == "tls"
+            ]
             effective += [(h, ("routes", i, "auth", "forward_claims", c)) for c, h in own.items() if h is not None]
             problems.extend(p for p in _collisions(effective) if p.path[0] == "routes")
     return set(found)

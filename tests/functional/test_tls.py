@@ -1,0 +1,282 @@
+"""TLS on the proxy listener, through real sockets and real TLS clients (aiohttp and the
+`ssl` module): the happy path, a client that does not trust the CA, plaintext HTTP and
+TLS 1.0/1.1 refused and counted, the handshake timeout, min_version 1.3, and
+certificate rotation in place (a good pair, then a bad one).
+
+Every test runs on uvloop and on asyncio's loop (conftest.py): their TLS transports
+are separate implementations."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ssl
+import time
+import warnings
+from pathlib import Path
+
+import aiohttp
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from gateway.app import Gateway
+from gateway.tls import terminator
+from tests.certs import Authority, Issued
+from tests.conftest import GatewayFactory, Upstream
+from tests.metrics_parse import sample_value
+
+pytestmark = pytest.mark.asyncio(loop_factories=["uvloop", "asyncio"])
+
+
+def tls_policy(upstream: Upstream, tls: str = "") -> str:
+    return f"""
+    tls: {{cert_file: tls.crt, key_file: tls.key{tls}}}
+    routes:
+      - name: open
+        match: {{prefix: /open}}
+        upstream: {upstream.url}
+        auth: public
+    """
+
+
+def trusting(ca: Authority) -> ssl.SSLContext:
+    context = ssl.create_default_context(cadata=ca.pem.decode())
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    return context
+
+
+def der_of(pem: bytes) -> bytes:
+    return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
+
+
+async def presented(port: int, context: ssl.SSLContext) -> tuple[bytes, str | None, str | None]:
+    """The certificate the gateway presents on a new connection (DER), and the ALPN
+    protocol and TLS version agreed."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="localhost")
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        return ssl_object.getpeercert(binary_form=True), ssl_object.selected_alpn_protocol(), ssl_object.version()
+    finally:
+        writer.close()
+
+
+def tls_sample(gw: Gateway, name: str, **labels: str) -> float:
+    return sample_value(gw.metrics, f"gateway_tls_{name}", {"listener": "proxy", **labels}) or 0.0
+
+
+async def until(check: object, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if callable(check) and check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not true within {seconds}s")
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> Authority:
+    """A CA, and its server certificate for localhost where tls_policy names it."""
+    authority = Authority()
+    authority.server().write(tmp_path / "tls.crt", tmp_path / "tls.key")
+    return authority
+
+
+async def test_a_client_trusting_the_ca_is_served_over_tls(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority, tmp_path: Path
+) -> None:
+    gw = await make_gateway(tls_policy(upstream))
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(f"https://localhost:{gw.public_port}/open/x", ssl=trusting(ca)) as r,
+    ):
+        assert r.status == 200
+    # The upstream is told the client used https (no trusted proxy said otherwise).
+    assert upstream.last.headers["x-forwarded-proto"] == ["https"]
+    cert, alpn, version = await presented(gw.public_port, trusting(ca))
+    assert cert == der_of((tmp_path / "tls.crt").read_bytes())
+    assert alpn == "http/1.1"  # h2 was offered first: only HTTP/1.1 is spoken
+    assert version == "TLSv1.3"
+    await until(lambda: tls_sample(gw, "handshakes_total", version="1.3") == 2)
+    leaf = x509.load_pem_x509_certificate((tmp_path / "tls.crt").read_bytes())
+    assert tls_sample(gw, "certificate_expiry_seconds") == leaf.not_valid_after_utc.timestamp()
+
+
+async def test_a_tls_1_2_client_is_served(make_gateway: GatewayFactory, upstream: Upstream, ca: Authority) -> None:
+    gw = await make_gateway(tls_policy(upstream))
+    context = trusting(ca)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    _, alpn, version = await presented(gw.public_port, context)
+    assert (alpn, version) == ("http/1.1", "TLSv1.2")
+    await until(lambda: tls_sample(gw, "handshakes_total", version="1.2") == 1)
+
+
+async def test_a_client_that_does_not_trust_the_ca_refuses_the_server(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority
+) -> None:
+    gw = await make_gateway(tls_policy(upstream, ", handshake_timeout: 1s"))
+    other = trusting(Authority("Another CA"))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await presented(gw.public_port, other)
+    async with aiohttp.ClientSession() as client:
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await client.get(f"https://localhost:{gw.public_port}/open/x", ssl=other)
+    assert upstream.seen == []
+    # Each refusal is counted once, by what the client did: sent its alert
+    # (certificate_refused), dropped the connection (closed), or left it open without
+    # a word, as asyncio's client can after a failed verification (timeout).
+    reasons = ("certificate_refused", "closed", "timeout")
+    await until(lambda: sum(tls_sample(gw, "handshake_failures_total", reason=r) for r in reasons) == 2, 5)
+    assert tls_sample(gw, "handshakes_total", version="1.3") == 0
+    assert gw._server is not None
+    assert gw._server.open == 0
+
+
+async def test_plain_http_to_the_tls_port_is_refused_at_once_and_counted(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority
+) -> None:
+    gw = await make_gateway(tls_policy(upstream))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    writer.write(b"GET /open/x HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+    t0 = time.monotonic()
+    # No HTTP answer and no hang: the handshake fails on the first bytes.
+    assert not await asyncio.wait_for(reader.read(-1), 5)
+    assert time.monotonic() - t0 < 2
+    writer.close()
+    await until(lambda: tls_sample(gw, "handshake_failures_total", reason="not_tls") == 1)
+    assert upstream.seen == []
+    await until(lambda: gw._server is not None and gw._server.open == 0)
+
+
+def old_protocol_client(ca: Authority, version: ssl.TLSVersion) -> ssl.SSLContext | None:
+    """A client limited to `version` (TLS 1.0 or 1.1), or None where this OpenSSL
+    cannot even build one (then the server cannot be asked)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cadata=ca.pem.decode())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the point of the test
+        try:
+            context.minimum_version = version
+            context.maximum_version = version
+            # OpenSSL 3 refuses TLS < 1.2 at security level 1 and above: level 0.
+            context.set_ciphers("DEFAULT:@SECLEVEL=0")
+        except (ValueError, ssl.SSLError):
+            return None
+    return context
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
+async def test_tls_1_0_and_1_1_are_refused(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority, version: ssl.TLSVersion
+) -> None:
+    client = old_protocol_client(ca, version)
+    assert client is not None, "this OpenSSL cannot build a TLS 1.0/1.1 client; the test needs one"
+    gw = await make_gateway(tls_policy(upstream))
+    with pytest.raises((ssl.SSLError, ConnectionResetError)) as refused:
+        await presented(gw.public_port, client)
+    if isinstance(refused.value, ssl.SSLError):  # else the reset came before the alert was read
+        assert refused.value.reason in ("TLSV1_ALERT_PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL")
+    # The server read a hello and refused its version.
+    await until(lambda: tls_sample(gw, "handshake_failures_total", reason="protocol_version") == 1)
+
+
+async def test_min_version_1_3_refuses_a_tls_1_2_client(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority
+) -> None:
+    gw = await make_gateway(tls_policy(upstream, ", min_version: 1.3"))
+    context = trusting(ca)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    # Refused with an alert, or a reset that can overtake it (uvloop's transport).
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        await presented(gw.public_port, context)
+    await until(lambda: tls_sample(gw, "handshake_failures_total", reason="protocol_version") == 1)
+    _, _, version = await presented(gw.public_port, trusting(ca))
+    assert version == "TLSv1.3"
+
+
+async def test_a_client_that_never_sends_a_hello_is_dropped_after_the_handshake_timeout(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority
+) -> None:
+    gw = await make_gateway(tls_policy(upstream, ", handshake_timeout: 300ms"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    t0 = time.monotonic()
+    assert not await asyncio.wait_for(reader.read(-1), 5)  # closed by the gateway
+    assert 0.25 < time.monotonic() - t0 < 3
+    writer.close()
+    await until(lambda: tls_sample(gw, "handshake_failures_total", reason="timeout") == 1)
+    await until(lambda: gw._server is not None and gw._server.open == 0)
+
+
+@pytest.fixture
+def fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(terminator, "POLL_SECONDS", 0.1)
+    monkeypatch.setattr(terminator, "SETTLE", 0.05)
+
+
+def reloads(gw: Gateway, result: str) -> float:
+    return tls_sample(gw, "certificate_reloads_total", result=result)
+
+
+@pytest.mark.usefixtures("fast_poll")
+async def test_rotated_files_serve_new_connections_and_open_ones_keep_going(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority, tmp_path: Path
+) -> None:
+    gw = await make_gateway(tls_policy(upstream))
+    first = (tmp_path / "tls.crt").read_bytes()
+    async with aiohttp.ClientSession() as client:
+        # A kept-alive connection made on the first certificate.
+        async with client.get(f"https://localhost:{gw.public_port}/open/a", ssl=trusting(ca)) as r:
+            assert r.status == 200
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=20)
+        new = ca.server(not_after=later)
+        new.write(tmp_path / "tls.crt", tmp_path / "tls.key")  # in place, as cert-manager's files change
+        await until(lambda: reloads(gw, "success") == 1)
+        cert, _, _ = await presented(gw.public_port, trusting(ca))
+        assert cert == der_of(new.cert_pem) != der_of(first)
+        assert tls_sample(gw, "certificate_expiry_seconds") == new.cert.not_valid_after_utc.timestamp()
+        # The connection opened before goes on, on its own session.
+        async with client.get(f"https://localhost:{gw.public_port}/open/b", ssl=trusting(ca)) as r:
+            assert r.status == 200
+        assert len(upstream.seen) == 2
+    assert reloads(gw, "failure") == 0
+
+
+@pytest.mark.usefixtures("fast_poll")
+@pytest.mark.parametrize("bad", ["mismatched", "expired", "garbage"])
+async def test_a_bad_new_pair_is_refused_and_counted_and_the_old_one_stays(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    ca: Authority,
+    tmp_path: Path,
+    bad: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gw = await make_gateway(tls_policy(upstream))
+    first = der_of((tmp_path / "tls.crt").read_bytes())
+    if bad == "mismatched":
+        (tmp_path / "tls.key").write_bytes(ca.server().key_pem)
+    elif bad == "expired":
+        now = datetime.datetime.now(datetime.UTC)
+        ca.server(not_before=now - datetime.timedelta(days=9), not_after=now - datetime.timedelta(days=1)).write(
+            tmp_path / "tls.crt", tmp_path / "tls.key"
+        )
+    else:
+        (tmp_path / "tls.crt").write_bytes(b"not a certificate\n")
+    await until(lambda: reloads(gw, "failure") == 1)
+    assert reloads(gw, "success") == 0
+    cert, _, _ = await presented(gw.public_port, trusting(ca))
+    assert cert == first
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(f"https://localhost:{gw.public_port}/open/x", ssl=trusting(ca)) as r,
+    ):
+        assert r.status == 200
+    refused = [r.getMessage() for r in caplog.records if "new TLS files refused" in r.getMessage()]
+    assert len(refused) == 1
+    assert "PRIVATE KEY" not in refused[0]
+    # A good pair after a bad one is taken.
+    good: Issued = ca.server()
+    good.write(tmp_path / "tls.crt", tmp_path / "tls.key")
+    await until(lambda: reloads(gw, "success") == 1)
+    cert, _, _ = await presented(gw.public_port, trusting(ca))
+    assert cert == der_of(good.cert_pem)
