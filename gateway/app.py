@@ -54,6 +54,7 @@ def _settings(policy: CompiledPolicy) -> HandlerSettings:
         realm=policy.realm,
         max_token_bytes=policy.max_token_bytes,
         upstream_keepalive=policy.upstream_keepalive,
+        client_subject_header=policy.tls.settings.client_subject_header if policy.tls is not None else None,
     )
 
 

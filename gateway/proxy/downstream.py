@@ -40,6 +40,7 @@ from gateway.errors import Reason, bug_report
 from gateway.limits import Limits
 from gateway.proxy.coalesce import Coalescer
 from gateway.proxy.guards import RequestGuard
+from gateway.tls.peer import client_subject
 
 log = logging.getLogger("gateway.proxy")
 
@@ -179,6 +180,11 @@ class Request:
         self._conn.upstreams = value
 
     @property
+    def client_subject(self) -> str | None:
+        """The subject of the client certificate its TLS handshake verified, if any."""
+        return self._conn.client_subject()
+
+    @property
     def client_gone(self) -> bool:
         transport = self._conn.transport
         return transport is None or transport.is_closing()
@@ -310,6 +316,8 @@ class ClientConnection(BaseProtocol):
         self._out: list[bytes] = []  # written, not yet handed to the transport (coalesce.py)
         self.peer: str | None = None
         self.scheme = "http"  # https once a TLS handshake made the connection
+        self._subject: str | None = None
+        self._subject_read = False
         self.upstreams: Closeable | None = None
 
     # -- transport events --------------------------------------------------------------
@@ -376,6 +384,15 @@ class ClientConnection(BaseProtocol):
         if waiter is not None:
             self._waiter = None
             waiter.set_result(None)  # the task sees the transport gone and ends
+
+    def client_subject(self) -> str | None:
+        """Read once per connection, when a request first asks: one certificate per
+        connection (renegotiation is off in OpenSSL's TLS 1.2 server by default here,
+        and TLS 1.3 has none)."""
+        if not self._subject_read and self.transport is not None:
+            self._subject_read = True
+            self._subject = client_subject(self.transport.get_extra_info("ssl_object"))
+        return self._subject
 
     def uncount(self) -> None:
         """No longer an open connection (idempotent): it closed, or never started."""

@@ -17,7 +17,7 @@ import aiohttp
 
 from gateway.auth.cache import TokenCache
 from gateway.auth.extract import extract_token
-from gateway.auth.forward import IdentityHeaders, UnforwardableError
+from gateway.auth.forward import IdentityHeaders, UnforwardableError, render_claim
 from gateway.auth.jws import parse_jws
 from gateway.auth.requirement import Refused, TokenRequirement
 from gateway.auth.verifier import Principal
@@ -84,6 +84,8 @@ class HandlerSettings:
     realm: str
     max_token_bytes: int
     upstream_keepalive: bool = True
+    # The verified client certificate's subject goes upstream in this header (tls).
+    client_subject_header: str | None = None
     request_headers: RequestHeaderRules = field(init=False)
 
     def __post_init__(self) -> None:
@@ -244,6 +246,9 @@ class ProxyHandler:
             if isinstance(outcome, Reason):
                 return self._refuse(request, runtime, ex, route, outcome, "")
             query, claims = outcome
+        subject_header = runtime.settings.client_subject_header
+        if subject_header is not None:
+            claims = _with_subject(request, subject_header, claims)
         return await self._forward(request, runtime, ex, route, route.upstream_path(path), query, host, claims)
 
     async def _authenticate(
@@ -449,3 +454,18 @@ class ProxyHandler:
             log.warning("response relay failed route=%s error=%s", route.name, type(exc).__name__)
             upstream.close()
             request.reset()
+
+
+def _with_subject(request: Request, header: str, claims: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`claims` (never changed: it may be the token cache's) and the client
+    certificate's subject, rendered as a claim value is; without a certificate, or with
+    a subject no header can carry (a control character), no header: the inbound one
+    was removed with the other identity headers either way."""
+    subject = request.client_subject
+    if subject is None:
+        return claims
+    try:
+        return [*claims, (header, render_claim(subject))]
+    except UnforwardableError:
+        log.warning("client certificate subject not forwarded: it holds a character no header can carry")
+        return claims

@@ -280,3 +280,75 @@ async def test_a_bad_new_pair_is_refused_and_counted_and_the_old_one_stays(
     await until(lambda: reloads(gw, "success") == 1)
     cert, _, _ = await presented(gw.public_port, trusting(ca))
     assert cert == der_of(good.cert_pem)
+
+
+def client_policy(upstream: Upstream, auth: str) -> str:
+    return tls_policy(
+        upstream, f", client_ca_file: clients.pem, client_auth: {auth}, client_subject_header: X-Client-Subject"
+    )
+
+
+def with_client_cert(ca: Authority, client: Issued, tmp_path: Path) -> ssl.SSLContext:
+    context = trusting(ca)
+    client.write(tmp_path / "client.crt", tmp_path / "client.key")
+    context.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
+    return context
+
+
+SPOOFED = {"X-Client-Subject": "CN=admin", "X_Client_Subject": "CN=admin", "x.client.subject": "CN=admin"}
+
+
+async def test_a_verified_client_certificate_subject_is_forwarded_and_never_spoofed(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority, tmp_path: Path
+) -> None:
+    clients = Authority("Client CA")
+    clients.write(tmp_path / "clients.pem")
+    gw = await make_gateway(client_policy(upstream, "required"))
+    context = with_client_cert(ca, clients.client("billing", "Acme, Inc."), tmp_path)
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(f"https://localhost:{gw.public_port}/open/x", ssl=context, headers=SPOOFED) as r,
+    ):
+        assert r.status == 200
+    sent = upstream.last.headers
+    # RFC 4514 (the last RDN first), rendered as a claim value is: `,` as %2C, the
+    # RFC's `\,` escape kept.
+    assert sent["x-client-subject"] == ["O=Acme\\%2C Inc.%2CCN=billing"]
+    assert "x_client_subject" not in sent
+    assert "x.client.subject" not in sent
+
+
+async def test_client_auth_required_refuses_a_client_without_a_certificate_or_with_another_cas(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority, tmp_path: Path
+) -> None:
+    Authority("Client CA").write(tmp_path / "clients.pem")
+    gw = await make_gateway(client_policy(upstream, "required"))
+    async with aiohttp.ClientSession() as client:
+        # TLS 1.3: the client's side of the handshake may end before the server's
+        # verdict, which then arrives as an alert (or a reset) on the first read.
+        with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionResetError)):
+            async with client.get(f"https://localhost:{gw.public_port}/open/x", ssl=trusting(ca)) as r:
+                await r.read()
+        stranger = with_client_cert(ca, Authority("Stranger CA").client("billing"), tmp_path)
+        with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionResetError)):
+            async with client.get(f"https://localhost:{gw.public_port}/open/x", ssl=stranger) as r:
+                await r.read()
+    assert upstream.seen == []
+    await until(lambda: tls_sample(gw, "handshake_failures_total", reason="no_client_cert") >= 1)
+    await until(lambda: tls_sample(gw, "handshake_failures_total", reason="bad_client_cert") >= 1)
+
+
+async def test_client_auth_optional_serves_a_client_without_a_certificate_with_no_subject(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority, tmp_path: Path
+) -> None:
+    clients = Authority("Client CA")
+    clients.write(tmp_path / "clients.pem")
+    gw = await make_gateway(client_policy(upstream, "optional"))
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"https://localhost:{gw.public_port}/open/x", ssl=trusting(ca), headers=SPOOFED) as r:
+            assert r.status == 200
+        assert not any(h.replace("_", "-").replace(".", "-") == "x-client-subject" for h in upstream.last.headers)
+        context = with_client_cert(ca, clients.client("ops"), tmp_path)
+        async with client.get(f"https://localhost:{gw.public_port}/open/y", ssl=context) as r:
+            assert r.status == 200
+        assert upstream.last.headers["x-client-subject"] == ["CN=ops"]

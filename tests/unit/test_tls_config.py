@@ -185,3 +185,28 @@ def _ssl_error(reason: str) -> ssl.SSLError:
 def test_handshake_failures_map_to_a_closed_set(exc: BaseException, reason: str) -> None:
     assert failure_reason(exc) == reason
     assert reason in FAILURE_REASONS
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("X_Auth_Subject", "tls.client_subject_header: 'X_Auth_Subject' is the same header as 'X-Auth-Subject'"),
+        ("Host", "tls.client_subject_header: 'Host' cannot carry a claim"),
+        ("X-Forwarded-User", "tls.client_subject_header: 'X-Forwarded-User' cannot carry a claim"),
+    ],
+)
+def test_the_subject_header_cannot_be_another_identity_header_or_a_forbidden_one(
+    tmp_path: Path, ca: Authority, header: str, expected: str
+) -> None:
+    ca.write(tmp_path / "clients.pem")
+    path = policy(tmp_path, PAIR + f"  client_ca_file: clients.pem\n  client_subject_header: {header}\n")
+    assert any(expected in line for line in errors(path)), errors(path)
+
+
+def test_the_subject_header_is_removed_from_every_inbound_request(tmp_path: Path, ca: Authority) -> None:
+    ca.write(tmp_path / "clients.pem")
+    path = policy(tmp_path, PAIR + "  client_ca_file: clients.pem\n  client_subject_header: X-Client-Subject\n")
+    compiled = load_policy(str(path))
+    assert compiled.identity.reserved("x-client-subject")
+    assert compiled.tls is not None
+    assert compiled.tls.context.verify_mode == ssl.CERT_REQUIRED  # client_auth defaults to required
