@@ -352,3 +352,35 @@ async def test_client_auth_optional_serves_a_client_without_a_certificate_with_n
         async with client.get(f"https://localhost:{gw.public_port}/open/y", ssl=context) as r:
             assert r.status == 200
         assert upstream.last.headers["x-client-subject"] == ["CN=ops"]
+
+
+def _retarget(source: str) -> None:
+    """The policy at `source` names second.crt and second.key instead."""
+    path = Path(source)
+    path.write_text(path.read_text().replace("tls.crt", "second.crt").replace("tls.key", "second.key"))
+
+
+async def test_a_policy_reload_switches_to_the_new_tls_settings_for_new_connections(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority, tmp_path: Path
+) -> None:
+    gw = await make_gateway(tls_policy(upstream))
+    old = gw.policy.tls
+    assert old is not None
+    other = Authority("Second CA")
+    other.server().write(tmp_path / "second.crt", tmp_path / "second.key")
+    _retarget(gw.policy.source)
+    assert await gw.reload()
+    cert, _, _ = await presented(gw.public_port, trusting(other))
+    assert cert == der_of((tmp_path / "second.crt").read_bytes())
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await presented(gw.public_port, trusting(ca))
+    assert gw.policy.tls is not old
+    assert old._task is None  # the old policy's watch is stopped
+    # A reload whose certificate has expired since is refused; the running one stays.
+    now = datetime.datetime.now(datetime.UTC)
+    other.server(not_before=now - datetime.timedelta(days=2), not_after=now - datetime.timedelta(hours=1)).write(
+        tmp_path / "second.crt", tmp_path / "second.key"
+    )
+    assert not await gw.reload()
+    _, _, version = await presented(gw.public_port, trusting(other))
+    assert version == "TLSv1.3"
