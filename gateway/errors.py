@@ -84,6 +84,13 @@ class Reason(enum.Enum):
         "insufficient_scope",
         "the access token does not grant access to this resource",
     )
+    CLIENT_CERT_MISMATCH = (
+        "client_cert_mismatch",
+        403,
+        "forbidden",
+        None,
+        "this resource requires a client certificate it accepts",
+    )
     KEYS_UNAVAILABLE = (
         "keys_unavailable",
         503,
@@ -163,6 +170,7 @@ AUTH_REASONS = frozenset(
         Reason.UNFORWARDABLE_CLAIM,
         Reason.INSUFFICIENT_SCOPE,
         Reason.CLAIM_MISMATCH,
+        Reason.CLIENT_CERT_MISMATCH,
         Reason.KEYS_UNAVAILABLE,
     }
 )

@@ -60,6 +60,9 @@ class CompiledRoute:
     timeout: aiohttp.ClientTimeout
     auth: AuthRequirement
     forward_authorization: bool
+    # The client certificate subjects (RFC 4514, canonical) the route accepts; None: any
+    # client, with a certificate or without.
+    client_subjects: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if self.host is not None and self.host.endswith("."):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path as FsPath
 
 import aiohttp
+from cryptography import x509
 from yarl import URL
 
 from gateway.auth.claims import ClaimRule, ClaimRules, normalise_typ
@@ -491,6 +492,9 @@ def _compile_route(
         auth = _compile_requirement(i, route.auth, policy, verifiers, problems)
     if auth is None:
         return None
+    subjects = _client_subjects(i, route, policy, problems)
+    if route.client_cert is not None and subjects is None:
+        return None
     timeouts = route.timeouts
     return CompiledRoute(
         index=i,
@@ -506,7 +510,30 @@ def _compile_route(
         timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.connect, sock_read=timeouts.read),
         auth=auth,
         forward_authorization=route.forward_authorization,
+        client_subjects=subjects,
     )
+
+
+def _client_subjects(i: int, route: Route, policy: Policy, problems: list[Problem]) -> frozenset[str] | None:
+    """The route's accepted subjects in the form the handshake's certificate is written
+    in (`x509.Name.rfc4514_string`), so that spacing or escaping in the policy cannot
+    make a subject that should match miss."""
+    if route.client_cert is None:
+        return None
+    where: Path = ("routes", i, "client_cert")
+    if policy.tls is None or policy.tls.client_ca_file is None:
+        problems.append(Problem(where, "needs tls.client_ca_file (client certificates are only asked for with it)"))
+        return None
+    out: set[str] = set()
+    for j, subject in enumerate(route.client_cert.subjects):
+        try:
+            out.add(x509.Name.from_rfc4514_string(subject).rfc4514_string())
+        except ValueError:
+            problems.append(
+                Problem((*where, "subjects", j), f"not an RFC 4514 name: {subject!r} (expected e.g. CN=billing,O=Acme)")
+            )
+            return None
+    return frozenset(out)
 
 
 def _compile_requirement(

@@ -543,6 +543,14 @@ Auth = Annotated[
 ]
 
 
+class ClientCert(Strict):
+    """What a route requires of the client certificate (TLS with client_ca_file)."""
+
+    # RFC 4514 subjects, e.g. `CN=billing,O=Acme` (the last RDN first, as
+    # `openssl x509 -noout -subject -nameopt RFC2253` prints it): one must match.
+    subjects: tuple[StrictStr, ...] = Field(min_length=1)
+
+
 class Route(Strict):
     """One entry of the ordered route table."""
 
@@ -556,6 +564,8 @@ class Route(Strict):
     forward_authorization: StrictBool = False
     # No default: every route states its auth, so forgetting it cannot open a route.
     auth: Auth
+    # Checked before `auth`: a verified client certificate with one of these subjects.
+    client_cert: ClientCert | None = None
 
     @field_validator("upstream")
     @classmethod

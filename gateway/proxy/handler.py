@@ -239,6 +239,11 @@ class ProxyHandler:
         if route is None:
             return self._refuse(request, runtime, ex, None, Reason.NO_ROUTE, "")
         ex.route, ex.metrics = route.name, runtime.route_metrics[route.index]
+        if route.client_subjects is not None:
+            subject = request.client_subject
+            if subject is None or subject not in route.client_subjects:
+                detail = "no client certificate" if subject is None else "client certificate subject not accepted"
+                return self._refuse(request, runtime, ex, route, Reason.CLIENT_CERT_MISMATCH, detail)
         claims: list[tuple[str, str]] = []
         auth = route.auth
         if isinstance(auth, TokenRequirement):

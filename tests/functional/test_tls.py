@@ -384,3 +384,41 @@ async def test_a_policy_reload_switches_to_the_new_tls_settings_for_new_connecti
     assert not await gw.reload()
     _, _, version = await presented(gw.public_port, trusting(other))
     assert version == "TLSv1.3"
+
+
+async def test_a_route_can_require_a_client_certificate_subject(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority, tmp_path: Path
+) -> None:
+    clients = Authority("Client CA")
+    clients.write(tmp_path / "clients.pem")
+    gw = await make_gateway(f"""
+    tls: {{cert_file: tls.crt, key_file: tls.key, client_ca_file: clients.pem, client_auth: optional}}
+    routes:
+      - name: billing
+        match: {{prefix: /billing}}
+        upstream: {upstream.url}
+        auth: public
+        client_cert: {{subjects: ["O=Acme,CN=billing", "CN=ops"]}}
+      - name: open
+        match: {{prefix: /open}}
+        upstream: {upstream.url}
+        auth: public
+    """)
+    url = f"https://localhost:{gw.public_port}"
+    billing = with_client_cert(ca, clients.client("billing", "Acme"), tmp_path)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"{url}/billing/x", ssl=billing) as r:
+            assert r.status == 200
+        async with client.get(f"{url}/billing/x", ssl=trusting(ca)) as r:  # no certificate
+            assert r.status == 403
+            assert (await r.json())["error"] == "forbidden"
+        other = with_client_cert(ca, clients.client("billing", "Evil"), tmp_path)
+        async with client.get(f"{url}/billing/x", ssl=other) as r:
+            assert r.status == 403
+        async with client.get(f"{url}/open/x", ssl=trusting(ca)) as r:  # another route: anyone
+            assert r.status == 200
+    assert [s.raw_path for s in upstream.seen] == ["/billing/x", "/open/x"]
+    refused = sample_value(
+        gw.metrics, "gateway_auth_failures_total", {"route": "billing", "reason": "client_cert_mismatch"}
+    )
+    assert refused == 2

@@ -210,3 +210,21 @@ def test_the_subject_header_is_removed_from_every_inbound_request(tmp_path: Path
     assert compiled.identity.reserved("x-client-subject")
     assert compiled.tls is not None
     assert compiled.tls.context.verify_mode == ssl.CERT_REQUIRED  # client_auth defaults to required
+
+
+def test_a_route_client_cert_requirement_needs_a_client_ca_and_rfc_4514_subjects(tmp_path: Path, ca: Authority) -> None:
+    route = '  - {name: ok, match: {prefix: /ok}, upstream: "http://127.0.0.1:81", auth: public, '
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"tls:\n{PAIR}routes:\n{route}client_cert: {{subjects: [CN=ops]}}}}\n")
+    assert errors(path) == [
+        f"{path}:5: routes[0].client_cert: needs tls.client_ca_file (client certificates are only asked for with it)"
+    ]
+    ca.write(tmp_path / "clients.pem")
+    path.write_text(
+        f"tls:\n{PAIR}  client_ca_file: clients.pem\nroutes:\n"
+        f"{route}client_cert: {{subjects: [CN=ops, 'O=A, CN=b']}}}}\n"
+    )
+    assert errors(path) == [
+        f"{path}:6: routes[0].client_cert.subjects[1]: not an RFC 4514 name: 'O=A, CN=b'"
+        " (expected e.g. CN=billing,O=Acme)"
+    ]
