@@ -140,7 +140,9 @@ def test_bad_settings_are_located(tmp_path: Path, ca: Authority, extra: str, exp
     assert line.startswith(f"{path}:{expected}"), line
 
 
-def test_gateway_check_refuses_an_expired_certificate_with_exit_2(tmp_path: Path, ca: Authority) -> None:
+def test_gateway_check_refuses_an_expired_certificate_with_exit_2_and_describes_a_good_one(
+    tmp_path: Path, ca: Authority
+) -> None:
     now = datetime.datetime.now(datetime.UTC)
     ca.server(not_before=now - datetime.timedelta(days=3), not_after=now - datetime.timedelta(seconds=1)).write(
         tmp_path / "tls.crt", tmp_path / "tls.key"
@@ -151,6 +153,17 @@ def test_gateway_check_refuses_an_expired_certificate_with_exit_2(tmp_path: Path
     )
     assert result.returncode == 2
     assert f"{path}:3: tls.cert_file: {tmp_path}/tls.crt: the certificate expired at" in result.stderr
+    # A good one is described: what it names, when it expires, which one it is.
+    good = ca.server()
+    good.write(tmp_path / "tls.crt", tmp_path / "tls.key")
+    result = subprocess.run(
+        gateway_cmd("check", "--config", str(path)), capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    expires = good.cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    fingerprint = good.fingerprint.hex()[:16]
+    expected = f"tls: subject CN=localhost, expires {expires}, sha256 {fingerprint}, TLS 1.2 or newer"
+    assert expected in result.stdout.splitlines()
 
 
 def test_failure_reasons_are_the_closed_set_the_metrics_bind() -> None:
