@@ -422,3 +422,21 @@ async def test_a_route_can_require_a_client_certificate_subject(
         gw.metrics, "gateway_auth_failures_total", {"route": "billing", "reason": "client_cert_mismatch"}
     )
     assert refused == 2
+
+
+async def test_a_pair_written_in_two_steps_is_loaded_once_settled_without_a_failure(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The certificate, then 50 ms later the key: a poll between the two sees a new
+    # certificate with the old key, which must not be loaded (nor counted as a failure).
+    monkeypatch.setattr(terminator, "POLL_SECONDS", 0.02)
+    monkeypatch.setattr(terminator, "SETTLE", 0.5)
+    gw = await make_gateway(tls_policy(upstream))
+    new = ca.server()
+    (tmp_path / "tls.crt").write_bytes(new.cert_pem)
+    await asyncio.sleep(0.05)
+    (tmp_path / "tls.key").write_bytes(new.key_pem)
+    await until(lambda: reloads(gw, "success") == 1)
+    assert reloads(gw, "failure") == 0
+    cert, _, _ = await presented(gw.public_port, trusting(ca))
+    assert cert == der_of(new.cert_pem)

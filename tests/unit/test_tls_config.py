@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from gateway.obs.metrics import TLS_FAILURE_REASONS, TLS_VERSIONS
 from gateway.policy import ConfigError, load_policy
+from gateway.tls import context
+from gateway.tls.context import ChangedWhileReadingError, TlsSettings, load_tls
 from gateway.tls.handshake import FAILURE_REASONS, failure_reason, version_label
 from tests.certs import Authority
 from tests.procs import gateway_cmd
@@ -241,3 +244,22 @@ def test_a_route_client_cert_requirement_needs_a_client_ca_and_rfc_4514_subjects
         f"{path}:6: routes[0].client_cert.subjects[1]: not an RFC 4514 name: 'O=A, CN=b'"
         " (expected e.g. CN=billing,O=Acme)"
     ]
+
+
+def test_a_file_rewritten_while_it_is_loaded_is_reported_as_changed_not_as_bad(
+    tmp_path: Path, ca: Authority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = TlsSettings(cert_file=str(tmp_path / "tls.crt"), key_file=str(tmp_path / "tls.key"))
+    assert load_tls(settings, time.time()).subject == "CN=localhost"
+    real = context._read
+    reads: list[str] = []
+    newer = ca.server().cert_pem
+
+    def read(path: str, field: context.FileField) -> bytes:
+        reads.append(field)
+        # The certificate's second read (after load_cert_chain) finds a newer one.
+        return newer if field == "cert_file" and reads.count("cert_file") == 2 else real(path, field)
+
+    monkeypatch.setattr(context, "_read", read)
+    with pytest.raises(ChangedWhileReadingError):
+        load_tls(settings, time.time())
