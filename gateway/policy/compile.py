@@ -279,10 +279,10 @@ def _inputs(policy: Policy, source: str, base_dir: FsPath) -> tuple[str, ...]:
     abspath, not realpath: Kubernetes updates a ConfigMap by swapping a `..data` symlink,
     which only a stat through the symlink sees. The named files are the paths
     `_key_source` and `_read_secret` read. Left out on purpose: revocation files (each
-    worker polls them itself; a policy reload per revoked token would be waste),
-    TLS certificate files (each worker re-reads them itself, tls/terminator.py: a
-    rotation swaps one context and must not wait on, or be refused with, the rest of
-    the policy) and the `api_tokens.signing_keys` directory (its private keys, lock and ledger are the
+    worker polls them itself; a policy reload per revoked token would be waste), TLS
+    files (each worker re-reads them itself, tls/terminator.py: a rotation swaps one
+    context and must neither wait for nor be refused with the rest of the policy) and
+    the `api_tokens.signing_keys` directory (its private keys, lock and ledger are the
     token CLI's; `jwks.json`, the one file the gateway reads there, is a `jwks_file`)."""
     named: set[str] = set()
     for provider in policy.providers.values():

@@ -9,7 +9,9 @@ are separate implementations."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import socket
 import ssl
 import time
 import warnings
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -440,3 +443,32 @@ async def test_a_pair_written_in_two_steps_is_loaded_once_settled_without_a_fail
     assert reloads(gw, "failure") == 0
     cert, _, _ = await presented(gw.public_port, trusting(ca))
     assert cert == der_of(new.cert_pem)
+
+
+def _request_then_close_notify(port: int, ca: Authority) -> None:
+    """A blocking client: a request, then its TLS close_notify before any answer."""
+    context = ssl.create_default_context(cadata=ca.pem.decode())
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(b"GET /open/slow HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        with contextlib.suppress(OSError):
+            tls.unwrap()  # close_notify: the client half-closes its TLS stream
+
+
+async def test_a_client_closing_its_tls_stream_early_is_closed_quietly(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.3)  # the client's close_notify arrives while its request is handled
+        return web.Response(text="late")
+
+    upstream.routes["/open/slow"] = slow
+    gw = await make_gateway(tls_policy(upstream))
+    await asyncio.to_thread(_request_then_close_notify, gw.public_port, ca)
+    await until(lambda: gw._server is not None and gw._server.open == 0)
+    # Over TLS the transport closes on a close_notify whatever eof_received returns:
+    # the answer is cut, as if the client had left, and there is no
+    # "returning true from eof_received() has no effect when using ssl" per connection.
+    assert not [r for r in caplog.records if "eof_received" in r.getMessage()]
