@@ -55,6 +55,7 @@ def _settings(policy: CompiledPolicy) -> HandlerSettings:
         max_token_bytes=policy.max_token_bytes,
         upstream_keepalive=policy.upstream_keepalive,
         request_ids=policy.request_ids,
+        client_subject_header=policy.tls.settings.client_subject_header if policy.tls is not None else None,
     )
 
 
@@ -132,7 +133,9 @@ class Gateway:
         sock = self.listen_socket or bind(policy.listen)
         # The bound port (differs from the configured one when that is 0, as in tests).
         self.public_port = port_of(sock)
-        self._listener = Listener(sock, self._server)
+        if policy.tls is not None:
+            policy.tls.start(self.metrics.tls("proxy"))
+        self._listener = Listener(sock, self._server, policy.tls, self._server.unstarted)
         if accept:
             self._listener.start()
         if self.admin:
@@ -200,7 +203,13 @@ class Gateway:
         self._handler.runtime = self._runtime(new)
         if self._server is not None:
             self._server.limits = new.limits  # for connections accepted from now on
+        if new.tls is not None:
+            new.tls.start(self.metrics.tls("proxy"))
+        if self._listener is not None:
+            self._listener.tls = new.tls  # for connections accepted from now on
         self.policy = new
+        if old.tls is not None:
+            await old.tls.stop()
         await self._stop_providers(old)
         log.info("policy reloaded from %s (%d routes)", new.source, len(new.table.routes))
 
@@ -244,6 +253,8 @@ class Gateway:
             await runner.cleanup()
         self._runners.clear()
         await self._stop_providers(self.policy)
+        if self.policy.tls is not None:
+            await self.policy.tls.stop()
         if self._pool is not None:
             self._pool.close()
             self._pool = None

@@ -20,6 +20,7 @@ from gateway.policy.compile import CompiledPolicy
 from gateway.policy.model import Listen, Policy, WorkerSetting, parse_workers
 from gateway.runtime.cpus import available_cpus, cpu_budget
 from gateway.runtime.supervisor import Overrides, Supervisor
+from gateway.tls.terminator import TlsTerminator, describe
 from gateway.tokens.cli import add_commands as add_token_commands
 
 EXIT_OK = 0
@@ -103,12 +104,20 @@ def _load(filename: str) -> CompiledPolicy | None:
         return None
 
 
+def _describe_tls(tls: TlsTerminator) -> str:
+    settings = tls.settings
+    clients = f", client certificates {settings.client_auth}" if settings.client_auth else ""
+    return f"{describe(tls.loaded)}, TLS {settings.min_version} or newer{clients}"
+
+
 def _check(args: argparse.Namespace) -> int:
     policy = _load(args.config)
     if policy is None:
         return EXIT_INVALID
     print(f"{policy.source}: valid, {len(policy.table.routes)} routes (first match wins)")
     print(f"workers: {_describe_workers(policy, args.workers)}")
+    if policy.tls is not None:
+        print(f"tls: {_describe_tls(policy.tls)}")
     rows = [("#", "name", "match", "upstream", "auth", "timeouts", "cors")]
     for r in policy.table.routes:
         rows.append(
@@ -117,7 +126,8 @@ def _check(args: argparse.Namespace) -> int:
                 r.name,
                 r.describe_match(),
                 f"{r.upstream}{'  (strip prefix)' if r.strip_prefix else ''}",
-                r.auth.describe(),
+                r.auth.describe()
+                + (f" + client cert ({len(r.client_subjects)} subjects)" if r.client_subjects else ""),
                 f"connect={format_duration(r.timeout.connect or 0)} read={format_duration(r.timeout.sock_read or 0)}",
                 r.cors.describe() if r.cors is not None else "-",
             )

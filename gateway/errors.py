@@ -108,6 +108,13 @@ class Reason(enum.Enum):
         None,
         "a requested header is not allowed for cross-origin requests",
     )
+    CLIENT_CERT_MISMATCH = (
+        "client_cert_mismatch",
+        403,
+        "forbidden",
+        None,
+        "this resource requires a client certificate it accepts",
+    )
     KEYS_UNAVAILABLE = (
         "keys_unavailable",
         503,
@@ -187,6 +194,7 @@ AUTH_REASONS = frozenset(
         Reason.UNFORWARDABLE_CLAIM,
         Reason.INSUFFICIENT_SCOPE,
         Reason.CLAIM_MISMATCH,
+        Reason.CLIENT_CERT_MISMATCH,
         Reason.KEYS_UNAVAILABLE,
         # Access refusals too (of a browser origin rather than a token): counted in the
         # same family, so that one query shows everything the gateway turned away.

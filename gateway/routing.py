@@ -67,6 +67,9 @@ class CompiledRoute:
     forward_authorization: bool
     # Browser callers from other origins; None: none (the route behaves as before CORS).
     cors: CorsPolicy | None = None
+    # The client certificate subjects (RFC 4514, canonical) the route accepts; None: any
+    # client, with a certificate or without.
+    client_subjects: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if self.host is not None and self.host.endswith("."):

@@ -101,12 +101,31 @@ WORKER_RESTARTS = _f(
     "gateway_worker_restarts", "counter", "Worker processes the supervisor started again after they died."
 )
 WORKERS = _f("gateway_workers", "gauge", "Worker processes serving now.")
+TLS_HANDSHAKES = _f(
+    "gateway_tls_handshakes", "counter", "TLS handshakes completed, by listener and protocol version.",
+    "listener", "version",
+)  # fmt: skip
+TLS_HANDSHAKE_FAILURES = _f(
+    "gateway_tls_handshake_failures", "counter", "TLS handshakes that failed, by listener and reason.",
+    "listener", "reason",
+)  # fmt: skip
+TLS_CERTIFICATE_RELOADS = _f(
+    "gateway_tls_certificate_reloads", "counter",
+    "Certificate loads after the files changed, by listener and result (failure: the one in force stays).",
+    "listener", "result",
+)  # fmt: skip
+# Each worker loads the files itself: a sum means nothing, and a worker left behind shows.
+TLS_CERTIFICATE_EXPIRY = Family(
+    "gateway_tls_certificate_expiry_seconds", "gauge",
+    "Unix time the certificate in force expires (notAfter), by listener.", ("listener",), aggregation="worker",
+)  # fmt: skip
 
 # Exposition order.
 CATALOGUE = (
     REQUESTS, REQUEST_DURATION, UPSTREAM_DURATION, IN_FLIGHT, CACHE_HITS, CACHE_MISSES, AUTH_FAILURES,
     JWKS_FETCHES, JWKS_KEYS, JWKS_LAST_SUCCESS, CLIENT_CONNECTIONS, CONNECTIONS_REFUSED, CONFIG_RELOADS,
     BUILD_INFO, REVOCATION_RELOADS, REVOKED_TOKENS, CACHE_ENTRIES, WORKER_RESTARTS, WORKERS,
+    TLS_HANDSHAKES, TLS_HANDSHAKE_FAILURES, TLS_CERTIFICATE_RELOADS, TLS_CERTIFICATE_EXPIRY,
 )  # fmt: skip
 
 

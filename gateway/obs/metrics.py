@@ -29,6 +29,12 @@ from gateway.obs.exposition import render
 from gateway.obs.families import LATENCY_BUCKETS as _LATENCY_BUCKETS
 from gateway.obs.families import Family, histogram_keys, scalar_key
 
+# The TLS label values (gateway/tls/handshake.py keeps to these; a test checks).
+TLS_VERSIONS = ("1.2", "1.3", "other")
+TLS_FAILURE_REASONS = (
+    "protocol_version", "not_tls", "no_shared_cipher", "certificate_refused", "no_client_cert",
+    "bad_client_cert", "timeout", "closed", "other",
+)  # fmt: skip
 UNMATCHED = "_unmatched"  # route names must start with a letter or digit: no collision
 PUBLISHED_JWKS = "_jwks"  # the published API-token key set
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -188,6 +194,9 @@ class Metrics(_Series):
     def provider(self, name: str) -> ProviderMetrics:
         return ProviderMetrics(self, name)
 
+    def tls(self, listener: str) -> TlsMetrics:
+        return TlsMetrics(self, listener)
+
     def revocations(self, provider: str) -> Callable[[bool, int], None]:
         ok = self.revocation_reloads.labels(provider, "success")
         failed = self.revocation_reloads.labels(provider, "failure")
@@ -231,6 +240,34 @@ class ProviderMetrics:
         self._keys.set(count)
         if loaded:
             self._last.set_to_current_time()
+
+
+class TlsMetrics:
+    """One listener's TLS series, every label value bound at once (closed sets), so
+    that a rate over a reason that never happened is 0, not absent."""
+
+    __slots__ = ("_expiry", "_failed", "_handshakes", "_reloads")
+
+    def __init__(self, metrics: Metrics, listener: str) -> None:
+        handshakes = Labelled(metrics, f.TLS_HANDSHAKES, Count)
+        failures = Labelled(metrics, f.TLS_HANDSHAKE_FAILURES, Count)
+        reloads = Labelled(metrics, f.TLS_CERTIFICATE_RELOADS, Count)
+        self._handshakes = {v: handshakes.labels(listener, v) for v in TLS_VERSIONS}
+        self._failed = {r: failures.labels(listener, r) for r in TLS_FAILURE_REASONS}
+        self._reloads = {ok: reloads.labels(listener, "success" if ok else "failure") for ok in (True, False)}
+        self._expiry = Labelled(metrics, f.TLS_CERTIFICATE_EXPIRY, Level).labels(listener)
+
+    def handshake(self, version: str) -> None:
+        self._handshakes.get(version, self._handshakes["other"]).inc()
+
+    def handshake_failed(self, reason: str) -> None:
+        self._failed.get(reason, self._failed["other"]).inc()
+
+    def reloaded(self, ok: bool) -> None:
+        self._reloads[ok].inc()
+
+    def expiry(self, not_after: float) -> None:
+        self._expiry.set(not_after)
 
 
 class RouteMetrics:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 
 import aiohttp
+from cryptography import x509
 from yarl import URL
 
 from gateway.auth.claims import ClaimRule, ClaimRules, normalise_typ
@@ -34,12 +36,14 @@ from gateway.obs.redact import Redactor
 from gateway.overrides import is_override
 from gateway.pathnorm import Rejected, normalize_target
 from gateway.policy.errors import CompileError, Path, Problem
-from gateway.policy.model import Cors, Identity, JwtAuth, Listen, Policy, Provider, Route
+from gateway.policy.model import Cors, Identity, JwtAuth, Listen, Policy, Provider, Route, Tls
 from gateway.policy.model import KeySource as KeySourceModel
 from gateway.policy.snapshot import Reader, Snapshot, base_dir_of
 from gateway.requestid import RequestIds
 from gateway.routing import CompiledRoute, PublicAccess, RouteTable, Upstream
 from gateway.runtime.cpus import available_cpus
+from gateway.tls.context import ChangedWhileReadingError, TlsFileError, TlsSettings, load_tls
+from gateway.tls.terminator import TlsTerminator, stamps
 from gateway.tokens.keystore import JWKS_FILE
 from gateway.tokens.revocation import RevocationError, RevocationWatcher
 from gateway.upstream_tls import TlsSettingsError, UpstreamTls
@@ -137,13 +141,14 @@ class CompiledPolicy:
     inputs: tuple[str, ...] = ()
     # What it was compiled from: the supervisor sends this to its workers.
     snapshot: Snapshot = dataclasses.field(default_factory=lambda: Snapshot("", "."))
+    request_ids: RequestIds = dataclasses.field(default_factory=RequestIds)
+    # TLS on the proxy listener (None: plain HTTP), its context loaded and checked.
+    tls: TlsTerminator | None = None
 
     def unverified_upstreams(self) -> list[str]:
         """The https origins whose certificates are not verified (`insecure_skip_verify`)."""
         ups = {r.upstream for r in self.table.routes if r.upstream.tls is not None and not r.upstream.tls.verify}
         return sorted({f"https://{u.authority}" for u in ups})
-
-    request_ids: RequestIds = dataclasses.field(default_factory=RequestIds)
 
 
 def _compile_limits(policy: Policy, problems: list[Problem]) -> Limits:
@@ -189,7 +194,7 @@ def compile_policy(policy: Policy, source: str, text: str = "", replay: Snapshot
         verifier = _compile_provider(name, provider, source, base_dir, reader, problems)
         if verifier is not None:
             verifiers[name] = verifier
-    tls = _upstream_tls(policy, base_dir, reader, problems)
+    origins_tls = _upstream_tls(policy, base_dir, reader, problems)
     seen: dict[str, int] = {}
     routes: list[CompiledRoute] = []
     for i, route in enumerate(policy.routes):
@@ -198,12 +203,13 @@ def compile_policy(policy: Policy, source: str, text: str = "", replay: Snapshot
                 Problem(("routes", i, "name"), f"duplicate route name {route.name!r} (also routes[{seen[route.name]}])")
             )
         seen.setdefault(route.name, i)
-        compiled = _compile_route(i, route, policy, verifiers, tls, problems)
+        compiled = _compile_route(i, route, policy, verifiers, origins_tls, problems)
         if compiled is not None:
             routes.append(compiled)
     claim_headers = _claim_header_names(policy, problems)
     request_ids = _request_ids(policy, claim_headers, problems)
     limits = _compile_limits(policy, problems)
+    tls = _compile_tls(policy.tls, base_dir, problems) if policy.tls is not None else None
     published: dict[str, ProviderKeys] = {}
     for name, provider in policy.providers.items():
         path = provider.api_tokens.publish_jwks if provider.api_tokens else None
@@ -225,6 +231,7 @@ def compile_policy(policy: Policy, source: str, text: str = "", replay: Snapshot
         inputs=_inputs(policy, source, base_dir),
         snapshot=reader.snapshot(text, base),
         listen=policy.listen,
+        tls=tls,
         admin_listen=policy.admin.listen,
         trusted_proxies=tuple(ipaddress.ip_network(n, strict=False) for n in policy.server.trusted_proxies),
         shutdown_timeout=policy.server.shutdown_timeout,
@@ -252,6 +259,35 @@ def compile_policy(policy: Policy, source: str, text: str = "", replay: Snapshot
     )
 
 
+# A file rewritten while it is read at load: read again, this many times.
+_TLS_LOAD_TRIES = 3
+
+
+def _compile_tls(tls: Tls, base_dir: FsPath, problems: list[Problem]) -> TlsTerminator | None:
+    """The proxy listener's TLS, its files read and checked now (TlsFileError names the
+    setting, which locates the message)."""
+    settings = TlsSettings(
+        cert_file=str(base_dir / tls.cert_file),
+        key_file=str(base_dir / tls.key_file),
+        min_version=tls.min_version,
+        handshake_timeout=tls.handshake_timeout,
+        client_ca_file=str(base_dir / tls.client_ca_file) if tls.client_ca_file else None,
+        client_auth=(tls.client_auth or "required") if tls.client_ca_file else None,
+        client_subject_header=tls.client_subject_header,
+    )
+    for attempt in range(_TLS_LOAD_TRIES):
+        seen = stamps(settings.files)  # before reading: a change from here on is a rotation
+        try:
+            return TlsTerminator(settings, load_tls(settings, time.time()), seen)
+        except ChangedWhileReadingError as exc:
+            if attempt == _TLS_LOAD_TRIES - 1:
+                problems.append(Problem(("tls", exc.field), str(exc)))
+        except TlsFileError as exc:
+            problems.append(Problem(("tls", exc.field), str(exc)))
+            return None
+    return None
+
+
 def _inputs(policy: Policy, source: str, base_dir: FsPath) -> tuple[str, ...]:
     """The policy file, then every file compiling it read (sorted): a change to any of
     them can change the compiled policy.
@@ -259,9 +295,11 @@ def _inputs(policy: Policy, source: str, base_dir: FsPath) -> tuple[str, ...]:
     abspath, not realpath: Kubernetes updates a ConfigMap by swapping a `..data` symlink,
     which only a stat through the symlink sees. The named files are the paths
     `_key_source`, `_read_secret` and `_upstream_tls` read (a rotated upstream client
-    certificate is a reload). Left out on purpose: revocation files (each
-    worker polls them itself; a policy reload per revoked token would be waste)
-    and the `api_tokens.signing_keys` directory (its private keys, lock and ledger are the
+    certificate is a reload). Left out on purpose: revocation files (each worker polls
+    them itself; a policy reload per revoked token would be waste), the listener's TLS
+    files (each worker re-reads them itself, tls/terminator.py: a rotation swaps one
+    context and must neither wait for nor be refused with the rest of the policy) and
+    the `api_tokens.signing_keys` directory (its private keys, lock and ledger are the
     token CLI's; `jwks.json`, the one file the gateway reads there, is a `jwks_file`)."""
     named: set[str] = set()
     for provider in policy.providers.values():
@@ -328,6 +366,9 @@ def _claim_header_names(policy: Policy, problems: list[Problem]) -> set[str]:
         found.setdefault(header, ("identity", "claims", claim))
     if policy.identity.provider_header:
         found.setdefault(policy.identity.provider_header, ("identity", "provider_header"))
+    subject_header = policy.tls.client_subject_header if policy.tls is not None else None
+    if subject_header:
+        found.setdefault(subject_header, ("tls", "client_subject_header"))
     for i, route in enumerate(policy.routes):
         if isinstance(route.auth, JwtAuth):
             for claim, maybe in route.auth.forward_claims.items():
@@ -340,11 +381,15 @@ def _claim_header_names(policy: Policy, problems: list[Problem]) -> set[str]:
     global_headers: list[tuple[str, Path]] = [(h, ("identity", "claims", c)) for c, h in identity.claims.items()]
     if identity.provider_header:
         global_headers.append((identity.provider_header, ("identity", "provider_header")))
+    if subject_header:
+        global_headers.append((subject_header, ("tls", "client_subject_header")))
     problems.extend(_collisions(global_headers))
     for i, route in enumerate(policy.routes):
         if isinstance(route.auth, JwtAuth) and route.auth.forward_claims:
             own = route.auth.forward_claims
-            effective = [(h, p) for h, p in global_headers if p[-1] not in own or p[1] == "provider_header"]
+            effective = [
+                (h, p) for h, p in global_headers if p[-1] not in own or p[1] == "provider_header" or p[0] == "tls"
+            ]
             effective += [(h, ("routes", i, "auth", "forward_claims", c)) for c, h in own.items() if h is not None]
             problems.extend(p for p in _collisions(effective) if p.path[0] == "routes")
     return set(found)
@@ -531,6 +576,9 @@ def _compile_route(
     cors = _compile_cors(i, route, route.cors, problems) if route.cors is not None else None
     if route.cors is not None and cors is None:
         return None
+    subjects = _client_subjects(i, route, policy, problems)
+    if route.client_cert is not None and subjects is None:
+        return None
     timeouts = route.timeouts
     return CompiledRoute(
         index=i,
@@ -547,6 +595,7 @@ def _compile_route(
         auth=auth,
         forward_authorization=route.forward_authorization,
         cors=cors,
+        client_subjects=subjects,
     )
 
 
@@ -611,6 +660,28 @@ def _compile_cors(i: int, route: Route, cors: Cors, problems: list[Problem]) -> 
         credentials=cors.allow_credentials,
         max_age=max_age,
     )
+
+
+def _client_subjects(i: int, route: Route, policy: Policy, problems: list[Problem]) -> frozenset[str] | None:
+    """The route's accepted subjects in the form the handshake's certificate is written
+    in (`x509.Name.rfc4514_string`), so that spacing or escaping in the policy cannot
+    make a subject that should match miss."""
+    if route.client_cert is None:
+        return None
+    where: Path = ("routes", i, "client_cert")
+    if policy.tls is None or policy.tls.client_ca_file is None:
+        problems.append(Problem(where, "needs tls.client_ca_file (client certificates are only asked for with it)"))
+        return None
+    out: set[str] = set()
+    for j, subject in enumerate(route.client_cert.subjects):
+        try:
+            out.add(x509.Name.from_rfc4514_string(subject).rfc4514_string())
+        except ValueError:
+            problems.append(
+                Problem((*where, "subjects", j), f"not an RFC 4514 name: {subject!r} (expected e.g. CN=billing,O=Acme)")
+            )
+            return None
+    return frozenset(out)
 
 
 def _compile_requirement(

@@ -347,6 +347,61 @@ ROUTE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
 REALM_PATTERN = r'^[^"\\\x00-\x1f\x7f]*$'
 
 
+def _tls_version(value: Any) -> Any:
+    # YAML reads an unquoted 1.2 as a number.
+    if isinstance(value, float):
+        value = repr(value)
+    if value not in ("1.2", "1.3"):
+        raise invalid(
+            "tls_version", f"unsupported TLS version {value!r} (expected 1.2 or 1.3; TLS 1.0 and 1.1 are never offered)"
+        )
+    return value
+
+
+TlsVersion = Annotated[
+    Literal["1.2", "1.3"], BeforeValidator(_tls_version), WithJsonSchema({"enum": ["1.2", "1.3", 1.2, 1.3]})
+]
+MAX_HANDSHAKE_TIMEOUT = 60.0
+
+
+class Tls(Strict):
+    """TLS on the proxy listener: a PEM certificate chain and its key, re-read when they
+    change. Optionally, client certificates verified against `client_ca_file`."""
+
+    cert_file: StrictStr = Field(min_length=1)
+    key_file: StrictStr = Field(min_length=1)
+    min_version: TlsVersion = "1.2"
+    # A connection that has not completed its handshake by then is closed (asyncio's
+    # default is 60 s, long enough for a slow-loris of handshakes).
+    handshake_timeout: Duration = 10.0
+    client_ca_file: StrictStr | None = Field(default=None, min_length=1)
+    # With client_ca_file: `required` (the default) or `optional`.
+    client_auth: Literal["required", "optional"] | None = None
+    # The verified client certificate's subject (RFC 4514) is sent upstream in this header.
+    client_subject_header: HeaderName | None = None
+
+    @field_validator("handshake_timeout")
+    @classmethod
+    def _handshake_bound(cls, value: float) -> float:
+        if not 0.1 <= value <= MAX_HANDSHAKE_TIMEOUT:
+            raise invalid(
+                "handshake_timeout",
+                f"{format_duration(value)} is out of range"
+                f" (expected 100ms to {format_duration(MAX_HANDSHAKE_TIMEOUT)})",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _client_settings_need_ca(self) -> Tls:
+        if self.client_ca_file is None:
+            given = [f for f in ("client_auth", "client_subject_header") if getattr(self, f) is not None]
+            if given:
+                raise invalid(
+                    "tls", f"{' and '.join(given)} need client_ca_file (the CAs client certificates must chain to)"
+                )
+        return self
+
+
 class AccessLogSettings(Strict):
     """The access log (one line per request on stdout)."""
 
@@ -569,6 +624,14 @@ class Cors(Strict):
     max_age: Duration | None = None
 
 
+class ClientCert(Strict):
+    """What a route requires of the client certificate (TLS with client_ca_file)."""
+
+    # RFC 4514 subjects, e.g. `CN=billing,O=Acme` (the last RDN first, as
+    # `openssl x509 -noout -subject -nameopt RFC2253` prints it): one must match.
+    subjects: tuple[StrictStr, ...] = Field(min_length=1)
+
+
 class Route(Strict):
     """One entry of the ordered route table."""
 
@@ -584,6 +647,8 @@ class Route(Strict):
     auth: Auth
     # None: no CORS handling; an OPTIONS request is routed and authenticated as any other.
     cors: Cors | None = None
+    # Checked before `auth`: a verified client certificate with one of these subjects.
+    client_cert: ClientCert | None = None
 
     @field_validator("upstream")
     @classmethod
@@ -613,6 +678,7 @@ class Policy(Strict):
     SCHEMA_ID: ClassVar[str] = "https://gateway.dev/schema/policy.json"
 
     listen: ListenAddress = Field(default_factory=lambda: Listen(host="0.0.0.0", port=8080))
+    tls: Tls | None = None
     admin: Admin = Field(default_factory=Admin)
     server: Server = Field(default_factory=Server)
     access_log: AccessLogSettings = Field(default_factory=AccessLogSettings)

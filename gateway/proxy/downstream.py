@@ -40,6 +40,7 @@ from gateway.errors import Reason, bug_report
 from gateway.limits import Limits
 from gateway.proxy.coalesce import Coalescer
 from gateway.proxy.guards import RequestGuard
+from gateway.tls.peer import client_subject
 
 log = logging.getLogger("gateway.proxy")
 
@@ -134,10 +135,10 @@ class Request:
         "method",
         "raw_path",
         "remote",
+        "scheme",
         "status",
         "version",
     )
-    scheme = "http"
 
     def __init__(self, conn: ClientConnection, message: RawRequestMessage, payload: StreamReader) -> None:
         self._conn = conn
@@ -148,6 +149,7 @@ class Request:
         self.headers: CIMultiDictProxy[str] = message.headers
         self.content = payload
         self.remote = conn.peer
+        self.scheme = conn.scheme
         self.keep_alive = not message.should_close
         self.status = 0  # 0 until a response head is written
 
@@ -176,6 +178,11 @@ class Request:
         if self._conn.transport is None:
             value.close()  # connection_lost has run: nothing would ever close it
         self._conn.upstreams = value
+
+    @property
+    def client_subject(self) -> str | None:
+        """The subject of the client certificate its TLS handshake verified, if any."""
+        return self._conn.client_subject()
 
     @property
     def client_gone(self) -> bool:
@@ -270,7 +277,8 @@ class ClientConnection(BaseProtocol):
 
     def __init__(self, server: Server) -> None:
         self._server = server
-        server.open += 1  # until connection_lost
+        server.open += 1  # until connection_lost (or `uncount`, when it never starts)
+        self._counted = True
         limits = server.limits
         parser = HttpRequestParser(
             self,
@@ -307,6 +315,9 @@ class ClientConnection(BaseProtocol):
         self._current: StreamReader | None = None
         self._out: list[bytes] = []  # written, not yet handed to the transport (coalesce.py)
         self.peer: str | None = None
+        self.scheme = "http"  # https once a TLS handshake made the connection
+        self._subject: str | None = None
+        self._subject_read = False
         self.upstreams: Closeable | None = None
 
     # -- transport events --------------------------------------------------------------
@@ -315,9 +326,15 @@ class ClientConnection(BaseProtocol):
         """The client half-closed: it sends nothing more, but may still read (RFC 9112
         §9.6). Requests it sent are answered, in order, then the connection closes.
         True keeps the transport half-open; asyncio and uvloop close it on a falsy
-        return. (asyncio's TLS transport ignores True, with a warning per connection:
-        to revisit if this listener ever terminates TLS.) Idempotent."""
+        return. Idempotent.
+
+        Over TLS the client's close_notify (or its FIN) closes the transport whatever
+        this returns (asyncio and uvloop ignore True, with a warning per connection):
+        what is answered by then is sent, the rest is cut as if the client had left."""
         self._eof = True
+        if self.scheme == "https":
+            self.flush_output()
+            return False
         if not self._lingering and self.transport is not None:
             body = self._last_body(())
             if body is not None and body.exception() is None:
@@ -334,6 +351,8 @@ class ClientConnection(BaseProtocol):
         super().connection_made(transport)  # also sets TCP_NODELAY
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else None
+        if transport.get_extra_info("ssl_object") is not None:
+            self.scheme = "https"
         self._server.connections.add(self)
         self._arm_idle()
 
@@ -341,7 +360,7 @@ class ClientConnection(BaseProtocol):
         super().connection_lost(exc)
         self._out = []
         self._server.connections.discard(self)
-        self._server.open -= 1
+        self.uncount()
         self.transport = None
         if self.upstreams is not None:
             self.upstreams.close()
@@ -365,6 +384,21 @@ class ClientConnection(BaseProtocol):
         if waiter is not None:
             self._waiter = None
             waiter.set_result(None)  # the task sees the transport gone and ends
+
+    def client_subject(self) -> str | None:
+        """Read once per connection, when a request first asks: one certificate per
+        connection (renegotiation is off in OpenSSL's TLS 1.2 server by default here,
+        and TLS 1.3 has none)."""
+        if not self._subject_read and self.transport is not None:
+            self._subject_read = True
+            self._subject = client_subject(self.transport.get_extra_info("ssl_object"))
+        return self._subject
+
+    def uncount(self) -> None:
+        """No longer an open connection (idempotent): it closed, or never started."""
+        if self._counted:
+            self._counted = False
+            self._server.open -= 1
 
     def _open_body(self) -> StreamReader | None:
         """The body the parser is still filling (always the last request parsed), if any."""
@@ -742,7 +776,13 @@ class _Overloaded(asyncio.Protocol):
 
     def __init__(self, server: Server) -> None:
         self._server = server
-        server.open += 1  # until connection_lost
+        server.open += 1  # until connection_lost (or `uncount`, when it never starts)
+        self._counted = True
+
+    def uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._server.open -= 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.WriteTransport)
@@ -750,7 +790,7 @@ class _Overloaded(asyncio.Protocol):
         transport.close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._server.open -= 1
+        self.uncount()
 
 
 class Server:
@@ -796,6 +836,12 @@ class Server:
                 )
             return _Overloaded(self)
         return ClientConnection(self)
+
+    def unstarted(self, protocol: asyncio.Protocol) -> None:
+        """`protocol`, made here, will never hear of its connection (its TLS handshake
+        failed): what it counted is uncounted."""
+        if isinstance(protocol, ClientConnection | _Overloaded):
+            protocol.uncount()
 
     async def shutdown(self, grace: float, idle_grace: float = DRAIN_IDLE) -> None:
         """Answer what is in progress and close; give it all `grace` seconds, then cut.

@@ -17,7 +17,7 @@ import aiohttp
 
 from gateway.auth.cache import TokenCache
 from gateway.auth.extract import extract_token
-from gateway.auth.forward import IdentityHeaders, UnforwardableError, fold
+from gateway.auth.forward import IdentityHeaders, UnforwardableError, fold, render_claim
 from gateway.auth.jws import parse_jws
 from gateway.auth.requirement import Refused, TokenRequirement
 from gateway.auth.verifier import Principal
@@ -95,6 +95,8 @@ class HandlerSettings:
     max_token_bytes: int
     upstream_keepalive: bool = True
     request_ids: RequestIds = field(default_factory=RequestIds)
+    # The verified client certificate's subject goes upstream in this header (tls).
+    client_subject_header: str | None = None
     request_headers: RequestHeaderRules = field(init=False)
     # Upstream response headers the gateway writes itself, folded: on any route, and on
     # a cors route (whose policy headers are the gateway's alone).
@@ -275,6 +277,11 @@ class ProxyHandler:
         if route is None:
             return self._refuse(request, runtime, ex, None, Reason.NO_ROUTE, "")
         ex.route, ex.metrics = route.name, runtime.route_metrics[route.index]
+        if route.client_subjects is not None:
+            subject = request.client_subject
+            if subject is None or subject not in route.client_subjects:
+                detail = "no client certificate" if subject is None else "client certificate subject not accepted"
+                return self._refuse(request, runtime, ex, route, Reason.CLIENT_CERT_MISMATCH, detail)
         claims: list[tuple[str, str]] = []
         auth = route.auth
         if isinstance(auth, TokenRequirement):
@@ -282,6 +289,9 @@ class ProxyHandler:
             if isinstance(outcome, Reason):
                 return self._refuse(request, runtime, ex, route, outcome, "")
             query, claims = outcome
+        subject_header = runtime.settings.client_subject_header
+        if subject_header is not None:
+            claims = _with_subject(request, subject_header, claims)
         return await self._forward(request, runtime, ex, route, route.upstream_path(path), query, host, claims)
 
     async def _authenticate(
@@ -528,3 +538,18 @@ class ProxyHandler:
             )
             upstream.close()
             request.reset()
+
+
+def _with_subject(request: Request, header: str, claims: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`claims` (never changed: it may be the token cache's) and the client
+    certificate's subject, rendered as a claim value is; without a certificate, or with
+    a subject no header can carry (a control character), no header: the inbound one
+    was removed with the other identity headers either way."""
+    subject = request.client_subject
+    if subject is None:
+        return claims
+    try:
+        return [*claims, (header, render_claim(subject))]
+    except UnforwardableError:
+        log.warning("client certificate subject not forwarded: it holds a character no header can carry")
+        return claims

@@ -13,6 +13,11 @@ pool, wrk starting 50 connections), and keeps those connections for their keep-a
 life while the other workers idle. nginx accepts one connection per event by default
 (`multi_accept off`) for the same reason. Here every worker is woken, each takes one
 per turn of its loop, and a busy worker, whose turns are long, takes fewer.
+
+With TLS, each accepted connection is handed to the loop with the context in force at
+that moment (`Tls.context`), so a certificate rotated since is served to new
+connections while open ones keep theirs; the handshake is bounded by
+`Tls.handshake_timeout`, and its outcome is reported.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import errno
 import functools
 import logging
 import socket
+import ssl
 from collections.abc import Callable
+from typing import Protocol, cast
 
 from gateway.policy.model import Listen
 
@@ -62,13 +69,37 @@ def port_of(sock: socket.socket) -> int:
     return int(sock.getsockname()[1])
 
 
+class Tls(Protocol):
+    """What the listener needs to terminate TLS (gateway.tls.terminator.TlsTerminator)."""
+
+    @property
+    def context(self) -> ssl.SSLContext: ...
+
+    @property
+    def handshake_timeout(self) -> float: ...
+
+    def handshake_done(self, transport: asyncio.BaseTransport) -> None: ...
+
+    def handshake_failed(self, exc: BaseException) -> None: ...
+
+
 class Listener:
     """Accepts from `sock` (listening, non-blocking, possibly shared with other
-    processes) and hands each connection to `factory`'s protocol."""
+    processes) and hands each connection to `factory`'s protocol, over TLS when `tls`
+    is set (it may be replaced while listening: a policy reload). `unstarted` is told
+    of a protocol `factory` made whose connection never started (its handshake failed)."""
 
-    def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        factory: Callable[[], asyncio.Protocol],
+        tls: Tls | None = None,
+        unstarted: Callable[[asyncio.Protocol], None] = lambda _: None,
+    ) -> None:
         self._sock = sock
         self._factory = factory
+        self._unstarted = unstarted
+        self.tls = tls
         self._loop = asyncio.get_running_loop()
         # Accepted connections whose transport is being made: close() waits for them,
         # so that a drain starting now sees every connection it must drain.
@@ -98,9 +129,43 @@ class Listener:
 
     def _adopt(self, conn: socket.socket) -> None:
         conn.setblocking(False)
-        task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, conn))
+        tls = self.tls
+        if tls is None:
+            task = self._loop.create_task(self._loop.connect_accepted_socket(self._factory, conn))
+            self._pending.add(task)
+            task.add_done_callback(functools.partial(self._made, conn))
+            return
+        made: list[asyncio.Protocol] = []
+
+        def factory() -> asyncio.Protocol:
+            protocol = self._factory()
+            made.append(protocol)
+            return protocol
+
+        task = self._loop.create_task(
+            self._loop.connect_accepted_socket(
+                factory, conn, ssl=tls.context, ssl_handshake_timeout=tls.handshake_timeout
+            )
+        )
         self._pending.add(task)
-        task.add_done_callback(functools.partial(self._made, conn))
+        task.add_done_callback(functools.partial(self._handshaken, conn, tls, made))
+
+    def _handshaken(
+        self, conn: socket.socket, tls: Tls, made: list[asyncio.Protocol], task: asyncio.Task[object]
+    ) -> None:
+        """A TLS connection's handshake ended. The protocol was made before it began and
+        hears of its connection only after it succeeded: when it failed, the protocol
+        is told, so that what it counted (an open connection) is uncounted."""
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is None:
+                transport, _ = cast(tuple[asyncio.BaseTransport, asyncio.Protocol], task.result())
+                tls.handshake_done(transport)
+            else:
+                tls.handshake_failed(exc)
+                for protocol in made:
+                    self._unstarted(protocol)
+        self._made(conn, task)
 
     def _made(self, conn: socket.socket, task: asyncio.Task[object]) -> None:
         self._pending.discard(task)

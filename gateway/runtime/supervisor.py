@@ -281,7 +281,8 @@ class Supervisor:
 
     def _announce(self) -> None:
         policy = self.policy
-        public = f"http://{_url_host(policy.listen.host)}:{self.public_port}"
+        scheme = "https" if policy.tls is not None else "http"
+        public = f"{scheme}://{_url_host(policy.listen.host)}:{self.public_port}"
         admin = f"http://{_url_host(policy.admin_listen.host)}:{self.admin_port}"
         log.info(
             "gateway listening on %s (policy %s, %d routes, %d worker%s)",

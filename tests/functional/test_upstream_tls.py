@@ -4,6 +4,7 @@ client certificates, `insecure_skip_verify` (and its warning), and load errors."
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import ssl
@@ -16,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.policy import ConfigError, load_policy
-from tests.certs import Issued, ca, leaf
+from tests.certs import Authority, Issued
 from tests.conftest import GatewayFactory
 from tests.procs import gateway_cmd
 from tests.rawhttp import get, raw_request
@@ -44,7 +45,7 @@ StartTls = Callable[..., Awaitable[TlsUpstream]]
 async def tls_upstream(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[StartTls]:
     started: list[TlsUpstream] = []
 
-    async def start(cert: Issued, client_ca: Issued | None = None) -> TlsUpstream:
+    async def start(cert: Issued, client_ca: Authority | None = None) -> TlsUpstream:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         directory = tmp_path_factory.mktemp("upstream-tls")  # load_cert_chain wants paths
         context.load_cert_chain(
@@ -54,7 +55,7 @@ async def tls_upstream(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
         context.sni_callback = lambda _sock, name, _ctx: seen.append(name)
         if client_ca is not None:
             context.verify_mode = ssl.CERT_REQUIRED
-            context.load_verify_locations(cadata=client_ca.cert_pem.decode())
+            context.load_verify_locations(cadata=client_ca.pem.decode())
 
         async def handler(request: web.Request) -> web.Response:
             up.hits += 1
@@ -95,9 +96,9 @@ async def status_of(make_gateway: GatewayFactory, text: str) -> tuple[int, dict[
 async def test_an_upstream_verified_with_the_policy_ca(
     tmp_path: Path, make_gateway: GatewayFactory, tls_upstream: StartTls
 ) -> None:
-    authority = ca()
-    up = await tls_upstream(leaf(authority, "upstream", ips=("127.0.0.1",)))
-    ca_file = write(tmp_path / "ca.pem", authority.cert_pem)
+    authority = Authority()
+    up = await tls_upstream(authority.server("upstream"))
+    ca_file = write(tmp_path / "ca.pem", authority.pem)
     status, body = await status_of(make_gateway, policy(up.port, f'{{ca_file: "{ca_file}"}}'))
     assert status == 200
     assert body == {"path": "/orders/7", "client": None}
@@ -106,7 +107,7 @@ async def test_an_upstream_verified_with_the_policy_ca(
 async def test_an_upstream_whose_certificate_is_not_trusted_is_502_and_never_served(
     tmp_path: Path, make_gateway: GatewayFactory, tls_upstream: StartTls, caplog: pytest.LogCaptureFixture
 ) -> None:
-    up = await tls_upstream(leaf(ca(), "upstream", ips=("127.0.0.1",)))
+    up = await tls_upstream(Authority().server("upstream"))
     # The defaults verify against the system's CAs, which never signed a test CA.
     with caplog.at_level(logging.INFO, "gateway.proxy"):
         status, body = await status_of(make_gateway, policy(up.port))
@@ -114,7 +115,7 @@ async def test_an_upstream_whose_certificate_is_not_trusted_is_502_and_never_ser
     # The operator reads why: OpenSSL's verdict, not just "unreachable".
     assert "reason=upstream_unreachable detail=TLS: unable to get local issuer certificate" in caplog.text
     # Nor does a policy CA that is not the one that signed it.
-    other = write(tmp_path / "other.pem", ca("another CA").cert_pem)
+    other = write(tmp_path / "other.pem", Authority("another CA").pem)
     status, _ = await status_of(make_gateway, policy(up.port, f'{{ca_file: "{other}"}}'))
     assert status == 502
     assert up.hits == 0
@@ -123,9 +124,9 @@ async def test_an_upstream_whose_certificate_is_not_trusted_is_502_and_never_ser
 async def test_server_name_is_sent_and_verified_instead_of_the_url_host(
     tmp_path: Path, make_gateway: GatewayFactory, tls_upstream: StartTls
 ) -> None:
-    authority = ca()
-    up = await tls_upstream(leaf(authority, "orders", names=("orders.internal",)))
-    ca_file = write(tmp_path / "ca.pem", authority.cert_pem)
+    authority = Authority()
+    up = await tls_upstream(authority.server("orders.internal", loopback=False))
+    ca_file = write(tmp_path / "ca.pem", authority.pem)
     # Its certificate does not name 127.0.0.1: refused.
     status, _ = await status_of(make_gateway, policy(up.port, f'{{ca_file: "{ca_file}"}}'))
     assert status == 502
@@ -140,10 +141,10 @@ async def test_server_name_is_sent_and_verified_instead_of_the_url_host(
 async def test_a_client_certificate_for_an_upstream_that_requires_one(
     tmp_path: Path, make_gateway: GatewayFactory, tls_upstream: StartTls
 ) -> None:
-    authority, clients = ca(), ca("client CA")
-    up = await tls_upstream(leaf(authority, "upstream", ips=("127.0.0.1",)), client_ca=clients)
-    ca_file = write(tmp_path / "ca.pem", authority.cert_pem)
-    mine = leaf(clients, "gateway", client=True)
+    authority, clients = Authority(), Authority("client CA")
+    up = await tls_upstream(authority.server("upstream"), client_ca=clients)
+    ca_file = write(tmp_path / "ca.pem", authority.pem)
+    mine = clients.client("gateway")
     cert, key = write(tmp_path / "gw.pem", mine.cert_pem), write(tmp_path / "gw.key", mine.key_pem)
     status, body = await status_of(
         make_gateway, policy(up.port, f'{{ca_file: "{ca_file}", cert_file: "{cert}", key_file: "{key}"}}')
@@ -158,7 +159,7 @@ async def test_a_client_certificate_for_an_upstream_that_requires_one(
 async def test_insecure_skip_verify_reaches_any_upstream_and_check_warns(
     tmp_path: Path, make_gateway: GatewayFactory, tls_upstream: StartTls
 ) -> None:
-    up = await tls_upstream(leaf(ca(), "self-made", names=("elsewhere.test",)))
+    up = await tls_upstream(Authority().server("elsewhere.test", loopback=False))
     text = policy(up.port, "{insecure_skip_verify: true}")
     status, _ = await status_of(make_gateway, text)
     assert status == 200
@@ -178,15 +179,15 @@ def load_error(tmp_path: Path, text: str) -> str:
 
 
 def test_load_errors_name_the_file_line_and_setting(tmp_path: Path) -> None:
-    authority, clients = ca(), ca("client CA")
-    good = leaf(clients, "gateway", client=True)
-    expired = leaf(clients, "gateway", client=True, days=-1)
+    authority, clients = Authority(), Authority("client CA")
+    good = clients.client("gateway")
+    expired = clients.client("gateway", not_after=datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1))
     files = {
-        "ca": write(tmp_path / "ca.pem", authority.cert_pem),
+        "ca": write(tmp_path / "ca.pem", authority.pem),
         "junk": write(tmp_path / "junk.pem", b"not a certificate\n"),
         "cert": write(tmp_path / "gw.pem", good.cert_pem),
         "key": write(tmp_path / "gw.key", good.key_pem),
-        "other_key": write(tmp_path / "other.key", leaf(clients, "x", client=True).key_pem),
+        "other_key": write(tmp_path / "other.key", clients.client("x").key_pem),
         "locked": write(tmp_path / "locked.key", good.key_pem_encrypted(b"secret")),
         "expired": write(tmp_path / "old.pem", expired.cert_pem),
         "expired_key": write(tmp_path / "old.key", expired.key_pem),

@@ -32,6 +32,11 @@ def worker(path: Path, requests: int, keys: int, route: str = "orders") -> Metri
     provider.keys(keys, loaded=True)
     metrics.revocations("corp")(True, 5)
     metrics.client_connections.set_function(lambda: 3)
+    tls = metrics.tls("proxy")
+    tls.handshake("1.3")
+    tls.handshake_failed("not_tls")
+    tls.reloaded(True)
+    tls.expiry(1_800_000_000.0 + keys)
     metrics.sample()  # as a worker does when the supervisor asks
     return metrics
 
@@ -64,6 +69,10 @@ def test_counters_and_histograms_are_summed_and_gauges_aggregated_as_catalogued(
     assert s.get("gateway_jwks_keys", provider="corp", worker="1") == 3
     assert s.get("gateway_jwks_keys", provider="corp", worker="2") == 2
     assert s.get("gateway_revoked_tokens", provider="corp", worker="2") == 5
+    assert s.get("gateway_tls_handshakes_total", listener="proxy", version="1.3") == 2
+    assert s.get("gateway_tls_handshake_failures_total", listener="proxy", reason="not_tls") == 2
+    assert s.get("gateway_tls_certificate_expiry_seconds", listener="proxy", worker="1") == 1_800_000_003.0
+    assert s.get("gateway_tls_certificate_expiry_seconds", listener="proxy", worker="2") == 1_800_000_002.0
     assert not [k for k in s.samples if k[0] == "gateway_jwks_keys" and "worker" not in dict(k[1])]
     assert [s.samples[k] for k in s.samples if k[0] == "gateway_build_info"] == [1]  # once, not three times
     # The supervisor's own.

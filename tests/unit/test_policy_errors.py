@@ -50,7 +50,7 @@ def test_bad_upstream_names_line_field_and_expectation(tmp_path: Path) -> None:
         (
             "bogus: 1\n",
             "1: bogus: unknown field 'bogus' "
-            "(expected one of: access_log, admin, identity, listen, providers, routes, server, token_cache, "
+            "(expected one of: access_log, admin, identity, listen, providers, routes, server, tls, token_cache, "
             "upstream_tls)",
         ),
         ("server:\n  shutdown_timeout: 10\n", "2: server.shutdown_timeout: not a duration: 10 (expected"),
