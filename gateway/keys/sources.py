@@ -94,8 +94,10 @@ class FileKeys:
         """`keys` were parsed from `data`. `read_now`: `data` is what the file holds now;
         False when it came from a policy validated earlier (a worker compiles the
         supervisor's copy): `start` then reads the file before the worker serves, and
-        takes what it holds if that is usable, as the running workers did when it
-        changed (a key retired since is not trusted again); if unusable, `keys` stay."""
+        takes what it holds, as the running workers did when it changed (a key retired
+        since is not trusted again). If the file is unusable then, this source trusts
+        no key until it is fixed: the copy may hold keys the running workers have since
+        dropped, and which is older cannot be told."""
         self.label = f"{kind} file {path}"
         self._path = path
         self._kind = kind
@@ -108,7 +110,10 @@ class FileKeys:
         self, session: aiohttp.ClientSession, on_change: Callable[[bool], None], on_fetch: Callable[[bool], None]
     ) -> None:
         if self._stamp is None:
-            await self._read(await asyncio.to_thread(file_stamp, self._path), on_change)
+            stamp = await asyncio.to_thread(file_stamp, self._path)
+            if not await self._read(stamp, on_change, "its keys are not trusted here until it is fixed"):
+                self.snapshot = None
+                on_change(False)
         self._task = asyncio.create_task(self._watch(on_change), name=f"watch {self.label}")
 
     async def stop(self) -> None:
@@ -125,20 +130,21 @@ class FileKeys:
             stamp = await asyncio.to_thread(file_stamp, self._path)
             if stamp == self._stamp or stamp is None:
                 continue
-            await self._read(stamp, on_change)
+            await self._read(stamp, on_change, "keeping the last good keys")
 
-    async def _read(self, stamp: tuple[int, int, int] | None, on_change: Callable[[bool], None]) -> None:
-        """Take what the file holds (stamped `stamp` just before), unless it is unusable."""
+    async def _read(self, stamp: tuple[int, int, int] | None, on_change: Callable[[bool], None], unusable: str) -> bool:
+        """Take what the file holds (stamped `stamp` just before), unless it is unusable
+        (then False)."""
         self._stamp = stamp
         try:
             data = await asyncio.to_thread(read_bounded, self._path, MAX_KEY_FILE_BYTES)
-            if data == self._data:
-                return  # rewritten the same: the keys, and what was verified with them, stay
+            if data == self._data and self.snapshot is not None:
+                return True  # rewritten the same: the keys, and what was verified with them, stay
             keys = await asyncio.to_thread(parse_key_file, data, self._path, self._kind, allow_empty=True)
         except (OSError, UnusableKeyError, RecursionError) as exc:
             # Loud, and the last good keys stay in force.
-            log.error("key file %s is unusable, keeping the last good keys: %s", self._path, exc)
-            return
+            log.error("key file %s is unusable (%s): %s", self._path, exc, unusable)
+            return False
         self._data = data
         self.snapshot = KeySet.of(keys)
         if keys:
@@ -146,6 +152,7 @@ class FileKeys:
         else:
             log.warning("%s now holds no keys: every token of this provider is refused", self._path)
         on_change(True)
+        return True
 
 
 def insecure_url(url: str, allow_insecure_http: bool) -> str | None:

@@ -415,12 +415,8 @@ def _compile_provider(
         # afresh at every start, and a ConfigMap version the kubelet has since deleted
         # would hold none (and so revoke nothing).
         file = FsPath(base_dir_of(policy_file)) / provider.revocation_file
-        gone = reader.revocation_list(name, file)
-        if gone is not None:
-            problems.append(Problem((*path, "revocation_file"), f"{file}: {gone}"))
-            return None
         try:
-            revocations = RevocationWatcher(name, file)
+            revocations = RevocationWatcher(name, file, must_exist=reader.revocation_must_exist(name, file))
         except (OSError, RevocationError) as exc:
             problems.append(Problem((*path, "revocation_file"), f"{file}: {exc}"))
             return None

@@ -106,17 +106,12 @@ class Reader:
         self.files[path] = data
         return data
 
-    def revocation_list(self, provider: str, path: Path) -> str | None:
-        """Note whether `provider`'s revocation list exists; what is wrong if a replayed
-        snapshot saw it and it is gone."""
-        exists = path.exists()
-        self.revocations[provider] = exists
-        if self._replay is not None and self._replay.revocations.get(provider) and not exists:
-            return (
-                "the revocation list is gone (it existed when the running policy was validated): "
-                "a worker does not start without it"
-            )
-        return None
+    def revocation_must_exist(self, provider: str, path: Path) -> bool:
+        """Whether `provider`'s revocation list must exist now: a replayed snapshot says
+        it has been seen (when the policy was validated, or since, by the supervisor).
+        Notes whether it exists, for the snapshot this reader makes."""
+        self.revocations[provider] = path.exists()
+        return self._replay is not None and self._replay.revocations.get(provider, False)
 
     def snapshot(self, text: str, base_dir: str) -> Snapshot:
         return Snapshot(text, base_dir, dict(self.files), self._replay is not None, dict(self.revocations))

@@ -72,6 +72,9 @@ START_TIMEOUT = 60.0
 STATUS_TIMEOUT = 2.0
 # Past shutdown_timeout, how long a worker may take to exit before it is killed.
 EXIT_MARGIN = 5.0
+# How often the supervisor looks for revocation lists that appeared (the workers poll
+# their contents every second; it only notes that one exists).
+_LISTS_POLL = 1.0
 # Output of a worker without a newline for this long is written anyway (bounded memory).
 _MAX_PARTIAL_LINE = 1 << 20
 
@@ -157,6 +160,8 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._read: tuple[Stamp, ...] = ()  # the policy's inputs as the last reload found them
+        # Providers whose revocation list has existed while running (never forgotten).
+        self._lists_seen: set[str] = {name for name, seen in self.policy.snapshot.revocations.items() if seen}
         self._fatal: str | None = None
         self._backoff: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -188,6 +193,7 @@ class Supervisor:
         """Reload on SIGHUP or a watched change, until a signal or a fatal error."""
         watch = None
         self._read = await asyncio.to_thread(stamps, self.policy.inputs)
+        self._spawn(self._watch_revocation_lists())
         if self.policy.watch:
             watch = PolicyWatch(self.policy.inputs, self._reload_changed)
             self._watching = self._spawn(watch.run())
@@ -298,6 +304,26 @@ class Supervisor:
 
     # -- workers -----------------------------------------------------------------------
 
+    def _wire(self, policy: CompiledPolicy) -> dict[str, Any]:
+        """A start or prepare message's policy: its snapshot, and which providers have
+        had a revocation list (validated then, or seen since): for those a worker does
+        not start, nor a reload take, without one."""
+        wire = policy.snapshot.to_wire()
+        wire["revocations"] = {
+            name: seen or name in self._lists_seen for name, seen in policy.snapshot.revocations.items()
+        }
+        return {"source": policy.source, "snapshot": wire}
+
+    async def _watch_revocation_lists(self) -> None:
+        """Which providers' revocation lists have existed (sticky), polled each second:
+        a list created after the policy was validated (`gateway tokens revoke`) and lost
+        since must stop a worker's restart, not leave it revoking nothing."""
+        while True:
+            for watcher in self.policy.revocations:
+                if watcher.provider not in self._lists_seen and await asyncio.to_thread(watcher.path.exists):
+                    self._lists_seen.add(watcher.provider)
+            await asyncio.sleep(_LISTS_POLL)
+
     async def _start_worker(
         self, name: str, listen: socket.socket, policy: CompiledPolicy, accept: bool = True
     ) -> WorkerProcess | str:
@@ -341,7 +367,7 @@ class Supervisor:
         self._spawn(channel.serve(lambda _: None))
         try:
             async with asyncio.timeout(START_TIMEOUT):
-                message = {"op": "start", **_wire(policy), "accept": accept}
+                message = {"op": "start", **self._wire(policy), "accept": accept}
                 await channel.request(message, within=START_TIMEOUT)
         except (TimeoutError, ChannelClosedError) as exc:
             if isinstance(exc, ChannelClosedError):
@@ -522,7 +548,7 @@ class Supervisor:
         self._generation += 1
         gen = self._generation
         timeout = new.reload_timeout + STATUS_TIMEOUT + 5.0
-        message = {"op": "prepare", "gen": gen, **_wire(new)}
+        message = {"op": "prepare", "gen": gen, **self._wire(new)}
         # A worker that died and waits for its restart is not asked: its restart (under
         # this lock) takes the text in force when it comes, this one if it is committed.
         alive = [w for w in self.workers if not w.exited.is_set()]
@@ -673,10 +699,6 @@ def _prepare_problem(task: asyncio.Future[dict[str, Any]]) -> str | None:
         return "no answer" if isinstance(exc, TimeoutError) else "gone"
     answer = task.result()
     return None if answer.get("ok") else str(answer.get("error"))
-
-
-def _wire(policy: CompiledPolicy) -> dict[str, Any]:
-    return {"source": policy.source, "snapshot": policy.snapshot.to_wire()}
 
 
 def _sweep_metrics_dirs(parent: Path) -> None:

@@ -69,13 +69,21 @@ def add(path: Path, entries: Iterable[dict[str, Any]]) -> int:
 class RevocationWatcher:
     """The running gateway's view of one revocation file: a frozenset swapped on change."""
 
-    def __init__(self, provider: str, path: Path) -> None:
+    def __init__(self, provider: str, path: Path, *, must_exist: bool = False) -> None:
+        """`must_exist`: a list of this provider's has been seen (by the supervisor, or
+        by the running policy): its absence now is an accident, never "nothing revoked"."""
         self.provider = provider
         self.path = path
-        self.revoked: frozenset[str] = frozenset(e["jti"] for e in read(path))  # raises at load
-        if not path.exists():
-            log.info("provider %s: revocation file %s does not exist yet: no tokens revoked", provider, path)
+        # Stamped before reading: a revocation written meanwhile is a change the first
+        # poll reads (stamped after, it would be taken for what was read, and lost).
         self._stamp = file_stamp(self.path)
+        if self._stamp is None and must_exist:
+            raise RevocationError(
+                "the revocation list is gone (this provider has had one): a worker does not start without it"
+            )
+        self.revoked: frozenset[str] = frozenset(e["jti"] for e in read(path))  # raises at load
+        if self._stamp is None:
+            log.info("provider %s: revocation file %s does not exist yet: no tokens revoked", provider, path)
         self._seen = self._stamp is not None
         self._task: asyncio.Task[None] | None = None
         self.on_reload: Callable[[bool, int], None] = lambda ok, count: None

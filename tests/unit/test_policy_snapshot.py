@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,9 @@ from gateway.limits import MAX_KEY_FILE_BYTES, MAX_KEY_FILES_BYTES, MAX_POLICY_B
 from gateway.policy import ConfigError, load_policy, load_policy_text
 from gateway.policy.snapshot import Snapshot
 from gateway.runtime.control import Channel
+from gateway.tokens import revocation
+from gateway.tokens.files import write_atomic
+from gateway.tokens.revocation import RevocationWatcher
 from tests.factories import ec_key, write
 
 ROUTES = """\
@@ -140,3 +144,31 @@ def test_a_snapshot_never_prints_its_files() -> None:
     snapshot = Snapshot("text", "/a", {"/a/hmac": secret})
     assert secret.decode() not in repr(snapshot)
     assert "s3cret" not in repr(Snapshot.from_wire(snapshot.to_wire()))
+
+
+def test_a_revocation_written_as_its_watcher_starts_is_read_by_the_first_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher stamps the file before reading it: a revocation landing between the
+    two (found by review: it was taken as read, and never loaded) is a change."""
+    path = tmp_path / "revoked.json"
+    path.write_text('{"revoked": []}')
+    real_read = revocation.read
+
+    def read_then_revoke(p: Path) -> list[dict[str, Any]]:
+        entries = real_read(p)
+        write_atomic(p, b'{"revoked": [{"jti": "t-9"}]}\n', 0o644)  # as `gateway tokens revoke`
+        return entries
+
+    monkeypatch.setattr(revocation, "read", read_then_revoke)
+    watcher = RevocationWatcher("corp", path)
+    monkeypatch.setattr(revocation, "read", real_read)
+    assert watcher.revoked == frozenset()
+
+    async def poll() -> None:
+        watcher.start(lambda ok, n: None)
+        await asyncio.sleep(revocation.POLL_SECONDS * 2.5)
+        await watcher.stop()
+
+    asyncio.run(poll())
+    assert watcher.revoked == {"t-9"}
