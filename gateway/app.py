@@ -135,7 +135,7 @@ class Gateway:
         self.public_port = port_of(sock)
         if policy.tls is not None:
             policy.tls.start(self.metrics.tls("proxy"))
-        self._listener = Listener(sock, self._server, policy.tls, self._server.unstarted)
+        self._listener = Listener(sock, self._server, policy.tls, self._server.unstarted, self._server.full)
         if accept:
             self._listener.start()
         if self.admin:

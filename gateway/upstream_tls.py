@@ -95,7 +95,7 @@ def _expiry_check(cert: bytes) -> None:
 
 
 def _load_chain(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
-    fds = [_memfd(cert), _memfd(key)]
+    fds: list[int] = []
     asked: list[bool] = []
 
     def password() -> bytes:
@@ -104,11 +104,15 @@ def _load_chain(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
         return b""
 
     try:
+        for data in (cert, key):
+            fds.append(_memfd(data))
         context.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}", password=password)
-    except ssl.SSLError:
+    except ssl.SSLError:  # before OSError, whose subclass it is
         if asked:
             raise TlsSettingsError("key_file", "encrypted (expected an unencrypted PEM private key)") from None
         raise TlsSettingsError("key_file", "not the private key of cert_file (or not a PEM private key)") from None
+    except OSError as exc:  # no memfd (not Linux), or no /proc
+        raise TlsSettingsError("cert_file", f"cannot load a client certificate here ({exc.strerror})") from None
     finally:
         for fd in fds:
             os.close(fd)
@@ -116,7 +120,11 @@ def _load_chain(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
 
 def _memfd(data: bytes) -> int:
     fd = os.memfd_create("gateway-tls", os.MFD_CLOEXEC)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        os.close(fd)
+        raise
     return fd

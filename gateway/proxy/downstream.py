@@ -390,8 +390,11 @@ class ClientConnection(BaseProtocol):
         connection (renegotiation is off in OpenSSL's TLS 1.2 server by default here,
         and TLS 1.3 has none)."""
         if not self._subject_read and self.transport is not None:
-            self._subject_read = True
+            # Marked read only once it is: a subject that cannot be parsed raises here
+            # on every request of the connection (each fails closed), never once and
+            # then reads as "no certificate" (found by review).
             self._subject = client_subject(self.transport.get_extra_info("ssl_object"))
+            self._subject_read = True
         return self._subject
 
     def uncount(self) -> None:
@@ -767,17 +770,26 @@ def _nothing() -> None:
     pass
 
 
+# How long a refused connection is read (and dropped) before it is closed.
+_LINGER = 1.0
+
+
 class _Overloaded(asyncio.Protocol):
-    """A connection past `max_connections`: 503 and close, without reading a byte.
+    """A connection past `max_connections`: 503, then a lingering close.
 
     Accepted and answered rather than left in the backlog: a client (or a load
     balancer) told 503 retries elsewhere at once, where one left waiting would hold
-    the connection until its own timeout; and asyncio has no way to pause `accept`."""
+    the connection until its own timeout; and asyncio has no way to pause `accept`.
+    The close lingers (our side shut for writing, what the client sends read and
+    dropped, for at most `_LINGER` seconds): closed at once, a request arriving after
+    the close makes the kernel reset the connection, and the client loses the 503
+    (under uvloop every time)."""
 
     def __init__(self, server: Server) -> None:
         self._server = server
         server.open += 1  # until connection_lost (or `uncount`, when it never starts)
         self._counted = True
+        self._timer: asyncio.TimerHandle | None = None
 
     def uncount(self) -> None:
         if self._counted:
@@ -785,11 +797,29 @@ class _Overloaded(asyncio.Protocol):
             self._server.open -= 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(listener_refusal(503, Reason.OVERLOADED, "Retry-After: 1\r\n"))
+        # A cast, not an isinstance assert: uvloop's transports are not asyncio's classes
+        # (found by review: the assert failed under uvloop, nothing was closed, and the
+        # count of open connections never came down: every later connection was lost).
+        writer = cast(asyncio.WriteTransport, transport)
+        try:
+            writer.write(listener_refusal(503, Reason.OVERLOADED, "Retry-After: 1\r\n"))
+            if writer.can_write_eof():
+                writer.write_eof()
+                self._timer = self._server.loop.call_later(_LINGER, transport.close)
+                return
+        except Exception:
+            log.debug("overloaded: the refusal could not be written")
         transport.close()
 
+    def data_received(self, data: bytes) -> None:
+        pass  # dropped: this connection is refused
+
+    def eof_received(self) -> bool:
+        return False  # the client is done too: close now
+
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         self.uncount()
 
 
@@ -836,6 +866,17 @@ class Server:
                 )
             return _Overloaded(self)
         return ClientConnection(self)
+
+    def full(self) -> bool:
+        """At `max_connections`: a TLS connection is then closed before its handshake
+        (counted as refused), since a 503 over TLS would cost a whole handshake, and a
+        client that never sends its ClientHello would hold a descriptor meanwhile that
+        no limit counts."""
+        if self.open < self.limits.max_connections:
+            return False
+        self.refused += 1
+        self.on_refused()
+        return True
 
     def unstarted(self, protocol: asyncio.Protocol) -> None:
         """`protocol`, made here, will never hear of its connection (its TLS handshake

@@ -83,6 +83,10 @@ class Tls(Protocol):
     def handshake_failed(self, exc: BaseException) -> None: ...
 
 
+# How long a TLS close waits for the client's close_notify before the socket goes.
+_TLS_SHUTDOWN_TIMEOUT = 2.0
+
+
 class Listener:
     """Accepts from `sock` (listening, non-blocking, possibly shared with other
     processes) and hands each connection to `factory`'s protocol, over TLS when `tls`
@@ -95,10 +99,12 @@ class Listener:
         factory: Callable[[], asyncio.Protocol],
         tls: Tls | None = None,
         unstarted: Callable[[asyncio.Protocol], None] = lambda _: None,
+        full: Callable[[], bool] = lambda: False,
     ) -> None:
         self._sock = sock
         self._factory = factory
         self._unstarted = unstarted
+        self._full = full
         self.tls = tls
         self._loop = asyncio.get_running_loop()
         # Accepted connections whose transport is being made: close() waits for them,
@@ -135,6 +141,9 @@ class Listener:
             self._pending.add(task)
             task.add_done_callback(functools.partial(self._made, conn))
             return
+        if self._full():
+            conn.close()
+            return
         made: list[asyncio.Protocol] = []
 
         def factory() -> asyncio.Protocol:
@@ -144,7 +153,13 @@ class Listener:
 
         task = self._loop.create_task(
             self._loop.connect_accepted_socket(
-                factory, conn, ssl=tls.context, ssl_handshake_timeout=tls.handshake_timeout
+                factory,
+                conn,
+                ssl=tls.context,
+                ssl_handshake_timeout=tls.handshake_timeout,
+                # Closing waits this long for the client's close_notify (asyncio's
+                # default is 30 s, a descriptor held per client that ignores it).
+                ssl_shutdown_timeout=_TLS_SHUTDOWN_TIMEOUT,
             )
         )
         self._pending.add(task)

@@ -126,7 +126,7 @@ def load_tls(settings: TlsSettings, now: float) -> LoadedTls:
     # whoever obtains it can decrypt every TLS 1.2 session resumed with it (RFC 8446
     # §2.2 on forward secrecy; Mozilla's server guidance). Resumption still works from
     # each worker's own session cache.
-    context.options |= ssl.OP_NO_TICKET
+    context.options |= ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(list(ALPN))
     try:
         context.load_cert_chain(settings.cert_file, settings.key_file, password=_no_passphrase)

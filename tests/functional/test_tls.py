@@ -472,3 +472,121 @@ async def test_a_client_closing_its_tls_stream_early_is_closed_quietly(
     # the answer is cut, as if the client had left, and there is no
     # "returning true from eof_received() has no effect when using ssl" per connection.
     assert not [r for r in caplog.records if "eof_received" in r.getMessage()]
+
+
+async def test_tls_connections_past_max_connections_are_closed_before_their_handshake(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority
+) -> None:
+    """Past the limit a TLS connection is closed at once, counted as refused: a 503 would
+    cost a handshake, and one waiting for a ClientHello held a descriptor no limit
+    counted, for up to handshake_timeout (found by review: 40 held with a limit of 2)."""
+    gw = await make_gateway(
+        tls_policy(upstream, ", handshake_timeout: 5s").replace("tls:", "server: {max_connections: 2}\n    tls:", 1)
+    )
+    socks = []
+    try:
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", gw.public_port))
+            sock.setblocking(False)
+            socks.append(sock)
+        assert gw._server is not None
+        await until(lambda: gw._server is not None and gw._server.refused >= 38, 5)
+        assert gw._server.open <= 2
+    finally:
+        for sock in socks:
+            sock.close()
+    await until(lambda: gw._server is not None and gw._server.open == 0, 10)
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(f"https://localhost:{gw.public_port}/open/x", ssl=trusting(ca)) as r,
+    ):
+        assert r.status == 200  # and then it serves
+
+
+async def test_a_tls_connection_the_gateway_closes_frees_its_slot_promptly(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority
+) -> None:
+    """An idle TLS connection closed by the gateway, whose client never answers the
+    close_notify: the slot is free within seconds (asyncio's default wait is 30 s)."""
+    gw = await make_gateway(tls_policy(upstream).replace("tls:", "server: {keepalive_timeout: 500ms}\n    tls:", 1))
+    raw = socket.create_connection(("127.0.0.1", gw.public_port))
+    wrapped = await asyncio.to_thread(trusting(ca).wrap_socket, raw, server_hostname="localhost")
+    try:
+        await until(lambda: gw._server is not None and gw._server.open == 1, 5)
+        await until(lambda: gw._server is not None and gw._server.open == 0, 4)
+    finally:
+        wrapped.close()
+        raw.close()
+
+
+def _der_len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def _past(der: bytes, at: int) -> int:
+    """The offset just past the DER element starting at `at`."""
+    first = der[at + 1]
+    if first < 0x80:
+        return at + 2 + first
+    size = first & 0x7F
+    return at + 2 + size + int.from_bytes(der[at + 2 : at + 2 + size], "big")
+
+
+def unparseable_subject(ca: Authority) -> Issued:
+    """A client certificate, properly signed by `ca`, whose subject holds a NumericString
+    of letters: OpenSSL verifies it, cryptography will not parse the name."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.name import _ASN1Type
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "billing"),
+            x509.NameAttribute(NameOID.SERIAL_NUMBER, "987", _type=_ASN1Type.NumericString),
+        ]
+    )
+    good = ca._issue(name, [], ExtendedKeyUsageOID.CLIENT_AUTH, None, None)
+    der = good.cert.public_bytes(Encoding.DER)
+    patched = good.cert.tbs_certificate_bytes.replace(b"\x12\x03987", b"\x12\x03abc")
+    header = 2 + (der[1] & 0x7F if der[1] & 0x80 else 0)
+    tbs_end = _past(der, header)
+    algorithm = der[tbs_end : _past(der, tbs_end)]
+    signature = ca.key.sign(patched, ec.ECDSA(hashes.SHA256()))
+    body = patched + algorithm + b"\x03" + _der_len(len(signature) + 1) + b"\x00" + signature
+    pem = ssl.DER_cert_to_PEM_cert(b"\x30" + _der_len(len(body)) + body).encode()
+    return Issued(good.cert, pem, good.key_pem)
+
+
+async def test_a_subject_that_cannot_be_read_fails_every_request_of_its_connection(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority, tmp_path: Path
+) -> None:
+    """Required client certificates, one verified whose subject cannot be parsed: each
+    request on the connection fails closed (found by review: the first got 500, the
+    second was forwarded as if there were no certificate)."""
+    clients = Authority("Client CA")
+    clients.write(tmp_path / "clients.pem")
+    gw = await make_gateway(client_policy(upstream, "required"))
+    context = with_client_cert(ca, unparseable_subject(clients), tmp_path)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", gw.public_port, ssl=context, server_hostname="localhost"
+    )
+    statuses = []
+    try:
+        for _ in range(2):
+            writer.write(b"GET /open/x HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            statuses.append(int(head.split()[1]))
+            length = next(
+                int(v)
+                for k, _, v in (line.partition(b":") for line in head.split(b"\r\n"))
+                if k.lower() == b"content-length"
+            )
+            await reader.readexactly(length)
+    finally:
+        writer.close()
+    assert statuses == [500, 500]
+    assert upstream.seen == []
