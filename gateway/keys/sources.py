@@ -95,9 +95,10 @@ class FileKeys:
         False when it came from a policy validated earlier (a worker compiles the
         supervisor's copy): `start` then reads the file before the worker serves, and
         takes what it holds, as the running workers did when it changed (a key retired
-        since is not trusted again). If the file is unusable then, this source trusts
-        no key until it is fixed: the copy may hold keys the running workers have since
-        dropped, and which is older cannot be told."""
+        since is not trusted again). If the file is there but unusable, this source
+        trusts no key until it is fixed: the copy may hold keys the running workers have
+        since dropped, and which is older cannot be told. If it is gone, the copy's keys
+        stay, as the running workers keep theirs when a file goes."""
         self.label = f"{kind} file {path}"
         self._path = path
         self._kind = kind
@@ -111,7 +112,12 @@ class FileKeys:
     ) -> None:
         if self._stamp is None:
             stamp = await asyncio.to_thread(file_stamp, self._path)
-            if not await self._read(stamp, on_change, "its keys are not trusted here until it is fixed"):
+            if stamp is None:
+                # Gone (a ConfigMap version the kubelet has deleted since a refused
+                # reload): the running workers keep their keys when a file goes, and
+                # this one starts with the copy, which is what they had then.
+                log.warning("key file %s is gone: this worker starts with the policy's copy of its keys", self._path)
+            elif not await self._read(stamp, on_change, "its keys are not trusted here until it is fixed"):
                 self.snapshot = None
                 on_change(False)
         self._task = asyncio.create_task(self._watch(on_change), name=f"watch {self.label}")
