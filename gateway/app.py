@@ -54,6 +54,8 @@ def _settings(policy: CompiledPolicy) -> HandlerSettings:
         realm=policy.realm,
         max_token_bytes=policy.max_token_bytes,
         upstream_keepalive=policy.upstream_keepalive,
+        websocket_idle_timeout=policy.websocket_idle_timeout,
+        max_websockets=policy.max_websockets,
     )
 
 

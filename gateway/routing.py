@@ -60,6 +60,8 @@ class CompiledRoute:
     timeout: aiohttp.ClientTimeout
     auth: AuthRequirement
     forward_authorization: bool
+    websocket: bool = False
+    websocket_close_on_expiry: bool = True
 
     def __post_init__(self) -> None:
         if self.host is not None and self.host.endswith("."):

@@ -101,12 +101,13 @@ WORKER_RESTARTS = _f(
     "gateway_worker_restarts", "counter", "Worker processes the supervisor started again after they died."
 )
 WORKERS = _f("gateway_workers", "gauge", "Worker processes serving now.")
+WEBSOCKETS_OPEN = _f("gateway_websockets_open", "gauge", "WebSocket connections open now (handshakes in progress too).")
 
 # Exposition order.
 CATALOGUE = (
     REQUESTS, REQUEST_DURATION, UPSTREAM_DURATION, IN_FLIGHT, CACHE_HITS, CACHE_MISSES, AUTH_FAILURES,
     JWKS_FETCHES, JWKS_KEYS, JWKS_LAST_SUCCESS, CLIENT_CONNECTIONS, CONNECTIONS_REFUSED, CONFIG_RELOADS,
-    BUILD_INFO, REVOCATION_RELOADS, REVOKED_TOKENS, CACHE_ENTRIES, WORKER_RESTARTS, WORKERS,
+    BUILD_INFO, REVOCATION_RELOADS, REVOKED_TOKENS, CACHE_ENTRIES, WORKER_RESTARTS, WORKERS, WEBSOCKETS_OPEN,
 )  # fmt: skip
 
 
