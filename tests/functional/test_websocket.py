@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import ClientWebSocketResponse as ClientWs
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
@@ -54,10 +56,10 @@ class WsUpstream:
         await ws.prepare(request)
         try:
             if request.path.endswith("/flood"):
-                chunk = b"x" * 65536
-                while not ws.closed:
-                    await ws.send_bytes(chunk)
-                    self.flood_sent += len(chunk)
+                sender = asyncio.create_task(self._flood(ws))
+                async for _ in ws:
+                    pass
+                sender.cancel()
             elif request.path.endswith("/bye"):
                 await ws.send_str("bye")
                 await ws.close(code=4000)
@@ -73,6 +75,12 @@ class WsUpstream:
             self.ended.append(ws.close_code)
             self.ended_event.set()
         return ws
+
+    async def _flood(self, ws: web.WebSocketResponse) -> None:
+        chunk = b"x" * 65536
+        while not ws.closed:
+            await ws.send_bytes(chunk)  # waits while the socket's buffer is full
+            self.flood_sent += len(chunk)
 
     async def wait_ended(self, seconds: float = 5.0) -> int | None:
         async with asyncio.timeout(seconds):
@@ -140,6 +148,13 @@ def url(gw: Gateway, path: str) -> str:
     return f"http://127.0.0.1:{gw.public_port}{path}"
 
 
+@contextlib.asynccontextmanager
+async def connect(gw: Gateway, path: str, tok: str | None = None, **kw: Any) -> AsyncIterator[ClientWs]:
+    headers = bearer(tok) if tok is not None else {}
+    async with aiohttp.ClientSession() as session, session.ws_connect(url(gw, path), headers=headers, **kw) as ws:
+        yield ws
+
+
 def access_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     return [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
 
@@ -163,27 +178,31 @@ async def test_echo_text_binary_and_a_large_message(
     caplog.set_level(logging.INFO, logger="gateway.access")
     gw = await start()
     payload = os.urandom(BIG)
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url(gw, "/ws/echo?room=1"), headers=bearer(token()), max_msg_size=0) as ws:
-            await ws.send_str("hello")
-            assert (await ws.receive(timeout=5)).data == "hello"
-            await ws.send_bytes(b"\x00\x01binary")
-            assert (await ws.receive(timeout=5)).data == b"\x00\x01binary"
-            await ws.send_bytes(payload)
-            msg = await ws.receive(timeout=10)
-            assert msg.type == WSMsgType.BINARY and msg.data == payload
-            assert "gateway_websockets_open 1.0" in (await gw.exposition()).decode()
+    async with connect(gw, "/ws/echo?room=1", token(), max_msg_size=0) as ws:
+        await ws.send_str("hello")
+        assert (await ws.receive(timeout=5)).data == "hello"
+        await ws.send_bytes(b"\x00\x01binary")
+        assert (await ws.receive(timeout=5)).data == b"\x00\x01binary"
+        await ws.send_bytes(payload)
+        msg = await ws.receive(timeout=10)
+        assert msg.type == WSMsgType.BINARY
+        assert msg.data == payload
+        assert "gateway_websockets_open 1.0" in (await gw.exposition()).decode()
     assert await ws_upstream.wait_ended() == 1000
     # The upstream saw the path the policy saw, the identity headers, no token.
     path, headers = ws_upstream.seen[0]
     assert path == "/ws/echo?room=1"
     assert headers["X-Auth-Subject"] == "alice"
     assert "Authorization" not in headers
-    assert headers["Upgrade"] == "websocket" and headers["Sec-WebSocket-Version"] == "13"
+    assert headers["Upgrade"] == "websocket"
+    assert headers["Sec-WebSocket-Version"] == "13"
     await until(lambda: bool(access_records(caplog)))
     [line] = access_records(caplog)
-    assert line["status"] == 101 and line["route"] == "ws" and line["reason"] == "client_closed"
-    assert line["bytes_in"] > BIG and line["bytes_out"] > BIG
+    assert line["status"] == 101
+    assert line["route"] == "ws"
+    assert line["reason"] == "client_closed"
+    assert line["bytes_in"] > BIG
+    assert line["bytes_out"] > BIG
     assert line["duration_seconds"] > 0
     assert "gateway_websockets_open 0.0" in (await gw.exposition()).decode()
 
@@ -195,7 +214,8 @@ async def test_handshake_is_authorized_like_any_request(start: Start, ws_upstrea
             with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
                 await session.ws_connect(url(gw, "/ws/echo"), headers=headers)
             assert caught.value.status == 401
-            assert "Bearer" in (caught.value.headers or {}).get("WWW-Authenticate", "")
+            assert caught.value.headers is not None
+            assert "Bearer" in caught.value.headers.get("WWW-Authenticate", "")
     assert ws_upstream.seen == []  # never contacted
 
 
@@ -245,13 +265,13 @@ async def test_closed_with_1008_when_the_token_expires(
     caplog.set_level(logging.INFO, logger="gateway.access")
     gw = await start()
     t0 = time.time()
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url(gw, "/ws/echo"), headers=bearer(token(ttl=2))) as ws:
-            await ws.send_str("before")
-            assert (await ws.receive(timeout=5)).data == "before"
-            msg = await ws.receive(timeout=6)
-            assert msg.type == WSMsgType.CLOSE and msg.data == 1008
-            assert time.time() - t0 >= 1.0
+    async with connect(gw, "/ws/echo", token(ttl=2)) as ws:
+        await ws.send_str("before")
+        assert (await ws.receive(timeout=5)).data == "before"
+        msg = await ws.receive(timeout=6)
+        assert msg.type == WSMsgType.CLOSE
+        assert msg.data == 1008
+        assert time.time() - t0 >= 1.0
     assert await ws_upstream.wait_ended() == 1008  # the upstream got a (masked) Close too
     await until(lambda: bool(access_records(caplog)))
     assert access_records(caplog)[0]["reason"] == "token_expired"
@@ -259,11 +279,10 @@ async def test_closed_with_1008_when_the_token_expires(
 
 async def test_close_on_expiry_can_be_turned_off(start: Start, ws_upstream: WsUpstream) -> None:
     gw = await start()
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url(gw, "/keep/echo"), headers=bearer(token(ttl=1))) as ws:
-            await asyncio.sleep(2.5)
-            await ws.send_str("still here")
-            assert (await ws.receive(timeout=5)).data == "still here"
+    async with connect(gw, "/keep/echo", token(ttl=1)) as ws:
+        await asyncio.sleep(2.5)
+        await ws.send_str("still here")
+        assert (await ws.receive(timeout=5)).data == "still here"
 
 
 async def test_closed_with_1008_when_the_token_is_revoked(
@@ -271,43 +290,41 @@ async def test_closed_with_1008_when_the_token_is_revoked(
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.access")
     gw = await start()
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url(gw, "/ws/echo"), headers=bearer(token(jti="tok-1"))) as ws:
-            await ws.send_str("before")
-            assert (await ws.receive(timeout=5)).data == "before"
-            revocation.add(tmp_path / "revoked.json", [{"jti": "tok-1"}])
-            t0 = time.monotonic()
-            msg = await ws.receive(timeout=6)
-            assert msg.type == WSMsgType.CLOSE and msg.data == 1008
-            assert time.monotonic() - t0 < 3.5  # the file is polled each second, and so are connections
+    async with connect(gw, "/ws/echo", token(jti="tok-1")) as ws:
+        await ws.send_str("before")
+        assert (await ws.receive(timeout=5)).data == "before"
+        revocation.add(tmp_path / "revoked.json", [{"jti": "tok-1"}])
+        t0 = time.monotonic()
+        msg = await ws.receive(timeout=6)
+        assert msg.type == WSMsgType.CLOSE
+        assert msg.data == 1008
+        assert time.monotonic() - t0 < 3.5  # the file is polled each second, and so are connections
     assert await ws_upstream.wait_ended() == 1008
     await until(lambda: bool(access_records(caplog)))
     assert access_records(caplog)[0]["reason"] == "revoked"
 
 
-async def test_a_slow_reader_stalls_the_upstream_not_the_gateways_memory(
-    start: Start, ws_upstream: WsUpstream
-) -> None:
+async def test_a_slow_reader_stalls_the_upstream_not_the_gateways_memory(start: Start, ws_upstream: WsUpstream) -> None:
     gw = await start()
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url(gw, "/ws/flood"), headers=bearer(token()), max_msg_size=0) as ws:
-            await until(lambda: ws_upstream.flood_sent > 0)
-            # The client reads nothing: the flood must stop, and the gateway hold little.
-            await asyncio.sleep(1.5)
-            stalled_at = ws_upstream.flood_sent
-            await asyncio.sleep(1.0)
-            assert ws_upstream.flood_sent == stalled_at
-            [relay] = relays(gw)
-            assert relay.client is not None and relay.upstream is not None
-            assert relay.client.transport.get_write_buffer_size() <= HIGH_WATER + READ_CHUNK
-            assert not relay.upstream.transport.is_reading()  # paused: back-pressure upstream
-            # Reading again resumes the flow.
-            got = 0
-            while got < stalled_at + 4 * 65536:
-                msg = await ws.receive(timeout=5)
-                assert msg.type == WSMsgType.BINARY
-                got += len(msg.data)
-            assert ws_upstream.flood_sent > stalled_at
+    async with connect(gw, "/ws/flood", token(), max_msg_size=0) as ws:
+        await until(lambda: ws_upstream.flood_sent > 0)
+        # The client reads nothing: the flood must stop, and the gateway hold little.
+        await asyncio.sleep(1.5)
+        stalled_at = ws_upstream.flood_sent
+        await asyncio.sleep(1.0)
+        assert ws_upstream.flood_sent == stalled_at
+        [relay] = relays(gw)
+        assert relay.client is not None
+        assert relay.upstream is not None
+        assert relay.client.transport.get_write_buffer_size() <= HIGH_WATER + READ_CHUNK
+        assert not relay.upstream.transport.is_reading()  # paused: back-pressure upstream
+        # Reading again resumes the flow.
+        got = 0
+        while got < stalled_at + 4 * 65536:
+            msg = await ws.receive(timeout=5)
+            assert msg.type == WSMsgType.BINARY
+            got += len(msg.data)
+        assert ws_upstream.flood_sent > stalled_at
 
 
 async def test_idle_connections_are_closed(
@@ -315,10 +332,10 @@ async def test_idle_connections_are_closed(
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.access")
     gw = await start(idle="1s")
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url(gw, "/open/echo"), autoping=False) as ws:
-            msg = await ws.receive(timeout=5)
-            assert msg.type == WSMsgType.CLOSE and msg.data == 1001
+    async with aiohttp.ClientSession() as session, session.ws_connect(url(gw, "/open/echo"), autoping=False) as ws:
+        msg = await ws.receive(timeout=5)
+        assert msg.type == WSMsgType.CLOSE
+        assert msg.data == 1001
     await until(lambda: bool(access_records(caplog)))
     assert access_records(caplog)[0]["reason"] == "idle"
 
@@ -345,11 +362,11 @@ async def test_the_upstream_closing_closes_the_client(
 ) -> None:
     caplog.set_level(logging.INFO, logger="gateway.access")
     gw = await start()
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(url(gw, "/open/bye")) as ws:
-            assert (await ws.receive(timeout=5)).data == "bye"
-            msg = await ws.receive(timeout=5)
-            assert msg.type == WSMsgType.CLOSE and msg.data == 4000
+    async with aiohttp.ClientSession() as session, session.ws_connect(url(gw, "/open/bye")) as ws:
+        assert (await ws.receive(timeout=5)).data == "bye"
+        msg = await ws.receive(timeout=5)
+        assert msg.type == WSMsgType.CLOSE
+        assert msg.data == 4000
     await until(lambda: bool(access_records(caplog)))
     assert access_records(caplog)[0]["reason"] == "upstream_closed"
 
@@ -407,7 +424,9 @@ async def test_the_close_waits_for_a_frame_boundary(start: Start, ws_upstream: W
     frame, then the Close, never a Close inside the frame."""
     gw = await start()
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
-    writer.write(_handshake("/ws/echo").replace(b"\r\n\r\n", f"\r\nAuthorization: Bearer {token(ttl=2)}\r\n\r\n".encode()))
+    writer.write(
+        _handshake("/ws/echo").replace(b"\r\n\r\n", f"\r\nAuthorization: Bearer {token(ttl=2)}\r\n\r\n".encode())
+    )
     await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     mask = os.urandom(4)
     payload = b"z" * 200
@@ -416,7 +435,9 @@ async def test_the_close_waits_for_a_frame_boundary(start: Start, ws_upstream: W
     writer.write(frame[:50])  # the first part, before the expiry
     await asyncio.sleep(3.5)  # past the expiry
     [relay] = relays(gw)
-    assert relay.closing and relay.upstream is not None and relay.upstream.close_pending
+    assert relay.closing
+    assert relay.upstream is not None
+    assert relay.upstream.close_pending
     writer.write(frame[50:])  # the rest: the frame ends, then the upstream gets its Close
     assert await ws_upstream.wait_ended() == 1008
     data = await asyncio.wait_for(reader.read(), 5)
