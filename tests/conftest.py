@@ -109,10 +109,11 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
 
 
 def _on_uvloop(item: pytest.Item) -> bool:
-    """The proxy listener's own tests run on uvloop, as the gateway does in production:
-    its transports close and call back in another order than asyncio's. The rest keep
-    asyncio's default loop."""
-    return item.path.name == "test_downstream.py"
+    """The proxy listener's own tests (and the WebSocket relay's, which takes its
+    transports over) run on uvloop, as the gateway does in production: its transports
+    close and call back in another order than asyncio's. The rest keep asyncio's default
+    loop."""
+    return item.path.name in ("test_downstream.py", "test_websocket.py")
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:

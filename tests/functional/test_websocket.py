@@ -30,6 +30,10 @@ from tests.conftest import GatewayFactory
 from tests.factories import claims, sign
 from tests.functional.auth_env import HMAC_ISSUER, HMAC_SECRET
 
+# On both loops: the relay takes transports over (`set_protocol`) and drives their flow
+# control, where uvloop and asyncio differ (conftest.py).
+pytestmark = pytest.mark.asyncio(loop_factories=["uvloop", "asyncio"])
+
 BIG = 3 * 2**20  # a message larger than any buffer on the way
 
 
@@ -42,6 +46,7 @@ class WsUpstream:
     ended: list[int | None] = field(default_factory=list)
     ended_event: asyncio.Event = field(default_factory=asyncio.Event)
     flood_sent: int = 0
+    received: list[str | bytes] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -52,6 +57,8 @@ class WsUpstream:
         self.seen.append((request.raw_path, dict(request.headers)))
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return web.json_response({"plain": True, "path": request.raw_path})
+        if request.path.endswith("/deny"):
+            return web.Response(status=403, text="not you")
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
         try:
@@ -65,6 +72,7 @@ class WsUpstream:
                 await ws.close(code=4000)
             else:
                 async for msg in ws:
+                    self.received.append(msg.data)
                     if msg.type == WSMsgType.TEXT:
                         await ws.send_str(msg.data)
                     elif msg.type == WSMsgType.BINARY:
@@ -433,13 +441,47 @@ async def test_the_close_waits_for_a_frame_boundary(start: Start, ws_upstream: W
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     frame = bytes((0x81, 0x80 | 126)) + struct.pack("!H", len(payload)) + mask + masked
     writer.write(frame[:50])  # the first part, before the expiry
-    await asyncio.sleep(3.5)  # past the expiry
     [relay] = relays(gw)
+    await until(lambda: relay.closing)  # the token expired
     assert relay.closing
     assert relay.upstream is not None
     assert relay.upstream.close_pending
     writer.write(frame[50:])  # the rest: the frame ends, then the upstream gets its Close
     assert await ws_upstream.wait_ended() == 1008
+    assert ws_upstream.received == ["z" * 200]  # the whole frame, then the Close
     data = await asyncio.wait_for(reader.read(), 5)
     writer.close()
     assert b"\x88\x02\x03\xf0" in data  # the client's Close, 1008, unmasked
+
+
+async def test_an_upstream_refusing_the_upgrade_is_relayed_and_the_connection_closed(
+    start: Start, ws_upstream: WsUpstream
+) -> None:
+    gw = await start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    writer.write(_handshake("/open/deny"))
+    data = await asyncio.wait_for(reader.read(), 5)  # the answer, then the close
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 403 ")
+    assert data.endswith(b"not you")
+    assert b"Connection: close" in data
+
+
+async def test_a_draining_gateway_closes_websockets_with_1001(
+    start: Start, ws_upstream: WsUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw = await start()
+    async with connect(gw, "/open/echo") as ws:
+        await ws.send_str("x")
+        assert (await ws.receive(timeout=5)).data == "x"
+        t0 = time.monotonic()
+        stopping = asyncio.create_task(gw.stop())
+        msg = await ws.receive(timeout=5)
+        assert msg.type == WSMsgType.CLOSE
+        assert msg.data == 1001
+    await asyncio.wait_for(stopping, 10)
+    assert time.monotonic() - t0 < 5  # not the 30 s shutdown_timeout
+    assert await ws_upstream.wait_ended() == 1001
+    await until(lambda: bool(access_records(caplog)))
+    assert access_records(caplog)[0]["reason"] == "shutdown"
