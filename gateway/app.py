@@ -123,6 +123,7 @@ class Gateway:
         coalescer = Coalescer()
         self._pool = UpstreamPool(coalescer)
         self._handler = ProxyHandler(self._runtime(policy), self._pool, self.metrics)
+        self._handler.websockets.revocations = {w.provider: w for w in policy.revocations}
         self._server = make_server(
             self._handler, policy.limits, policy.keepalive_timeout, policy.send_timeout, coalescer
         )
@@ -199,6 +200,8 @@ class Gateway:
         new = dataclasses.replace(new, listen=old.listen, admin_listen=old.admin_listen)
         assert self._handler is not None
         self._handler.runtime = self._runtime(new)
+        # Open WebSockets verified against the old lists watch the new ones from now on.
+        self._handler.websockets.revocations = {w.provider: w for w in new.revocations}
         if self._server is not None:
             self._server.limits = new.limits  # for connections accepted from now on
         self.policy = new

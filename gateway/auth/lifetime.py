@@ -22,9 +22,11 @@ class RevokedIds(Protocol):
 @dataclass(frozen=True, slots=True)
 class TokenLifetime:
     """`expires_at`: the token's `exp` (Unix time), or None when it has none. `jti` and
-    `revocations`: where to look whether it has been revoked since (None: it cannot be)."""
+    `revocations`: where to look whether it has been revoked since (None: it cannot be);
+    `provider`, whose list that is (a reload replaces the list)."""
 
     expires_at: float | None
+    provider: str = ""
     jti: str | None = None
     revocations: RevokedIds | None = None
 
@@ -36,11 +38,14 @@ class TokenLifetime:
         expires = float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
         jti = claims.get("jti")
         if not isinstance(jti, str) or verifier.revocations is None:
-            return cls(expires)
-        return cls(expires, jti, verifier.revocations)
+            return cls(expires, principal.provider)
+        return cls(expires, principal.provider, jti, verifier.revocations)
 
-    def revoked(self) -> bool:
-        return self.revocations is not None and self.jti in self.revocations.revoked
+    def revoked(self, current: RevokedIds | None = None) -> bool:
+        """Is the token on its provider's list: `current` if given (the list in force
+        after a reload), else the one it was verified against."""
+        source = current if current is not None else self.revocations
+        return source is not None and self.revocations is not None and self.jti in source.revoked
 
 
 # A request that carried no token (a public route, or an optional token not sent).

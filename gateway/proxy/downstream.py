@@ -276,10 +276,10 @@ class Request:
 
     def switch_protocols(
         self, reason: str, headers: Iterable[tuple[str, str]], tunnel: Tunnel
-    ) -> tuple[asyncio.Transport, bytes]:
+    ) -> tuple[asyncio.Transport, bytes, bool]:
         """Write a `101` to WebSocket and hand the connection to `tunnel`: the transport,
-        and the bytes the client sent after its handshake. No HTTP is read on it again;
-        the tunnel calls `connection_lost` here when the transport closes."""
+        the bytes the client sent after its handshake, and whether it half-closed since.
+        No HTTP is read on it again; the tunnel calls `tunnel_closed` when it closes."""
         lines = [f"HTTP/1.1 101 {reason}\r\n"]
         for name, value in (*headers, ("Connection", "Upgrade"), ("Upgrade", "websocket")):
             if _CONTROL.search(value) is not None:
@@ -578,7 +578,7 @@ class ClientConnection(BaseProtocol):
                 self.reset()
                 raise ConnectionResetError("client stopped reading") from None
 
-    def detach(self, tunnel: Tunnel) -> tuple[asyncio.Transport, bytes]:
+    def detach(self, tunnel: Tunnel) -> tuple[asyncio.Transport, bytes, bool]:
         """Hand the transport over (see `Request.switch_protocols`)."""
         self.flush_output()
         transport = self.transport
@@ -587,7 +587,7 @@ class ClientConnection(BaseProtocol):
         self._tunnel = tunnel
         early = bytes(self._requests.opaque)
         self._requests.opaque.clear()
-        return transport, early
+        return transport, early, self._eof
 
     def reset(self) -> None:
         if self._tunnel is not None:

@@ -509,14 +509,14 @@ class ProxyHandler:
             return self._refuse(request, self.runtime, ex, route, Reason.UPSTREAM_ERROR, "closed after its 101")
         try:
             headers = downstream_response_headers(upstream.headers.items(), connection_tokens(upstream.headers))
-            client, early = request.switch_protocols(upstream.reason, headers, relay)
+            client, early, eof = request.switch_protocols(upstream.reason, headers, relay)
         except UnsendableHeaderError:
             up_transport.close()
             return self._refuse(request, self.runtime, ex, route, Reason.UPSTREAM_ERROR, _CONTROL_IN_HEADER)
         except BaseException:
             up_transport.close()
             raise
-        ex.reason = await relay.run(client, early, up_transport, up_early)
+        ex.reason = await relay.run(client, early, eof, up_transport, up_early)
         ex.bytes_in, ex.bytes_out = relay.bytes_from_client, relay.bytes_from_upstream
 
     async def _relay(

@@ -27,12 +27,12 @@ import os
 import re
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiohttp.http_writer import HttpVersion, HttpVersion11
 from multidict import CIMultiDictProxy
 
-from gateway.auth.lifetime import TokenLifetime
+from gateway.auth.lifetime import RevokedIds, TokenLifetime
 from gateway.errors import bug_report
 from gateway.proxy.headers import connection_tokens
 
@@ -198,9 +198,12 @@ class _Side(asyncio.Protocol):
             self.peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if not self.relay.closing:
-            with contextlib.suppress(RuntimeError, AttributeError):
-                self.peer.transport.resume_reading()
+        with contextlib.suppress(RuntimeError, AttributeError):
+            self.peer.transport.resume_reading()
+
+    @property
+    def writable(self) -> bool:
+        return not self.lost and not self.eof_sent and not self.transport.is_closing()
 
 
 class Relay:
@@ -248,10 +251,12 @@ class Relay:
         self,
         client: asyncio.Transport,
         client_early: bytes,
+        client_eof: bool,
         upstream: asyncio.Transport,
         upstream_early: bytes,
     ) -> str:
-        """Take both transports over and relay until both are closed."""
+        """Take both transports over and relay until both are closed. `client_eof`: the
+        client half-closed already (before the 101)."""
         self.client = c = _Side(self, "client", client, masked=False)
         self.upstream = u = _Side(self, "upstream", upstream, masked=True)
         c.peer, u.peer = u, c
@@ -272,8 +277,8 @@ class Relay:
             for side in (c, u):
                 if not side.lost and not side.transport.is_closing():
                     side.transport.resume_reading()
-                if side.transport.is_closing() and not side.lost:
-                    self.on_eof(side)
+            if client_eof:
+                self.on_eof(c)
             return await asyncio.shield(self._done)
         finally:
             if not self._done.done():  # cancelled: cut both
@@ -304,7 +309,7 @@ class Relay:
                 pos = scanner.advance(data, pos)
             if scanner.closes != closes and self.reason is None:
                 self.reason = f"{side.name}_closed"  # it began the closing handshake
-            if not peer.lost and not peer.eof_sent:
+            if peer.writable:
                 peer.transport.write(data)
             return
         # Ending: finish the frame in progress towards the peer, then its Close; drop
@@ -312,14 +317,14 @@ class Relay:
         pos = 0
         if peer.close_pending:
             pos = scanner.advance(data)
-            if not peer.lost:
+            if peer.writable:
                 peer.transport.write(data[:pos])
             if scanner.at_boundary:
                 self._send_close(peer)
         closes = scanner.closes
         while pos < len(data):
             pos = scanner.advance(data, pos)
-        if scanner.closes > closes and side.close_sent:
+        if scanner.closes > closes and side.close_sent and not side.lost:
             side.transport.close()  # its answer to our Close: the closing handshake is done
 
     def on_eof(self, side: _Side) -> None:
@@ -336,7 +341,9 @@ class Relay:
             return
         # Pass the half-close on (after what is buffered for the peer); the other
         # direction goes on until that side closes as well.
-        if not peer.lost and peer.transport.can_write_eof():
+        if peer.lost:
+            return
+        if peer.writable and peer.transport.can_write_eof():
             with contextlib.suppress(OSError, RuntimeError):
                 peer.transport.write_eof()
                 peer.eof_sent = True
@@ -367,21 +374,20 @@ class Relay:
             self.reason = reason
         self.closing = True
         for dest in (self.client, self.upstream):
-            if dest.lost or dest.transport.is_closing() or dest.eof_sent:
+            if not dest.writable:
                 continue
             dest.close_code = code
             if dest.peer.inbound.at_boundary:
                 self._send_close(dest)
             else:
+                # Back-pressure still holds: the rest of the frame is relayed only as
+                # fast as `dest` takes it, and CLOSE_GRACE bounds the wait.
                 dest.close_pending = True
-            # Reading goes on (to see the answer), whatever back-pressure said.
-            with contextlib.suppress(RuntimeError, AttributeError):
-                dest.transport.resume_reading()
         self._timers.append(self._loop.call_later(CLOSE_GRACE, self._fail, reason))
 
     def _send_close(self, dest: _Side) -> None:
         dest.close_pending = False
-        if not dest.lost and not dest.transport.is_closing():
+        if dest.writable:
             dest.transport.write(close_frame(dest.close_code, dest.masked))
             dest.close_sent = True
             if dest.eof:
@@ -430,6 +436,9 @@ class WebSockets:
         self.open = 0  # reserved at the handshake, released when the connection ends
         self._relays: set[Relay] = set()
         self._sweeper: asyncio.TimerHandle | None = None
+        # The revocation lists in force, by provider: a reload replaces them (app.py),
+        # and connections opened before it must see the new ones.
+        self.revocations: Mapping[str, RevokedIds] = {}
 
     def reserve(self, limit: int) -> bool:
         if self.open >= limit:
@@ -455,7 +464,7 @@ class WebSockets:
             lifetime = relay.lifetime
             if lifetime is None or lifetime.revocations is None:
                 continue
-            if lifetime.revoked():
+            if lifetime.revoked(self.revocations.get(lifetime.provider)):
                 relay.end("revoked", POLICY_VIOLATION)
             else:
                 watched = True
