@@ -451,6 +451,8 @@ class ProxyHandler:
                 claims=claims,
             )
             headers += (("Connection", "Upgrade"), ("Upgrade", "websocket"))
+            if request.client_gone:
+                raise ConnectionResetError("client disconnected")  # as in _forward
             sent = time.perf_counter()
             try:
                 upstream = await self._pool.request(

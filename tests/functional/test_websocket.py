@@ -485,3 +485,19 @@ async def test_a_draining_gateway_closes_websockets_with_1001(
     assert await ws_upstream.wait_ended() == 1001
     await until(lambda: bool(access_records(caplog)))
     assert access_records(caplog)[0]["reason"] == "shutdown"
+
+
+async def test_a_reload_keeps_revocation_watching_the_new_list(
+    start: Start, ws_upstream: WsUpstream, tmp_path: Path
+) -> None:
+    """The old policy's revocation watcher stops at a reload: an open connection must
+    follow the new one."""
+    gw = await start()
+    async with connect(gw, "/ws/echo", token(jti="tok-2")) as ws:
+        await ws.send_str("before")
+        assert (await ws.receive(timeout=5)).data == "before"
+        assert await gw.reload()
+        revocation.add(tmp_path / "revoked.json", [{"jti": "tok-2"}])
+        msg = await ws.receive(timeout=6)
+        assert msg.type == WSMsgType.CLOSE
+        assert msg.data == 1008
