@@ -89,7 +89,7 @@ class _Conn(BaseProtocol):
         # here, so that no byte after a 101 ever reaches the parser; those bytes wait
         # in `early` for the relay (websocket.py), with reading paused.
         self._upgrade = False
-        self._head_buf = b""
+        self._head_buf = bytearray()
         self.early: bytearray | None = None
 
     def begin(
@@ -209,26 +209,32 @@ class _Conn(BaseProtocol):
             self.early += data  # after the 101: the relay's, once it takes over
             self._pause_transport_reading()
             return None
-        buf = self._head_buf + data
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > _MAX_HANDSHAKE_HEAD:
-                raise UpstreamError("bad_response", "response head too large")
-            self._head_buf = buf
-            return None
-        self._head_buf = b""
-        if buf[:5] == b"HTTP/" and buf[9:13] == b"101 ":
-            self.early = bytearray(buf[end + 4 :])
-            if self.early:
-                self._pause_transport_reading()
-            return buf[: end + 4]
-        if buf[:5] == b"HTTP/" and buf[9:10] == b"1":
-            # Another interim response (100, 103): a 101 may still follow it.
-            head, rest = buf[: end + 4], buf[end + 4 :]
-            self._head_buf = rest
-            return head
-        self._upgrade = False  # a final answer: the rest is an ordinary response
-        return buf
+        buf = self._head_buf
+        # Searched from where the last read ended (less the blank line's first three
+        # bytes), and by index, never by slicing: linear however the heads come.
+        search = max(0, len(buf) - 3)
+        buf += data
+        pos = 0  # where the head being looked for begins; all before it goes to the parser
+        while True:
+            end = buf.find(b"\r\n\r\n", max(pos, search))
+            if end < 0:
+                if len(buf) - pos > _MAX_HANDSHAKE_HEAD:
+                    raise UpstreamError("bad_response", "response head too large")
+                self._head_buf = buf[pos:]
+                return bytes(buf[:pos]) if pos else None
+            head_end = end + 4
+            if buf[pos : pos + 5] != b"HTTP/" or buf[pos + 9 : pos + 10] != b"1":
+                # A final answer: this and all that follows is an ordinary response.
+                self._upgrade = False
+                self._head_buf = bytearray()
+                return bytes(buf)
+            if buf[pos + 9 : pos + 13] == b"101 ":
+                self.early = buf[head_end:]
+                self._head_buf = bytearray()
+                if self.early:
+                    self._pause_transport_reading()
+                return bytes(buf[:head_end])
+            pos = head_end  # an interim response (100, 103): a 101 may still follow it
 
     # -- asyncio.Protocol
     def data_received(self, data: bytes) -> None:

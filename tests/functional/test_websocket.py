@@ -29,6 +29,7 @@ from gateway.tokens import revocation
 from tests.conftest import GatewayFactory
 from tests.factories import claims, sign
 from tests.functional.auth_env import HMAC_ISSUER, HMAC_SECRET
+from tests.tcpserver import Served
 
 # On both loops: the relay takes transports over (`set_protocol`) and drives their flow
 # control, where uvloop and asyncio differ (conftest.py).
@@ -501,3 +502,34 @@ async def test_a_reload_keeps_revocation_watching_the_new_list(
         msg = await ws.receive(timeout=6)
         assert msg.type == WSMsgType.CLOSE
         assert msg.data == 1008
+
+
+async def test_an_interim_answer_then_the_101_and_a_frame_in_one_segment(make_gateway: GatewayFactory) -> None:
+    """A scripted upstream writes `103`, `101` and its first frame at once: the frame is
+    the relay's (never parsed as HTTP), and reaches the client."""
+    seen: list[bytes] = []
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x05first"
+        )
+        await reader.read()  # until the gateway closes
+
+    served = Served(upstream)
+    await served.start()
+    try:
+        up = f"http://127.0.0.1:{served.port}"
+        gw = await make_gateway(f"""
+        routes:
+          - {{name: open, match: {{prefix: /open}}, upstream: "{up}", websocket: true, auth: public}}
+        """)
+        reader, writer = await _raw_ws(gw, "/open/x")
+        assert await asyncio.wait_for(reader.readexactly(7), 5) == b"\x81\x05first"
+        writer.close()
+        assert b"Upgrade: websocket" in seen[0]
+        assert b"Sec-WebSocket-Key: " in seen[0]
+    finally:
+        await served.close()
