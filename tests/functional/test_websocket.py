@@ -466,6 +466,8 @@ async def test_an_upstream_refusing_the_upgrade_is_relayed_and_the_connection_cl
     assert data.startswith(b"HTTP/1.1 403 ")
     assert data.endswith(b"not you")
     assert b"Connection: close" in data
+    assert gw._pool is not None
+    assert not gw._pool.idle  # the handshake's upstream connection was not kept
 
 
 async def test_a_draining_gateway_closes_websockets_with_1001(
@@ -533,3 +535,18 @@ async def test_an_interim_answer_then_the_101_and_a_frame_in_one_segment(make_ga
         assert b"Sec-WebSocket-Key: " in seen[0]
     finally:
         await served.close()
+
+
+async def test_the_websocket_log_line_is_redacted_like_any_other(
+    start: Start, ws_upstream: WsUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw = await start()
+    async with connect(gw, "/open/echo?access_token=s3cr3t-value&room=2") as ws:
+        await ws.send_str("x")
+        assert (await ws.receive(timeout=5)).data == "x"
+    await until(lambda: bool(access_records(caplog)))
+    [line] = access_records(caplog)
+    assert "s3cr3t-value" not in json.dumps(line)
+    assert "room=2" in line["path"]
+    assert ws_upstream.seen[0][0] == "/open/echo?access_token=s3cr3t-value&room=2"  # passed on as it came
