@@ -125,34 +125,49 @@ class FrameScanner:
                 self.closes += 1
             return pos + take
         head = self._head
+        if not head and end - pos >= 2:
+            # The common case, a whole header in this read: read in place.
+            size = _header_size(data[pos + 1])
+            if end - pos >= size:
+                return self._frame(data, pos, pos + size, end)
         while pos < end:
             head.append(data[pos])
             pos += 1
-            if len(head) < 2:
+            if len(head) < 2 or len(head) < _header_size(head[1]):
                 continue
-            short = head[1] & 0x7F
-            size = 2 + (2 if short == 126 else 8 if short == 127 else 0) + (4 if head[1] & 0x80 else 0)
-            if len(head) < size:
-                continue
-            if short == 126:
-                length = struct.unpack_from("!H", head, 2)[0]
-            elif short == 127:
-                length = struct.unpack_from("!Q", head, 2)[0]
-                if length >> 63:
-                    raise FrameError("frame length with the top bit set")
-            else:
-                length = short
-            is_close = head[0] & 0x0F == _CLOSE
+            whole = bytes(head)
             head.clear()
-            take = min(length, end - pos)
-            self._remaining = length - take
-            pos += take
-            if is_close and not self._remaining:
-                self.closes += 1
-            else:
-                self._in_close = is_close
-            return pos
+            self._frame(whole, 0, len(whole), len(whole))  # the header only
+            return self.advance(data, pos) if self._remaining else pos
         return pos
+
+    def _frame(self, data: bytes, start: int, payload: int, end: int) -> int:
+        """A whole header at data[start:payload]: take the payload's bytes up to `end`;
+        return where the frame ends, or `end`."""
+        short = data[start + 1] & 0x7F
+        length: int
+        if short == 126:
+            (length,) = struct.unpack_from("!H", data, start + 2)
+        elif short == 127:
+            (length,) = struct.unpack_from("!Q", data, start + 2)
+            if length >> 63:
+                raise FrameError("frame length with the top bit set")
+        else:
+            length = short
+        is_close = data[start] & 0x0F == _CLOSE
+        take = min(length, max(0, end - payload))
+        self._remaining = length - take
+        if is_close and not self._remaining:
+            self.closes += 1
+        else:
+            self._in_close = is_close
+        return payload + take
+
+
+def _header_size(second: int) -> int:
+    """A frame header's size from its second byte (RFC 6455 §5.2)."""
+    short = second & 0x7F
+    return 2 + (2 if short == 126 else 8 if short == 127 else 0) + (4 if second & 0x80 else 0)
 
 
 def close_frame(code: int, masked: bool) -> bytes:
