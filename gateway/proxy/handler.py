@@ -518,7 +518,12 @@ class ProxyHandler:
         except BaseException:
             up_transport.close()
             raise
-        ex.reason = await relay.run(client, early, eof, up_transport, up_early)
+        # An open WebSocket is counted in gateway_websockets_open, not as a request in flight.
+        self._in_flight(-1)
+        try:
+            ex.reason = await relay.run(client, early, eof, up_transport, up_early)
+        finally:
+            self._in_flight(1)
         ex.bytes_in, ex.bytes_out = relay.bytes_from_client, relay.bytes_from_upstream
 
     async def _relay(

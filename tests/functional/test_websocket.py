@@ -196,7 +196,9 @@ async def test_echo_text_binary_and_a_large_message(
         msg = await ws.receive(timeout=10)
         assert msg.type == WSMsgType.BINARY
         assert msg.data == payload
-        assert "gateway_websockets_open 1.0" in (await gw.exposition()).decode()
+        exposition = (await gw.exposition()).decode()
+        assert "gateway_websockets_open 1.0" in exposition
+        assert "gateway_in_flight_requests 0.0" in exposition  # not a request in flight
     assert await ws_upstream.wait_ended() == 1000
     # The upstream saw the path the policy saw, the identity headers, no token.
     path, headers = ws_upstream.seen[0]
