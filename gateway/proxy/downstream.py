@@ -585,6 +585,9 @@ class ClientConnection(BaseProtocol):
         if transport is None or transport.is_closing():
             raise ConnectionResetError("client disconnected")
         self._tunnel = tunnel
+        # A tunnel writes straight to its transports: for the coalescer it is no request
+        # being answered, whose writes others' could join (coalesce.py).
+        self._server.coalescer.busy -= 1
         early = bytes(self._requests.opaque)
         self._requests.opaque.clear()
         return transport, early, self._eof
@@ -644,7 +647,8 @@ class ClientConnection(BaseProtocol):
                         self._handling = False
                         self._current = None
                 finally:
-                    coalescer.busy -= 1  # answered (or failed): no longer queued or handled
+                    if self._tunnel is None:  # (a tunnel stopped counting when it began)
+                        coalescer.busy -= 1  # answered (or failed): no longer queued or handled
                 if not request.started or not request.keep_alive or self.closing or (self._broken and not self._queue):
                     self._finish(payload)
                     return

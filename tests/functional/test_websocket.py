@@ -199,6 +199,8 @@ async def test_echo_text_binary_and_a_large_message(
         exposition = (await gw.exposition()).decode()
         assert "gateway_websockets_open 1.0" in exposition
         assert "gateway_in_flight_requests 0.0" in exposition  # not a request in flight
+        assert gw._server is not None
+        assert gw._server.coalescer.busy == 0  # nor one whose writes others could join
     assert await ws_upstream.wait_ended() == 1000
     # The upstream saw the path the policy saw, the identity headers, no token.
     path, headers = ws_upstream.seen[0]
