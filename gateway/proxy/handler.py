@@ -486,35 +486,36 @@ class ProxyHandler:
             if not switched(upstream.headers):
                 upstream.close()
                 return self._refuse(request, runtime, ex, route, Reason.UPSTREAM_ERROR, "101 without a WebSocket")
-            await self._switch(request, ex, route, upstream, settings, lifetime)
+            await self._switch(request, runtime, ex, route, upstream, lifetime)
         finally:
             websockets.release()
 
     async def _switch(
         self,
         request: Request,
+        runtime: Runtime,
         ex: Exchange,
         route: CompiledRoute,
         upstream: UpstreamResponse,
-        settings: HandlerSettings,
         lifetime: TokenLifetime,
     ) -> None:
+        """The upstream said 101: the 101 to the client, then the relay, to the end."""
         relay = Relay(
             self.websockets,
-            settings.websocket_idle_timeout,
+            runtime.settings.websocket_idle_timeout,
             lifetime if route.websocket_close_on_expiry else None,
             request.tunnel_closed,
         )
         try:
             up_transport, up_early = upstream.detach()
         except ConnectionError:
-            return self._refuse(request, self.runtime, ex, route, Reason.UPSTREAM_ERROR, "closed after its 101")
+            return self._refuse(request, runtime, ex, route, Reason.UPSTREAM_ERROR, "closed after its 101")
         try:
             headers = downstream_response_headers(upstream.headers.items(), connection_tokens(upstream.headers))
             client, early, eof = request.switch_protocols(upstream.reason, headers, relay)
         except UnsendableHeaderError:
             up_transport.close()
-            return self._refuse(request, self.runtime, ex, route, Reason.UPSTREAM_ERROR, _CONTROL_IN_HEADER)
+            return self._refuse(request, runtime, ex, route, Reason.UPSTREAM_ERROR, _CONTROL_IN_HEADER)
         except BaseException:
             up_transport.close()
             raise
