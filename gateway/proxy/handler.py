@@ -38,7 +38,8 @@ from gateway.proxy.headers import (
 )
 from gateway.proxy.requestcheck import request_problem
 from gateway.proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamSlot
-from gateway.proxy.websocket import Relay, WebSockets, handshake_problem, is_websocket_upgrade, switched
+from gateway.proxy.websocket import Relay, WebSockets
+from gateway.proxy.wsframe import handshake_problem, is_websocket_upgrade, switched
 from gateway.routing import CompiledRoute, RouteTable, request_host
 
 log = logging.getLogger("gateway.proxy")

@@ -1,4 +1,4 @@
-"""The WebSocket frame scanner and handshake checks (gateway/proxy/websocket.py)."""
+"""The WebSocket frame scanner and handshake checks (gateway/proxy/wsframe.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from aiohttp.http_writer import HttpVersion10, HttpVersion11
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.proxy.websocket import FrameError, FrameScanner, close_frame, handshake_problem, is_websocket_upgrade
+from gateway.proxy.wsframe import FrameError, FrameScanner, close_frame, handshake_problem, is_websocket_upgrade
 
 
 def frame(opcode: int, payload: bytes, masked: bool = False, fin: bool = True) -> bytes:
