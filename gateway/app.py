@@ -56,6 +56,8 @@ def _settings(policy: CompiledPolicy) -> HandlerSettings:
         upstream_keepalive=policy.upstream_keepalive,
         request_ids=policy.request_ids,
         client_subject_header=policy.tls.settings.client_subject_header if policy.tls is not None else None,
+        websocket_idle_timeout=policy.websocket_idle_timeout,
+        max_websockets=policy.max_websockets,
     )
 
 
@@ -123,6 +125,7 @@ class Gateway:
         coalescer = Coalescer()
         self._pool = UpstreamPool(coalescer)
         self._handler = ProxyHandler(self._runtime(policy), self._pool, self.metrics)
+        self._handler.websockets.revocations = {w.provider: w for w in policy.revocations}
         self._server = make_server(
             self._handler, policy.limits, policy.keepalive_timeout, policy.send_timeout, coalescer
         )
@@ -201,6 +204,8 @@ class Gateway:
         new = dataclasses.replace(new, listen=old.listen, admin_listen=old.admin_listen)
         assert self._handler is not None
         self._handler.runtime = self._runtime(new)
+        # Open WebSockets verified against the old lists watch the new ones from now on.
+        self._handler.websockets.revocations = {w.provider: w for w in new.revocations}
         if self._server is not None:
             self._server.limits = new.limits  # for connections accepted from now on
         if new.tls is not None:

@@ -125,7 +125,7 @@ def _check(args: argparse.Namespace) -> int:
                 str(r.index),
                 r.name,
                 r.describe_match(),
-                f"{r.upstream}{'  (strip prefix)' if r.strip_prefix else ''}",
+                f"{r.upstream}{'  (strip prefix)' if r.strip_prefix else ''}{'  (websocket)' if r.websocket else ''}",
                 r.auth.describe()
                 + (f" + client cert ({len(r.client_subjects)} subjects)" if r.client_subjects else ""),
                 f"connect={format_duration(r.timeout.connect or 0)} read={format_duration(r.timeout.sock_read or 0)}",

@@ -131,6 +131,14 @@ class Reason(enum.Enum):
         "the gateway has too many connections; retry shortly",
     )
 
+    WEBSOCKETS_FULL = (
+        "websocket_limit",
+        503,
+        "temporarily_unavailable",
+        None,
+        "the gateway has too many WebSocket connections; retry shortly",
+    )
+
     UPSTREAM_UNREACHABLE = (
         "upstream_unreachable",
         502,

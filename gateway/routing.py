@@ -70,6 +70,8 @@ class CompiledRoute:
     # The client certificate subjects (RFC 4514, canonical) the route accepts; None: any
     # client, with a certificate or without.
     client_subjects: frozenset[str] | None = None
+    websocket: bool = False
+    websocket_close_on_expiry: bool = True
 
     def __post_init__(self) -> None:
         if self.host is not None and self.host.endswith("."):

@@ -109,11 +109,11 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
 
 
 def _on_uvloop(item: pytest.Item) -> bool:
-    """The proxy listener's own tests (its HTTP, its TLS, its limits) run on uvloop, as the
-    gateway does in production: its transports close and call back in another order
-    than asyncio's, and its TLS is its own implementation. The rest keep asyncio's
-    default loop."""
-    return item.path.name in ("test_downstream.py", "test_tls.py", "test_limits.py")
+    """The proxy listener's own tests (its HTTP, its TLS, its limits, and the WebSocket
+    relay's, which takes its transports over) run on uvloop, as the gateway does in
+    production: its transports close and call back in another order than asyncio's, and
+    its TLS is its own implementation. The rest keep asyncio's default loop."""
+    return item.path.name in ("test_downstream.py", "test_tls.py", "test_limits.py", "test_websocket.py")
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:

@@ -119,13 +119,14 @@ TLS_CERTIFICATE_EXPIRY = Family(
     "gateway_tls_certificate_expiry_seconds", "gauge",
     "Unix time the certificate in force expires (notAfter), by listener.", ("listener",), aggregation="worker",
 )  # fmt: skip
+WEBSOCKETS_OPEN = _f("gateway_websockets_open", "gauge", "WebSocket connections open now (handshakes in progress too).")
 
 # Exposition order.
 CATALOGUE = (
     REQUESTS, REQUEST_DURATION, UPSTREAM_DURATION, IN_FLIGHT, CACHE_HITS, CACHE_MISSES, AUTH_FAILURES,
     JWKS_FETCHES, JWKS_KEYS, JWKS_LAST_SUCCESS, CLIENT_CONNECTIONS, CONNECTIONS_REFUSED, CONFIG_RELOADS,
     BUILD_INFO, REVOCATION_RELOADS, REVOKED_TOKENS, CACHE_ENTRIES, WORKER_RESTARTS, WORKERS,
-    TLS_HANDSHAKES, TLS_HANDSHAKE_FAILURES, TLS_CERTIFICATE_RELOADS, TLS_CERTIFICATE_EXPIRY,
+    TLS_HANDSHAKES, TLS_HANDSHAKE_FAILURES, TLS_CERTIFICATE_RELOADS, TLS_CERTIFICATE_EXPIRY, WEBSOCKETS_OPEN,
 )  # fmt: skip
 
 

@@ -176,6 +176,7 @@ class Metrics(_Series):
         self.cache_hits = Count(self, f.CACHE_HITS)
         self.cache_misses = Count(self, f.CACHE_MISSES)
         self.cache_entries = Level(self, f.CACHE_ENTRIES)
+        self.websockets_open = Level(self, f.WEBSOCKETS_OPEN)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)
 

@@ -129,6 +129,8 @@ class CompiledPolicy:
     cache_entries: int = 10_000
     cache_ttl: float = 300.0
     upstream_keepalive: bool = True
+    websocket_idle_timeout: float = 60.0
+    max_websockets: int = 1000
     reload_timeout: float = 10.0
     revocations: tuple[RevocationWatcher, ...] = ()
     # Public JWKS documents served on the public listener: path -> provider keys.
@@ -239,6 +241,8 @@ def compile_policy(policy: Policy, source: str, text: str = "", replay: Snapshot
         keepalive_timeout=policy.server.keepalive_timeout,
         send_timeout=policy.server.send_timeout,
         upstream_keepalive=policy.server.upstream_keepalive,
+        websocket_idle_timeout=policy.server.websocket_idle_timeout,
+        max_websockets=policy.server.max_websockets,
         table=RouteTable(tuple(routes)),
         providers=tuple(v.keys for v in verifiers.values()),
         identity=IdentityHeaders.of(identity.reserved_prefix, claim_headers),
@@ -592,6 +596,8 @@ def _compile_route(
         forward_authorization=route.forward_authorization,
         cors=cors,
         client_subjects=subjects,
+        websocket=route.websocket,
+        websocket_close_on_expiry=route.websocket_close_on_expiry,
     )
 
 

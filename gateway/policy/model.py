@@ -204,6 +204,11 @@ class Server(Strict):
     # upstream connection per request, for a front proxy that carries many users on
     # one connection to the gateway (see README "Upstream client").
     upstream_keepalive: StrictBool = True
+    # WebSocket connections (routes with `websocket: true`): one idle this long, in both
+    # directions, is closed (nginx's proxy_read_timeout is 60 s); at most this many open
+    # per worker process, past it a handshake gets 503.
+    websocket_idle_timeout: Duration = 60.0
+    max_websockets: int = Field(default=1000, ge=1, le=1_000_000)
     # Worker processes; `auto`: the CPUs this process may use (gateway/runtime/cpus.py).
     workers: Workers = 1
     # Reload when the policy file or a file it names changes: a Kubernetes ConfigMap
@@ -649,6 +654,10 @@ class Route(Strict):
     cors: Cors | None = None
     # Checked before `auth`: a verified client certificate with one of these subjects.
     client_cert: ClientCert | None = None
+    # WebSocket handshakes (Upgrade: websocket) are relayed; off, an Upgrade is dropped.
+    websocket: StrictBool = False
+    # An authenticated WebSocket is closed (1008) when its token expires or is revoked.
+    websocket_close_on_expiry: StrictBool = True
 
     @field_validator("upstream")
     @classmethod

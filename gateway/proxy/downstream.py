@@ -64,6 +64,16 @@ class Closeable(Protocol):
     def close(self) -> None: ...
 
 
+class Tunnel(Protocol):
+    """What a client connection becomes after a protocol switch (websocket.py)."""
+
+    def shutdown(self) -> None:
+        """The server is draining: end gracefully, soon."""
+
+    def abort(self) -> None:
+        """End now."""
+
+
 class UnsendableHeaderError(ValueError):
     """A response header value holds a control character; nothing was written."""
 
@@ -271,6 +281,26 @@ class Request:
         by close, a clean close would make a truncated body look complete."""
         self._conn.reset()
 
+    def switch_protocols(
+        self, reason: str, headers: Iterable[tuple[str, str]], tunnel: Tunnel
+    ) -> tuple[asyncio.Transport, bytes, bool]:
+        """Write a `101` to WebSocket and hand the connection to `tunnel`: the transport,
+        the bytes the client sent after its handshake, and whether it half-closed since.
+        No HTTP is read on it again; the tunnel calls `tunnel_closed` when it closes."""
+        lines = [f"HTTP/1.1 101 {reason}\r\n"]
+        for name, value in (*headers, ("Connection", "Upgrade"), ("Upgrade", "websocket")):
+            if _CONTROL.search(value) is not None:
+                raise UnsendableHeaderError(name)
+            lines.append(f"{name}: {value}\r\n")
+        lines.append(f"Date: {_http_date()}\r\n\r\n")
+        self._conn.write("".join(lines).encode("utf-8", "surrogateescape"))
+        self.status = 101
+        return self._conn.detach(tunnel)
+
+    def tunnel_closed(self, exc: BaseException | None) -> None:
+        """The tunnel's transport closed: the connection's end, as if it had never left."""
+        self._conn.connection_lost(exc)
+
 
 class ClientConnection(BaseProtocol):
     """One client connection: parse, queue, answer in order."""
@@ -314,6 +344,7 @@ class ClientConnection(BaseProtocol):
         self._eof = False  # the client half-closed: answer what it sent, then close
         self._current: StreamReader | None = None
         self._out: list[bytes] = []  # written, not yet handed to the transport (coalesce.py)
+        self._tunnel: Tunnel | None = None  # after a protocol switch: owns the transport
         self.peer: str | None = None
         self.scheme = "http"  # https once a TLS handshake made the connection
         self._subject: str | None = None
@@ -416,6 +447,10 @@ class ClientConnection(BaseProtocol):
             # Upgrade request's, or an upload in progress while we drain) still is.
             if self._open_body() is None:
                 if self._broken:
+                    if self._requests.switched:
+                        # After an Upgrade request: kept (one read at most, reading
+                        # stops here) for a WebSocket relay, never parsed.
+                        self._requests.opaque += data
                     self._pause_transport_reading()
                 return
             self._feed(data, accept=False)
@@ -580,7 +615,24 @@ class ClientConnection(BaseProtocol):
                 self.reset()
                 raise ConnectionResetError("client stopped reading") from None
 
+    def detach(self, tunnel: Tunnel) -> tuple[asyncio.Transport, bytes, bool]:
+        """Hand the transport over (see `Request.switch_protocols`)."""
+        self.flush_output()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client disconnected")
+        self._tunnel = tunnel
+        # A tunnel writes straight to its transports: for the coalescer it is no request
+        # being answered, whose writes others' could join (coalesce.py).
+        self._server.coalescer.busy -= 1
+        early = bytes(self._requests.opaque)
+        self._requests.opaque.clear()
+        return transport, early, self._eof
+
     def reset(self) -> None:
+        if self._tunnel is not None:
+            self._tunnel.abort()
+            return
         self._out = []  # an abort: what was not sent never will be
         transport = self.transport
         if transport is None:
@@ -632,7 +684,8 @@ class ClientConnection(BaseProtocol):
                         self._handling = False
                         self._current = None
                 finally:
-                    coalescer.busy -= 1  # answered (or failed): no longer queued or handled
+                    if self._tunnel is None:  # (a tunnel stopped counting when it began)
+                        coalescer.busy -= 1  # answered (or failed): no longer queued or handled
                 if not request.started or not request.keep_alive or self.closing or (self._broken and not self._queue):
                     self._finish(payload)
                     return
@@ -748,6 +801,9 @@ class ClientConnection(BaseProtocol):
         and closing under it loses that request (RFC 9112 §9.6 lets it retry only if it
         is idempotent). Until then the next request is answered with
         `Connection: close`, as HAProxy's `idle-close-on-response` does."""
+        if self._tunnel is not None:
+            self._tunnel.shutdown()
+            return
         if self._handling:
             self._closing = True
             return

@@ -218,6 +218,7 @@ class RequestFramer:
         "_state",
         "boundary",
         "heads",
+        "opaque_from",
         "pending",
         "seen",
         "switch_at",
@@ -246,6 +247,9 @@ class RequestFramer:
         # Upgrade): the framer's decision, which the connection must follow, since the
         # parsers do not always agree with it (see RequestGuard).
         self.switch_at: int | None = None
+        # In the data of the last `scan`: where the bytes after a protocol switch
+        # begin (None: no such byte in it). They are not HTTP: never for the parser.
+        self.opaque_from: int | None = None
 
     def scan(self, data: bytes, pos: int, stop_after: int) -> int:
         """Scan `data` from `pos`; return where to stop: len(data), or where the
@@ -253,6 +257,7 @@ class RequestFramer:
         past a head, or inside a queued request's body)."""
         end = len(data)
         self.boundary = pos if self._state == _HEAD and not self._head else 0
+        self.opaque_from = None
         while pos < end:
             state = self._state
             if state == _HEAD:
@@ -324,6 +329,7 @@ class RequestFramer:
                 elif pos < end:
                     return pos
             else:
+                self.opaque_from = pos
                 break
         return end
 

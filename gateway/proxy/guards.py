@@ -26,6 +26,10 @@ class RequestGuard:
         self._framer = RequestFramer(limits)
         self._held = b""
         self._emitted = 0  # requests the parser has handed over on this connection
+        # Bytes after a protocol switch (an Upgrade request), kept from the parser: the
+        # start of a WebSocket stream for the relay (websocket.py), dropped otherwise.
+        # At most one read: the connection stops reading after such a request.
+        self.opaque = bytearray()
 
     def feed_data(self, data: bytes) -> tuple[list[Any], bool, bytes]:
         messages: list[Any] = []
@@ -47,7 +51,14 @@ class RequestGuard:
             # handed over with the error, to be answered before the refusal.
             exc.parsed = self._mark(self._parser.feed_data(data[: self._framer.boundary])[0])  # type: ignore[attr-defined]
             raise
-        messages, upgraded, tail = self._parser.feed_data(data[:stop] if stop < len(data) else data)
+        opaque_from = self._framer.opaque_from
+        if opaque_from is not None:
+            self.opaque += data[opaque_from:]
+            data = stop_data = data[:opaque_from]
+            stop = len(data)
+        else:
+            stop_data = data[:stop] if stop < len(data) else data
+        messages, upgraded, tail = self._parser.feed_data(stop_data)
         if stop < len(data):
             self._hold(data[stop:])
         return self._mark(messages), upgraded, tail
@@ -73,6 +84,11 @@ class RequestGuard:
         # At most one socket read (READ_CHUNK): the transport is paused now.
         self._held = data
         self._protocol._pause_reading_for_buffer()
+
+    @property
+    def switched(self) -> bool:
+        """A request switching protocols was read: no byte after it is HTTP."""
+        return self._framer.switch_at is not None
 
     def message_consumed(self) -> None:
         """The parser's own count of messages in flight: `downstream._feed` resets it

@@ -19,6 +19,7 @@ from gateway.auth.cache import TokenCache
 from gateway.auth.extract import extract_token
 from gateway.auth.forward import IdentityHeaders, UnforwardableError, fold, render_claim
 from gateway.auth.jws import parse_jws
+from gateway.auth.lifetime import NO_TOKEN, TokenLifetime
 from gateway.auth.requirement import Refused, TokenRequirement
 from gateway.auth.verifier import Principal
 from gateway.cors import POLICY_HEADERS, single
@@ -38,6 +39,8 @@ from gateway.proxy.headers import (
 )
 from gateway.proxy.requestcheck import request_problem
 from gateway.proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamSlot
+from gateway.proxy.websocket import Relay, WebSockets
+from gateway.proxy.wsframe import handshake_problem, is_websocket_upgrade, switched
 from gateway.requestid import RequestIds, new_id
 from gateway.routing import CompiledRoute, RouteTable, request_host
 
@@ -97,6 +100,8 @@ class HandlerSettings:
     request_ids: RequestIds = field(default_factory=RequestIds)
     # The verified client certificate's subject goes upstream in this header (tls).
     client_subject_header: str | None = None
+    websocket_idle_timeout: float = 60.0
+    max_websockets: int = 1000
     request_headers: RequestHeaderRules = field(init=False)
     # Upstream response headers the gateway writes itself, folded: on any route, and on
     # a cors route (whose policy headers are the gateway's alone).
@@ -158,6 +163,9 @@ class ProxyHandler:
         self._pool = pool
         self._in_flight = metrics.in_flight
         self._jwks_cache: dict[str, tuple[KeySet, bytes]] = {}
+        self.websockets = WebSockets()
+        websockets = self.websockets
+        metrics.websockets_open.set_function(lambda: websockets.open)
 
     async def __call__(self, request: Request) -> None:
         runtime = self.runtime
@@ -228,7 +236,11 @@ class ProxyHandler:
     def _finish(self, request: Request, runtime: Runtime, ex: Exchange, status: int) -> None:
         total = time.perf_counter() - ex.started
         route: RouteMetrics = ex.metrics or runtime.unmatched
-        route.answered(request.method, status, ex.outcome, total, ex.upstream_seconds)
+        if status == 101:
+            # A WebSocket's whole life is not a request latency: counted, not timed.
+            route.request(request.method, status, ex.outcome)
+        else:
+            route.answered(request.method, status, ex.outcome, total, ex.upstream_seconds)
         access_log = runtime.access_log
         if access_log.enabled:
             # The access log reads plain values, never a Request (obs imports no proxy type).
@@ -236,7 +248,7 @@ class ProxyHandler:
             ex.client = request.remote
             ex.method = request.method
             ex.target = request.raw_path
-            ex.bytes_in = getattr(request.content, "total_bytes", 0)
+            ex.bytes_in += getattr(request.content, "total_bytes", 0)  # a WebSocket's is set
             ex.referer = headers.get("Referer")
             ex.user_agent = headers.get("User-Agent")
             access_log.emit(ex, status, total)
@@ -283,21 +295,27 @@ class ProxyHandler:
                 detail = "no client certificate" if subject is None else "client certificate subject not accepted"
                 return self._refuse(request, runtime, ex, route, Reason.CLIENT_CERT_MISMATCH, detail)
         claims: list[tuple[str, str]] = []
+        lifetime = NO_TOKEN
         auth = route.auth
         if isinstance(auth, TokenRequirement):
             outcome = await self._authenticate(request, runtime, auth, query, ex)
             if isinstance(outcome, Reason):
                 return self._refuse(request, runtime, ex, route, outcome, "")
-            query, claims = outcome
+            query, claims, lifetime = outcome
         subject_header = runtime.settings.client_subject_header
         if subject_header is not None:
             claims = _with_subject(request, subject_header, claims)
+        if route.websocket and is_websocket_upgrade(request.headers):
+            return await self._websocket(
+                request, runtime, ex, route, route.upstream_path(path), query, host, claims, lifetime
+            )
         return await self._forward(request, runtime, ex, route, route.upstream_path(path), query, host, claims)
 
     async def _authenticate(
         self, request: Request, runtime: Runtime, requirement: TokenRequirement, query: str, ex: Exchange
-    ) -> tuple[str, list[tuple[str, str]]] | Reason:
-        """(query to forward, identity headers), or why the request is refused."""
+    ) -> tuple[str, list[tuple[str, str]], TokenLifetime] | Reason:
+        """(query to forward, identity headers, the token's lifetime), or why the request
+        is refused."""
         found = extract_token(
             request.headers,
             query,
@@ -308,7 +326,7 @@ class ProxyHandler:
             return found
         token = found.token
         if token is None:
-            return (found.query, []) if requirement.optional else Reason.TOKEN_MISSING
+            return (found.query, [], NO_TOKEN) if requirement.optional else Reason.TOKEN_MISSING
         entry = runtime.cache.get(token)
         if entry is None or not requirement.sole_verifier(entry.verifier):
             jws = parse_jws(token)
@@ -337,7 +355,7 @@ class ProxyHandler:
                 return Reason.UNFORWARDABLE_CLAIM
             if entry is not None:
                 entry.headers[requirement.headers.serial] = rendered
-        return found.query, rendered
+        return found.query, rendered, TokenLifetime.of(verifier, principal)
 
     def _jwks(self, request: Request, runtime: Runtime, ex: Exchange, keys: ProviderKeys) -> None:
         """The provider's public keys as a JWKS, so partners can verify tokens themselves."""
@@ -479,6 +497,126 @@ class ProxyHandler:
             upstream.close()
             raise
         upstream.release()
+
+    async def _websocket(
+        self,
+        request: Request,
+        runtime: Runtime,
+        ex: Exchange,
+        route: CompiledRoute,
+        path: str,
+        query: str,
+        host: str,
+        claims: list[tuple[str, str]],
+        lifetime: TokenLifetime,
+    ) -> None:
+        """A WebSocket handshake on a route that takes them: forwarded on a connection
+        of its own; on the upstream's 101, the relay (websocket.py) runs until the
+        connection ends, and this request's log line is written then."""
+        problem = handshake_problem(request.method, request.version, request.headers, request.body_exists)
+        if problem is not None:
+            return self._refuse(request, runtime, ex, route, Reason.BAD_REQUEST, problem)
+        settings = runtime.settings
+        websockets = self.websockets
+        if not websockets.reserve(settings.max_websockets):
+            return self._refuse(request, runtime, ex, route, Reason.WEBSOCKETS_FULL, "")
+        try:
+            headers = upstream_request_headers(
+                request.headers,
+                peer=request.remote,
+                scheme=request.scheme,
+                host=host,
+                forwarded=settings.forwarded,
+                rules=settings.request_headers,
+                keep_authorization=route.forward_authorization,
+                claims=claims,
+            )
+            headers += (
+                (settings.request_ids.header, ex.request_id),
+                ("Connection", "Upgrade"),
+                ("Upgrade", "websocket"),
+            )
+            if request.client_gone:
+                raise ConnectionResetError("client disconnected")  # as in _forward
+            sent = time.perf_counter()
+            try:
+                upstream = await self._pool.request(
+                    "GET",
+                    route.upstream,
+                    f"{path}?{query}" if query else path,
+                    headers,
+                    None,
+                    None,
+                    route.timeout.connect,
+                    route.timeout.sock_read,
+                    None,
+                    upgrade=True,
+                )
+            except UpstreamError as exc:
+                reason = {
+                    "unreachable": Reason.UPSTREAM_UNREACHABLE,
+                    "timeout": Reason.UPSTREAM_TIMEOUT,
+                }.get(exc.kind, Reason.UPSTREAM_ERROR)
+                return self._refuse(request, runtime, ex, route, reason, exc.detail)
+            ex.upstream_seconds = time.perf_counter() - sent
+            if upstream.status != 101:
+                # Refused upstream (or answered as plain HTTP): relayed as it is, and this
+                # connection closes after it (no byte after the handshake is HTTP).
+                request.keep_alive = False
+                try:
+                    await self._relay(request, runtime, ex, route, upstream)
+                finally:
+                    upstream.close()
+                return
+            if not switched(upstream.headers):
+                upstream.close()
+                return self._refuse(request, runtime, ex, route, Reason.UPSTREAM_ERROR, "101 without a WebSocket")
+            await self._switch(request, runtime, ex, route, upstream, lifetime)
+        finally:
+            websockets.release()
+
+    async def _switch(
+        self,
+        request: Request,
+        runtime: Runtime,
+        ex: Exchange,
+        route: CompiledRoute,
+        upstream: UpstreamResponse,
+        lifetime: TokenLifetime,
+    ) -> None:
+        """The upstream said 101: the 101 to the client, then the relay, to the end."""
+        relay = Relay(
+            self.websockets,
+            runtime.settings.websocket_idle_timeout,
+            lifetime if route.websocket_close_on_expiry else None,
+            request.tunnel_closed,
+        )
+        try:
+            up_transport, up_early = upstream.detach()
+        except ConnectionError:
+            return self._refuse(request, runtime, ex, route, Reason.UPSTREAM_ERROR, "closed after its 101")
+        try:
+            settings = runtime.settings
+            headers = downstream_response_headers(
+                upstream.headers.items(),
+                connection_tokens(upstream.headers),
+                settings.owned_cors if route.cors is not None else settings.owned,
+            )
+            headers += self._own_headers(request, runtime, ex, route)
+            client, early, eof = request.switch_protocols(upstream.reason, headers, relay)
+        except UnsendableHeaderError:
+            up_transport.close()
+            return self._refuse(request, runtime, ex, route, Reason.UPSTREAM_ERROR, _CONTROL_IN_HEADER)
+        except BaseException:
+            up_transport.close()
+            raise
+        # An open WebSocket is counted in gateway_websockets_open, not as a request in flight.
+        self._in_flight(-1)
+        try:
+            ex.reason = await relay.run(client, early, eof, up_transport, up_early)
+        finally:
+            self._in_flight(1)
+        ex.bytes_in, ex.bytes_out = relay.bytes_from_client, relay.bytes_from_upstream
 
     async def _relay(
         self,

@@ -51,6 +51,9 @@ _MAX_INTERIM = 8
 # (RFC 9110 §9.2.1), since a close with no response does not prove nothing happened.
 _RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
 _READ_LIMIT = 2**16
+# The largest response head awaited whole while a 101 may come (aiohttp's own head limits
+# are of the same order).
+_MAX_HANDSHAKE_HEAD = 64 * 1024
 # Trailer limits for responses (framing.py); the head limits are the parser's own.
 _RESPONSE_LIMITS = Limits()
 
@@ -87,8 +90,16 @@ class _Conn(BaseProtocol):
         self._skip_body = False
         self.interim = 0
         self.parked_at = 0.0
+        # A WebSocket handshake (`begin(upgrade=True)`): heads are cut out of the stream
+        # here, so that no byte after a 101 ever reaches the parser; those bytes wait
+        # in `early` for the relay (websocket.py), with reading paused.
+        self._upgrade = False
+        self._head_buf = bytearray()
+        self.early: bytearray | None = None
 
-    def begin(self, skip_body: bool, read_timeout: float | None) -> asyncio.Future[tuple[Any, StreamReader]]:
+    def begin(
+        self, skip_body: bool, read_timeout: float | None, upgrade: bool = False
+    ) -> asyncio.Future[tuple[Any, StreamReader]]:
         # A new parser for every request, never the last one's: it may hold bytes that
         # followed the last response (an upstream's Content-Length undercounting its
         # body), which must never become the start of another client's response; and
@@ -121,6 +132,7 @@ class _Conn(BaseProtocol):
             timer.cancel()
             self._timer = None
         self.interim = 0
+        self._upgrade = upgrade
         self.waiter = self._loop.create_future()
         self.payload = None
         self.got_data = False
@@ -195,8 +207,54 @@ class _Conn(BaseProtocol):
             failure = exc if isinstance(exc, (TimeoutError, ClientBodyError)) else ClientPayloadError(str(exc))
             set_exception(payload, failure, exc)
 
+    def _upgrade_feed(self, data: bytes) -> bytes | None:
+        """While a 101 may come: pass on only whole heads, up to a 101's end; keep what
+        follows a 101 (`early`). Returns what the parser gets now, None for nothing."""
+        if self.early is not None:
+            self.early += data  # after the 101: the relay's, once it takes over
+            self._pause_transport_reading()
+            return None
+        buf = self._head_buf
+        # Searched from where the last read ended (less the blank line's first three
+        # bytes), and by index, never by slicing: linear however the heads come.
+        search = max(0, len(buf) - 3)
+        buf += data
+        pos = 0  # where the head being looked for begins; all before it goes to the parser
+        while True:
+            end = buf.find(b"\r\n\r\n", max(pos, search))
+            if end < 0:
+                if len(buf) - pos > _MAX_HANDSHAKE_HEAD:
+                    raise UpstreamError("bad_response", "response head too large")
+                self._head_buf = buf[pos:]
+                return bytes(buf[:pos]) if pos else None
+            head_end = end + 4
+            if buf[pos : pos + 5] != b"HTTP/" or buf[pos + 9 : pos + 10] != b"1":
+                # A final answer: this and all that follows is an ordinary response.
+                self._upgrade = False
+                self._head_buf = bytearray()
+                return bytes(buf)
+            if buf[pos + 9 : pos + 13] == b"101 ":
+                self.early = buf[head_end:]
+                self._head_buf = bytearray()
+                if self.early:
+                    self._pause_transport_reading()
+                return bytes(buf[:head_end])
+            pos = head_end  # an interim response (100, 103): a 101 may still follow it
+
     # -- asyncio.Protocol
     def data_received(self, data: bytes) -> None:
+        if self._upgrade:
+            try:
+                fed = self._upgrade_feed(data)
+            except UpstreamError as exc:
+                self.should_close = True
+                self._fail(exc)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            if fed is None:
+                return
+            data = fed
         parser = self.response_parser
         if parser is None:
             # Bytes nobody asked for (a response to no request): the connection is unusable.
@@ -216,6 +274,14 @@ class _Conn(BaseProtocol):
                 self.transport.close()
             return
         for message, payload in messages:
+            if message.code == 101 and self.early is not None:
+                # The switch: this connection now carries the client's WebSocket.
+                self.should_close = True
+                self.payload = EMPTY_PAYLOAD
+                self._stop_timer()
+                if self.waiter is not None and not self.waiter.done():
+                    self.waiter.set_result((message, EMPTY_PAYLOAD))
+                return
             if 100 <= message.code < 200:
                 # Interim responses (100, 102, 103) are not relayed; an endless stream of
                 # them would keep the request open forever, so only a few are allowed.
@@ -360,6 +426,18 @@ class UpstreamResponse:
             # response): take it without the read loop's awaits.
             return content.read_nowait()
         return await content.read()
+
+    def detach(self) -> tuple[asyncio.Transport, bytes]:
+        """After a 101: the connection's transport and the bytes that followed the 101,
+        for the WebSocket relay, which owns them from now on (never pooled)."""
+        conn = self._conn
+        transport = conn.transport
+        if conn.closed or transport is None or transport.is_closing():
+            raise ConnectionResetError("upstream closed")
+        early = bytes(conn.early or b"")
+        conn.response_parser = conn._parser = None
+        conn.early = None
+        return transport, early
 
     def close(self) -> None:
         """Drop the connection (the body was not consumed, or something failed)."""
@@ -540,10 +618,14 @@ class UpstreamPool:
         connect_timeout: float | None,
         read_timeout: float | None,
         slot: UpstreamSlot | None = None,
+        upgrade: bool = False,
     ) -> UpstreamResponse:
         """Send one request. With a `slot`, a kept-alive connection of that client's is
         reused, and the response's connection goes back to it; with none, the
-        connection is used for this request only."""
+        connection is used for this request only. `upgrade`: a WebSocket handshake
+        (a fresh connection, never retried; a 101 is its answer, see `detach`)."""
+        if upgrade:
+            slot = None
         key = (up.scheme, up.host, up.port, up.tls)
         if length is not None:
             framing = f"Content-Length: {length}\r\n"
@@ -557,7 +639,7 @@ class UpstreamPool:
             reused = conn is not None
             if conn is None:
                 conn = await self._connect(up, connect_timeout)
-            waiter = conn.begin(method == "HEAD", read_timeout)
+            waiter = conn.begin(method == "HEAD", read_timeout, upgrade)
             conn.write_head(head)
             task: asyncio.Task[None] | None = None
             if body is None:

@@ -53,6 +53,21 @@ def test_check_warns_about_shadowed_routes(tmp_path: Path) -> None:
     assert "'api' (routes[0])" in result.stderr
 
 
+def test_check_marks_the_routes_that_relay_websockets(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text(
+        "routes:\n"
+        "  - {name: live, match: {prefix: /live}, upstream: 'http://u', websocket: true, auth: public}\n"
+        "  - {name: api, match: {prefix: /api}, upstream: 'http://u', auth: public}\n"
+    )
+    result = run("check", "--config", str(f))
+    assert result.returncode == 0, result.stderr
+    [live] = [line for line in result.stdout.splitlines() if " live " in line]
+    [api] = [line for line in result.stdout.splitlines() if " api " in line]
+    assert "(websocket)" in live
+    assert "(websocket)" not in api
+
+
 def test_check_invalid_exits_2_with_located_message(tmp_path: Path) -> None:
     f = tmp_path / "config.yaml"
     f.write_text("routes:\n  - name: x\n    match: {prefix: /x}\n    upstream: orders:80\n    auth: public\n")

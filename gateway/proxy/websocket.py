@@ -1,0 +1,359 @@
+"""The WebSocket relay: after the upstream's 101, a byte pump between two transports.
+
+Bytes are relayed as they come, never buffered beyond the transports' own write
+buffers: when one side's write buffer passes `HIGH_WATER`, the other side stops being
+read until it drains below `LOW_WATER` (asyncio's pause_writing/resume_writing turned
+into pause_reading/resume_reading of the peer). Payloads are never parsed; a small
+scanner follows frame headers in each direction (RFC 6455 §5.2), only so that the
+gateway can end the connection itself with a Close frame at a frame boundary: when the
+token expires or is revoked (1008), at the idle timeout and when the server drains (1001).
+
+How the connection ends (`END_REASONS`, the access log's `reason`):
+- one side closes its TCP connection: the other is closed too, after what it was sent;
+- one side half-closes (FIN): the FIN is passed on, and the other direction goes on
+  until that side closes too (or the idle timeout);
+- the gateway ends it: a Close frame to each side (masked towards the upstream, RFC 6455
+  §5.3), at a frame boundary. A side that is mid-frame gets the rest of that frame
+  first, then the Close; nothing more is relayed. Each side's TCP connection is closed
+  once it answers with its own Close (or half-closes), at the latest `CLOSE_GRACE` later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from gateway.auth.lifetime import RevokedIds, TokenLifetime
+from gateway.errors import bug_report
+from gateway.proxy.wsframe import FrameError, FrameScanner, close_frame
+
+log = logging.getLogger("gateway.proxy")
+
+# A side's write buffer at which the other side stops being read, and where it resumes.
+HIGH_WATER = 64 * 1024
+LOW_WATER = 16 * 1024
+# After the gateway's Close frames: how long the sides have to close before a cut.
+CLOSE_GRACE = 2.0
+# How often open connections are checked against the revocation lists (which are re-read
+# about every second): a revoked token's connection ends within about two seconds.
+REVOCATION_SWEEP = 1.0
+
+END_REASONS = ("client_closed", "upstream_closed", "idle", "token_expired", "revoked", "shutdown", "error")
+# RFC 6455 §7.4.1
+POLICY_VIOLATION = 1008
+GOING_AWAY = 1001
+
+
+class _Side(asyncio.Protocol):
+    """One of the relay's two connections."""
+
+    def __init__(self, relay: Relay, name: str, transport: asyncio.Transport, masked: bool) -> None:
+        self.relay = relay
+        self.name = name  # "client" or "upstream"
+        self.transport = transport
+        self.masked = masked  # frames we write to this side must be masked (it is the server)
+        self.inbound = FrameScanner()  # frames this side sends us, towards the other
+        self.peer: _Side = self
+        self.received = 0
+        self.eof = False  # it half-closed
+        self.lost = False
+        self.close_sent = False  # our Close frame is written to it
+        self.close_pending = False  # our Close waits for the frame being relayed to it to end
+        self.close_code = GOING_AWAY
+        self.eof_sent = False  # we passed the other side's half-close on to it
+
+    def data_received(self, data: bytes) -> None:
+        self.relay.on_data(self, data)
+
+    def eof_received(self) -> bool:
+        self.relay.on_eof(self)
+        return True  # keep the other direction open: the relay closes
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
+        self.relay.on_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        with contextlib.suppress(RuntimeError, AttributeError):
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        with contextlib.suppress(RuntimeError, AttributeError):
+            self.peer.transport.resume_reading()
+
+    @property
+    def writable(self) -> bool:
+        return not self.lost and not self.eof_sent and not self.transport.is_closing()
+
+
+class Relay:
+    """One upgraded connection: client and upstream transports, from the 101 to the end.
+
+    `run()` relays until both sides are closed and returns why it ended."""
+
+    def __init__(
+        self,
+        registry: WebSockets,
+        idle_timeout: float,
+        lifetime: TokenLifetime | None,
+        on_client_lost: Callable[[BaseException | None], None],
+    ) -> None:
+        self._registry = registry
+        self._loop = asyncio.get_running_loop()
+        self._idle_timeout = idle_timeout
+        self.lifetime = lifetime  # None: the token's end does not end the connection
+        self._on_client_lost = on_client_lost
+        self.client: _Side | None = None
+        self.upstream: _Side | None = None
+        self.reason: str | None = None
+        self.closing = False
+        self._done: asyncio.Future[str] = self._loop.create_future()
+        self._timers: list[asyncio.TimerHandle] = []
+        self._last = self._loop.time()
+        self._idle: asyncio.TimerHandle | None = None
+
+    @property
+    def bytes_from_client(self) -> int:
+        return self.client.received if self.client is not None else 0
+
+    @property
+    def bytes_from_upstream(self) -> int:
+        return self.upstream.received if self.upstream is not None else 0
+
+    # The client connection asks these of its tunnel (downstream.Tunnel).
+    def shutdown(self) -> None:
+        self.end("shutdown", GOING_AWAY)
+
+    def abort(self) -> None:
+        self._fail("shutdown")
+
+    async def run(
+        self,
+        client: asyncio.Transport,
+        client_early: bytes,
+        client_eof: bool,
+        upstream: asyncio.Transport,
+        upstream_early: bytes,
+    ) -> str:
+        """Take both transports over and relay until both are closed. `client_eof`: the
+        client half-closed already (before the 101)."""
+        self.client = c = _Side(self, "client", client, masked=False)
+        self.upstream = u = _Side(self, "upstream", upstream, masked=True)
+        c.peer, u.peer = u, c
+        for side in (c, u):
+            side.transport.set_protocol(side)
+            side.transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        self._registry.opened(self)
+        try:
+            self._arm_idle()
+            lifetime = self.lifetime
+            if lifetime is not None and lifetime.expires_at is not None:
+                delay = max(0.0, lifetime.expires_at - time.time())
+                self._timers.append(self._loop.call_later(delay, self.end, "token_expired", POLICY_VIOLATION))
+            if upstream_early:
+                self.on_data(u, upstream_early)
+            if client_early:
+                self.on_data(c, client_early)
+            for side in (c, u):
+                if not side.lost and not side.transport.is_closing():
+                    side.transport.resume_reading()
+            if client_eof:
+                self.on_eof(c)
+            return await asyncio.shield(self._done)
+        finally:
+            if not self._done.done():  # cancelled: cut both
+                self._fail("error")
+            self._registry.closed(self)
+
+    # -- events ------------------------------------------------------------------------
+
+    def on_data(self, side: _Side, data: bytes) -> None:
+        try:
+            self._on_data(side, data)
+        except Exception as exc:
+            if not isinstance(exc, FrameError):
+                log.error("websocket relay error %s", bug_report(exc))
+            else:
+                log.info("websocket relay: %s side sent a malformed frame header", side.name)
+            self._fail("error")
+
+    def _on_data(self, side: _Side, data: bytes) -> None:
+        side.received += len(data)
+        self._last = self._loop.time()
+        peer = side.peer
+        scanner = side.inbound
+        if not self.closing:
+            closes = scanner.closes
+            pos, end = 0, len(data)
+            while pos < end:
+                pos = scanner.advance(data, pos)
+            if scanner.closes != closes and self.reason is None:
+                self.reason = f"{side.name}_closed"  # it began the closing handshake
+            if peer.writable:
+                peer.transport.write(data)
+            return
+        # Ending: finish the frame in progress towards the peer, then its Close; drop
+        # the rest (a side must send nothing after its Close, RFC 6455 §5.5.1).
+        pos = 0
+        if peer.close_pending:
+            pos = scanner.advance(data)
+            if peer.writable:
+                peer.transport.write(data[:pos])
+            if scanner.at_boundary:
+                self._send_close(peer)
+        closes = scanner.closes
+        while pos < len(data):
+            pos = scanner.advance(data, pos)
+        if scanner.closes > closes and side.close_sent and not side.lost:
+            side.transport.close()  # its answer to our Close: the closing handshake is done
+
+    def on_eof(self, side: _Side) -> None:
+        if side.eof:
+            return
+        side.eof = True
+        if self.reason is None:
+            self.reason = f"{side.name}_closed"
+        peer = side.peer
+        if self.closing or peer.eof:
+            side.transport.close()
+            if peer.eof:
+                peer.transport.close()
+            return
+        # Pass the half-close on (after what is buffered for the peer); the other
+        # direction goes on until that side closes as well.
+        if peer.lost:
+            return
+        if peer.writable and peer.transport.can_write_eof():
+            with contextlib.suppress(OSError, RuntimeError):
+                peer.transport.write_eof()
+                peer.eof_sent = True
+                return
+        peer.transport.close()
+
+    def on_lost(self, side: _Side, exc: BaseException | None) -> None:
+        if self.reason is None:
+            self.reason = f"{side.name}_closed"
+        if side.name == "client":
+            try:
+                self._on_client_lost(exc)
+            except Exception as err:  # the bookkeeping must not keep the upstream open
+                log.error("websocket client bookkeeping failed %s", bug_report(err))
+        peer = side.peer
+        if not peer.lost:
+            peer.transport.close()  # what it was sent goes out first
+        if side.lost and peer.lost:
+            self._finish()
+
+    # -- ending ------------------------------------------------------------------------
+
+    def end(self, reason: str, code: int) -> None:
+        """End the connection with a Close frame `code` to each side (see module doc)."""
+        if self.closing or self._done.done() or self.client is None or self.upstream is None:
+            return
+        if self.reason is None:
+            self.reason = reason
+        self.closing = True
+        for dest in (self.client, self.upstream):
+            if not dest.writable:
+                continue
+            dest.close_code = code
+            if dest.peer.inbound.at_boundary:
+                self._send_close(dest)
+            else:
+                # Back-pressure still holds: the rest of the frame is relayed only as
+                # fast as `dest` takes it, and CLOSE_GRACE bounds the wait.
+                dest.close_pending = True
+        self._timers.append(self._loop.call_later(CLOSE_GRACE, self._fail, reason))
+
+    def _send_close(self, dest: _Side) -> None:
+        dest.close_pending = False
+        if dest.writable:
+            dest.transport.write(close_frame(dest.close_code, dest.masked))
+            dest.close_sent = True
+            if dest.eof:
+                dest.transport.close()
+
+    def _fail(self, reason: str) -> None:
+        """Cut both sides now."""
+        if self.reason is None:
+            self.reason = reason
+        for side in (self.client, self.upstream):
+            if side is not None and not side.lost:
+                side.transport.abort()
+
+    def _finish(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if not self._done.done():
+            self._done.set_result(self.reason or "error")
+
+    # -- idle timeout (lazy, like the listener's: one handle re-armed when it fires early)
+
+    def _arm_idle(self) -> None:
+        if self._idle_timeout > 0:
+            self._idle = self._loop.call_at(self._last + self._idle_timeout, self._on_idle)
+
+    def _on_idle(self) -> None:
+        self._idle = None
+        if self._done.done() or self.closing:
+            return
+        due = self._last + self._idle_timeout
+        if self._loop.time() < due:
+            self._idle = self._loop.call_at(due, self._on_idle)
+            return
+        self.end("idle", GOING_AWAY)
+
+
+class WebSockets:
+    """The process's open WebSocket connections: the count under `limit`, the revocation
+    sweep, the drain."""
+
+    def __init__(self) -> None:
+        self.open = 0  # reserved at the handshake, released when the connection ends
+        self._relays: set[Relay] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        # The revocation lists in force, by provider: a reload replaces them (app.py),
+        # and connections opened before it must see the new ones.
+        self.revocations: Mapping[str, RevokedIds] = {}
+
+    def reserve(self, limit: int) -> bool:
+        if self.open >= limit:
+            return False
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        self.open -= 1
+
+    def opened(self, relay: Relay) -> None:
+        self._relays.add(relay)
+        if self._sweeper is None and relay.lifetime is not None and relay.lifetime.revocations is not None:
+            self._sweeper = asyncio.get_running_loop().call_later(REVOCATION_SWEEP, self._sweep)
+
+    def closed(self, relay: Relay) -> None:
+        self._relays.discard(relay)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        watched = False
+        for relay in list(self._relays):
+            lifetime = relay.lifetime
+            if lifetime is None or lifetime.revocations is None:
+                continue
+            if lifetime.revoked(self.revocations.get(lifetime.provider)):
+                relay.end("revoked", POLICY_VIOLATION)
+            else:
+                watched = True
+        if watched:
+            self._sweeper = asyncio.get_running_loop().call_later(REVOCATION_SWEEP, self._sweep)
+
+    def shutdown(self) -> None:
+        for relay in list(self._relays):
+            relay.shutdown()

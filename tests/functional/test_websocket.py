@@ -1,0 +1,559 @@
+"""WebSockets through a real gateway: aiohttp's client, aiohttp's server as the upstream,
+real tokens, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import ClientWebSocketResponse as ClientWs
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestServer
+
+from gateway.app import Gateway
+from gateway.limits import READ_CHUNK
+from gateway.proxy.websocket import HIGH_WATER, Relay
+from gateway.tokens import revocation
+from tests.conftest import GatewayFactory
+from tests.factories import claims, sign
+from tests.functional.auth_env import HMAC_ISSUER, HMAC_SECRET
+from tests.tcpserver import Served
+
+# On both loops: the relay takes transports over (`set_protocol`) and drives their flow
+# control, where uvloop and asyncio differ (conftest.py).
+pytestmark = pytest.mark.asyncio(loop_factories=["uvloop", "asyncio"])
+
+BIG = 3 * 2**20  # a message larger than any buffer on the way
+
+
+@dataclass
+class WsUpstream:
+    """An aiohttp WebSocket server: echoes, and records what it saw and how each ended."""
+
+    server: TestServer | None = None
+    seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    ended: list[int | None] = field(default_factory=list)
+    ended_event: asyncio.Event = field(default_factory=asyncio.Event)
+    flood_sent: int = 0
+    received: list[str | bytes] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.port}"
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append((request.raw_path, dict(request.headers)))
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return web.json_response({"plain": True, "path": request.raw_path})
+        if request.path.endswith("/deny"):
+            return web.Response(status=403, text="not you")
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        try:
+            if request.path.endswith("/flood"):
+                sender = asyncio.create_task(self._flood(ws))
+                async for _ in ws:
+                    pass
+                sender.cancel()
+            elif request.path.endswith("/bye"):
+                await ws.send_str("bye")
+                await ws.close(code=4000)
+            else:
+                async for msg in ws:
+                    self.received.append(msg.data)
+                    if msg.type == WSMsgType.TEXT:
+                        await ws.send_str(msg.data)
+                    elif msg.type == WSMsgType.BINARY:
+                        await ws.send_bytes(msg.data)
+        except ConnectionError:
+            pass
+        finally:
+            self.ended.append(ws.close_code)
+            self.ended_event.set()
+        return ws
+
+    async def _flood(self, ws: web.WebSocketResponse) -> None:
+        chunk = b"x" * 65536
+        while not ws.closed:
+            await ws.send_bytes(chunk)  # waits while the socket's buffer is full
+            self.flood_sent += len(chunk)
+
+    async def wait_ended(self, seconds: float = 5.0) -> int | None:
+        async with asyncio.timeout(seconds):
+            await self.ended_event.wait()
+        return self.ended[-1]
+
+
+@pytest.fixture
+async def ws_upstream() -> AsyncIterator[WsUpstream]:
+    up = WsUpstream()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", up.handle)
+    up.server = TestServer(app, host="127.0.0.1")
+    await up.server.start_server()
+    yield up
+    await up.server.close()
+
+
+Start = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def start(
+    make_gateway: GatewayFactory, ws_upstream: WsUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Start:
+    monkeypatch.setenv("GATEWAY_TEST_HMAC", HMAC_SECRET.decode())
+
+    async def start_(idle: str = "30s", limit: int = 100) -> Gateway:
+        u = ws_upstream.url
+        return await make_gateway(f"""
+        server: {{websocket_idle_timeout: {idle}, max_websockets: {limit}}}
+        providers:
+          shared:
+            issuer: {HMAC_ISSUER}
+            audiences: [orders-api]
+            algorithms: [HS256]
+            leeway: 1s
+            keys: [{{hmac_secret: {{env: GATEWAY_TEST_HMAC}}}}]
+            revocation_file: "{tmp_path / "revoked.json"}"
+        routes:
+          - {{name: ws, match: {{prefix: /ws}}, upstream: "{u}", websocket: true, auth: {{any_of: [shared]}}}}
+          - name: keep
+            match: {{prefix: /keep}}
+            upstream: "{u}"
+            websocket: true
+            websocket_close_on_expiry: false
+            auth: {{any_of: [shared]}}
+          - {{name: open, match: {{prefix: /open}}, upstream: "{u}", websocket: true, auth: public}}
+          - {{name: plain, match: {{prefix: /plain}}, upstream: "{u}", auth: {{any_of: [shared]}}}}
+        """)
+
+    return start_
+
+
+def token(ttl: float = 300, jti: str | None = None) -> str:
+    # The provider has a revocation list: its tokens carry a `jti`.
+    return sign(HMAC_SECRET, claims(iss=HMAC_ISSUER, ttl=ttl, jti=jti or os.urandom(8).hex()), alg="HS256")
+
+
+def bearer(tok: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tok}"}
+
+
+def url(gw: Gateway, path: str) -> str:
+    return f"http://127.0.0.1:{gw.public_port}{path}"
+
+
+@contextlib.asynccontextmanager
+async def connect(gw: Gateway, path: str, tok: str | None = None, **kw: Any) -> AsyncIterator[ClientWs]:
+    headers = bearer(tok) if tok is not None else {}
+    async with aiohttp.ClientSession() as session, session.ws_connect(url(gw, path), headers=headers, **kw) as ws:
+        yield ws
+
+
+def access_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+
+
+async def until(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def relays(gw: Gateway) -> list[Relay]:
+    assert gw._handler is not None
+    return list(gw._handler.websockets._relays)
+
+
+async def test_echo_text_binary_and_a_large_message(
+    start: Start, ws_upstream: WsUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw = await start()
+    payload = os.urandom(BIG)
+    async with connect(gw, "/ws/echo?room=1", token(), max_msg_size=0) as ws:
+        returned_id = ws._response.headers["X-Request-Id"]
+        await ws.send_str("hello")
+        assert (await ws.receive(timeout=5)).data == "hello"
+        await ws.send_bytes(b"\x00\x01binary")
+        assert (await ws.receive(timeout=5)).data == b"\x00\x01binary"
+        await ws.send_bytes(payload)
+        msg = await ws.receive(timeout=10)
+        assert msg.type == WSMsgType.BINARY
+        assert msg.data == payload
+        exposition = (await gw.exposition()).decode()
+        assert "gateway_websockets_open 1.0" in exposition
+        assert "gateway_in_flight_requests 0.0" in exposition  # not a request in flight
+        assert gw._server is not None
+        assert gw._server.coalescer.busy == 0  # nor one whose writes others could join
+    assert await ws_upstream.wait_ended() == 1000
+    # The upstream saw the path the policy saw, the identity headers, no token.
+    path, headers = ws_upstream.seen[0]
+    assert path == "/ws/echo?room=1"
+    assert headers["X-Auth-Subject"] == "alice"
+    assert "Authorization" not in headers
+    assert headers["Upgrade"] == "websocket"
+    assert headers["Sec-WebSocket-Version"] == "13"
+    await until(lambda: bool(access_records(caplog)))
+    [line] = access_records(caplog)
+    assert line["status"] == 101
+    assert line["route"] == "ws"
+    assert line["reason"] == "client_closed"
+    assert line["bytes_in"] > BIG
+    assert line["bytes_out"] > BIG
+    assert line["duration_seconds"] > 0
+    # One request ID: sent upstream with the handshake, returned with the 101, logged.
+    assert headers["X-Request-ID"] == returned_id == line["request_id"]
+    assert "gateway_websockets_open 0.0" in (await gw.exposition()).decode()
+
+
+async def test_handshake_is_authorized_like_any_request(start: Start, ws_upstream: WsUpstream) -> None:
+    gw = await start()
+    async with aiohttp.ClientSession() as session:
+        for headers in ({}, bearer("not.a.token"), bearer(token(ttl=-60))):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+                await session.ws_connect(url(gw, "/ws/echo"), headers=headers)
+            assert caught.value.status == 401
+            assert caught.value.headers is not None
+            assert "Bearer" in caught.value.headers.get("WWW-Authenticate", "")
+    assert ws_upstream.seen == []  # never contacted
+
+
+async def test_a_route_that_did_not_opt_in_drops_the_upgrade(start: Start, ws_upstream: WsUpstream) -> None:
+    gw = await start()
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await session.ws_connect(url(gw, "/plain/echo"), headers=bearer(token()))
+        assert caught.value.status == 200  # answered as plain HTTP, as before
+    path, headers = ws_upstream.seen[0]
+    assert path == "/plain/echo"
+    assert "Upgrade" not in headers
+    assert ws_upstream.ended == []
+
+
+async def test_h2c_on_a_websocket_route_is_not_switched(start: Start, ws_upstream: WsUpstream) -> None:
+    gw = await start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    writer.write(b"GET /open/x HTTP/1.1\r\nHost: g\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 5)  # answered, then closed
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert "Upgrade" not in ws_upstream.seen[0][1]
+
+
+@pytest.mark.parametrize(
+    ("lines", "why"),
+    [
+        (b"Sec-WebSocket-Version: 13\r\n", "no key"),
+        (b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n", "old version"),
+        (b"Sec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n", "bad key"),
+    ],
+)
+async def test_a_malformed_handshake_is_400(start: Start, ws_upstream: WsUpstream, lines: bytes, why: str) -> None:
+    gw = await start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    writer.write(b"GET /open/x HTTP/1.1\r\nHost: g\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" + lines + b"\r\n")
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 400 "), why
+    assert ws_upstream.seen == []
+
+
+async def test_closed_with_1008_when_the_token_expires(
+    start: Start, ws_upstream: WsUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw = await start()
+    t0 = time.time()
+    async with connect(gw, "/ws/echo", token(ttl=2)) as ws:
+        await ws.send_str("before")
+        assert (await ws.receive(timeout=5)).data == "before"
+        msg = await ws.receive(timeout=6)
+        assert msg.type == WSMsgType.CLOSE
+        assert msg.data == 1008
+        assert time.time() - t0 >= 1.0
+    assert await ws_upstream.wait_ended() == 1008  # the upstream got a (masked) Close too
+    await until(lambda: bool(access_records(caplog)))
+    assert access_records(caplog)[0]["reason"] == "token_expired"
+
+
+async def test_close_on_expiry_can_be_turned_off(start: Start, ws_upstream: WsUpstream) -> None:
+    gw = await start()
+    async with connect(gw, "/keep/echo", token(ttl=1)) as ws:
+        await asyncio.sleep(2.5)
+        await ws.send_str("still here")
+        assert (await ws.receive(timeout=5)).data == "still here"
+
+
+async def test_closed_with_1008_when_the_token_is_revoked(
+    start: Start, ws_upstream: WsUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw = await start()
+    async with connect(gw, "/ws/echo", token(jti="tok-1")) as ws:
+        await ws.send_str("before")
+        assert (await ws.receive(timeout=5)).data == "before"
+        revocation.add(tmp_path / "revoked.json", [{"jti": "tok-1"}])
+        t0 = time.monotonic()
+        msg = await ws.receive(timeout=6)
+        assert msg.type == WSMsgType.CLOSE
+        assert msg.data == 1008
+        assert time.monotonic() - t0 < 3.5  # the file is polled each second, and so are connections
+    assert await ws_upstream.wait_ended() == 1008
+    await until(lambda: bool(access_records(caplog)))
+    assert access_records(caplog)[0]["reason"] == "revoked"
+
+
+async def test_a_slow_reader_stalls_the_upstream_not_the_gateways_memory(start: Start, ws_upstream: WsUpstream) -> None:
+    gw = await start()
+    async with connect(gw, "/ws/flood", token(), max_msg_size=0) as ws:
+        await until(lambda: ws_upstream.flood_sent > 0)
+        # The client reads nothing: the flood must stop, and the gateway hold little.
+        await asyncio.sleep(1.5)
+        stalled_at = ws_upstream.flood_sent
+        await asyncio.sleep(1.0)
+        assert ws_upstream.flood_sent == stalled_at
+        [relay] = relays(gw)
+        assert relay.client is not None
+        assert relay.upstream is not None
+        assert relay.client.transport.get_write_buffer_size() <= HIGH_WATER + READ_CHUNK
+        assert not relay.upstream.transport.is_reading()  # paused: back-pressure upstream
+        # Reading again resumes the flow.
+        got = 0
+        while got < stalled_at + 4 * 65536:
+            msg = await ws.receive(timeout=5)
+            assert msg.type == WSMsgType.BINARY
+            got += len(msg.data)
+        assert ws_upstream.flood_sent > stalled_at
+
+
+async def test_idle_connections_are_closed(
+    start: Start, ws_upstream: WsUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw = await start(idle="1s")
+    async with aiohttp.ClientSession() as session, session.ws_connect(url(gw, "/open/echo"), autoping=False) as ws:
+        msg = await ws.receive(timeout=5)
+        assert msg.type == WSMsgType.CLOSE
+        assert msg.data == 1001
+    await until(lambda: bool(access_records(caplog)))
+    assert access_records(caplog)[0]["reason"] == "idle"
+
+
+async def test_the_open_connection_limit_is_a_503(start: Start, ws_upstream: WsUpstream) -> None:
+    gw = await start(limit=2)
+    async with aiohttp.ClientSession() as session:
+        a = await session.ws_connect(url(gw, "/open/echo"))
+        b = await session.ws_connect(url(gw, "/open/echo"))
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await session.ws_connect(url(gw, "/open/echo"))
+        assert caught.value.status == 503
+        await a.close()
+        await until(lambda: "gateway_websockets_open 1.0" in gw.metrics.exposition().decode())
+        c = await session.ws_connect(url(gw, "/open/echo"))  # room again
+        await c.send_str("ok")
+        assert (await c.receive(timeout=5)).data == "ok"
+        await b.close()
+        await c.close()
+
+
+async def test_the_upstream_closing_closes_the_client(
+    start: Start, ws_upstream: WsUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw = await start()
+    async with aiohttp.ClientSession() as session, session.ws_connect(url(gw, "/open/bye")) as ws:
+        assert (await ws.receive(timeout=5)).data == "bye"
+        msg = await ws.receive(timeout=5)
+        assert msg.type == WSMsgType.CLOSE
+        assert msg.data == 4000
+    await until(lambda: bool(access_records(caplog)))
+    assert access_records(caplog)[0]["reason"] == "upstream_closed"
+
+
+def _handshake(path: str) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: g\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def _masked(opcode: int, payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    assert len(payload) < 126
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def _raw_ws(gw: Gateway, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    writer.write(_handshake(path))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return reader, writer
+
+
+async def test_a_client_half_close_is_passed_on(
+    start: Start, ws_upstream: WsUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw = await start()
+    reader, writer = await _raw_ws(gw, "/open/echo")
+    writer.write(_masked(0x1, b"hi"))
+    assert await asyncio.wait_for(reader.readexactly(4), 5) == b"\x81\x02hi"
+    writer.write_eof()  # FIN, no Close frame
+    await ws_upstream.wait_ended()  # the upstream saw its side end
+    rest = await asyncio.wait_for(reader.read(), 5)  # and the client is closed after it
+    writer.close()
+    assert b"hi" not in rest
+    await until(lambda: bool(access_records(caplog)))
+    assert access_records(caplog)[0]["reason"] == "client_closed"
+
+
+async def test_early_frames_after_the_handshake_are_relayed(start: Start, ws_upstream: WsUpstream) -> None:
+    gw = await start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    writer.write(_handshake("/open/echo") + _masked(0x1, b"early"))  # one segment
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert await asyncio.wait_for(reader.readexactly(7), 5) == b"\x81\x05early"
+    writer.close()
+
+
+async def test_the_close_waits_for_a_frame_boundary(start: Start, ws_upstream: WsUpstream) -> None:
+    """At the token's expiry the client is mid-frame: the upstream gets the rest of that
+    frame, then the Close, never a Close inside the frame."""
+    gw = await start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    writer.write(
+        _handshake("/ws/echo").replace(b"\r\n\r\n", f"\r\nAuthorization: Bearer {token(ttl=2)}\r\n\r\n".encode())
+    )
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    mask = os.urandom(4)
+    payload = b"z" * 200
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    frame = bytes((0x81, 0x80 | 126)) + struct.pack("!H", len(payload)) + mask + masked
+    writer.write(frame[:50])  # the first part, before the expiry
+    [relay] = relays(gw)
+    await until(lambda: relay.closing)  # the token expired
+    assert relay.closing
+    assert relay.upstream is not None
+    assert relay.upstream.close_pending
+    writer.write(frame[50:])  # the rest: the frame ends, then the upstream gets its Close
+    assert await ws_upstream.wait_ended() == 1008
+    assert ws_upstream.received == ["z" * 200]  # the whole frame, then the Close
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert b"\x88\x02\x03\xf0" in data  # the client's Close, 1008, unmasked
+
+
+async def test_an_upstream_refusing_the_upgrade_is_relayed_and_the_connection_closed(
+    start: Start, ws_upstream: WsUpstream
+) -> None:
+    gw = await start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    writer.write(_handshake("/open/deny"))
+    data = await asyncio.wait_for(reader.read(), 5)  # the answer, then the close
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 403 ")
+    assert data.endswith(b"not you")
+    assert b"Connection: close" in data
+    assert gw._pool is not None
+    assert not gw._pool.idle  # the handshake's upstream connection was not kept
+
+
+async def test_a_draining_gateway_closes_websockets_with_1001(
+    start: Start, ws_upstream: WsUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw = await start()
+    async with connect(gw, "/open/echo") as ws:
+        await ws.send_str("x")
+        assert (await ws.receive(timeout=5)).data == "x"
+        t0 = time.monotonic()
+        stopping = asyncio.create_task(gw.stop())
+        msg = await ws.receive(timeout=5)
+        assert msg.type == WSMsgType.CLOSE
+        assert msg.data == 1001
+    await asyncio.wait_for(stopping, 10)
+    assert time.monotonic() - t0 < 5  # not the 30 s shutdown_timeout
+    assert await ws_upstream.wait_ended() == 1001
+    await until(lambda: bool(access_records(caplog)))
+    assert access_records(caplog)[0]["reason"] == "shutdown"
+
+
+async def test_a_reload_keeps_revocation_watching_the_new_list(
+    start: Start, ws_upstream: WsUpstream, tmp_path: Path
+) -> None:
+    """The old policy's revocation watcher stops at a reload: an open connection must
+    follow the new one."""
+    gw = await start()
+    async with connect(gw, "/ws/echo", token(jti="tok-2")) as ws:
+        await ws.send_str("before")
+        assert (await ws.receive(timeout=5)).data == "before"
+        assert await gw.reload()
+        revocation.add(tmp_path / "revoked.json", [{"jti": "tok-2"}])
+        msg = await ws.receive(timeout=6)
+        assert msg.type == WSMsgType.CLOSE
+        assert msg.data == 1008
+
+
+async def test_an_interim_answer_then_the_101_and_a_frame_in_one_segment(make_gateway: GatewayFactory) -> None:
+    """A scripted upstream writes `103`, `101` and its first frame at once: the frame is
+    the relay's (never parsed as HTTP), and reaches the client."""
+    seen: list[bytes] = []
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x05first"
+        )
+        await reader.read()  # until the gateway closes
+
+    served = Served(upstream)
+    await served.start()
+    try:
+        up = f"http://127.0.0.1:{served.port}"
+        gw = await make_gateway(f"""
+        routes:
+          - {{name: open, match: {{prefix: /open}}, upstream: "{up}", websocket: true, auth: public}}
+        """)
+        reader, writer = await _raw_ws(gw, "/open/x")
+        assert await asyncio.wait_for(reader.readexactly(7), 5) == b"\x81\x05first"
+        writer.close()
+        assert b"Upgrade: websocket" in seen[0]
+        assert b"Sec-WebSocket-Key: " in seen[0]
+    finally:
+        await served.close()
+
+
+async def test_the_websocket_log_line_is_redacted_like_any_other(
+    start: Start, ws_upstream: WsUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw = await start()
+    async with connect(gw, "/open/echo?access_token=s3cr3t-value&room=2") as ws:
+        await ws.send_str("x")
+        assert (await ws.receive(timeout=5)).data == "x"
+    await until(lambda: bool(access_records(caplog)))
+    [line] = access_records(caplog)
+    assert "s3cr3t-value" not in json.dumps(line)
+    assert "room=2" in line["path"]
+    assert ws_upstream.seen[0][0] == "/open/echo?access_token=s3cr3t-value&room=2"  # passed on as it came
