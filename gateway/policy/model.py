@@ -209,6 +209,15 @@ class Server(Strict):
     # per worker process, past it a handshake gets 503.
     websocket_idle_timeout: Duration = 60.0
     max_websockets: int = Field(default=1000, ge=1, le=1_000_000)
+
+    @field_validator("websocket_idle_timeout")
+    @classmethod
+    def _websocket_idle_bound(cls, value: float) -> float:
+        # The idle timeout is what bounds a WebSocket peer that stops reading: never off.
+        if not 1.0 <= value <= 86400.0:
+            raise invalid("websocket_idle_timeout", f"{format_duration(value)} is out of range (expected 1s to 24h)")
+        return value
+
     # Worker processes; `auto`: the CPUs this process may use (gateway/runtime/cpus.py).
     workers: Workers = 1
     # Reload when the policy file or a file it names changes: a Kubernetes ConfigMap

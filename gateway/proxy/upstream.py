@@ -274,6 +274,14 @@ class _Conn(BaseProtocol):
                 self.transport.close()
             return
         for message, payload in messages:
+            if message.code == 101 and self.early is None:
+                # A switch nobody asked for (not a WebSocket handshake): what follows is
+                # another protocol, never this request's response (found by review).
+                self.should_close = True
+                self._fail(UpstreamError("bad_response", "101 to a request that asked for no upgrade"))
+                if self.transport is not None:
+                    self.transport.close()
+                return
             if message.code == 101 and self.early is not None:
                 # The switch: this connection now carries the client's WebSocket.
                 self.should_close = True

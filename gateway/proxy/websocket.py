@@ -64,23 +64,28 @@ class _Side(asyncio.Protocol):
         self.close_pending = False  # our Close waits for the frame being relayed to it to end
         self.close_code = GOING_AWAY
         self.eof_sent = False  # we passed the other side's half-close on to it
+        self.write_paused = False  # its write buffer is past HIGH_WATER: the peer is not read
 
     def data_received(self, data: bytes) -> None:
         self.relay.on_data(self, data)
 
     def eof_received(self) -> bool:
         self.relay.on_eof(self)
-        return True  # keep the other direction open: the relay closes
+        # Keep the other direction open (the relay closes); a TLS transport cannot, and
+        # logs a warning per close for a True (found by review).
+        return self.transport.get_extra_info("ssl_object") is None
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = True
         self.relay.on_lost(self, exc)
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         with contextlib.suppress(RuntimeError, AttributeError):
             self.peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         with contextlib.suppress(RuntimeError, AttributeError):
             self.peer.transport.resume_reading()
 
@@ -158,7 +163,7 @@ class Relay:
             if client_early:
                 self.on_data(c, client_early)
             for side in (c, u):
-                if not side.lost and not side.transport.is_closing():
+                if not side.lost and not side.transport.is_closing() and not side.peer.write_paused:
                     side.transport.resume_reading()
             if client_eof:
                 self.on_eof(c)

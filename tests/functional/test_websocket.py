@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,7 +25,8 @@ from aiohttp.test_utils import TestServer
 
 from gateway.app import Gateway
 from gateway.limits import READ_CHUNK
-from gateway.proxy.websocket import HIGH_WATER, Relay
+from gateway.policy import ConfigError, load_policy
+from gateway.proxy.websocket import HIGH_WATER, Relay, WebSockets
 from gateway.tokens import revocation
 from tests.conftest import GatewayFactory
 from tests.factories import claims, sign
@@ -557,3 +559,95 @@ async def test_the_websocket_log_line_is_redacted_like_any_other(
     assert "s3cr3t-value" not in json.dumps(line)
     assert "room=2" in line["path"]
     assert ws_upstream.seen[0][0] == "/open/echo?access_token=s3cr3t-value&room=2"  # passed on as it came
+
+
+def _frame(payload: bytes) -> bytes:
+    return bytes((0x82, 127)) + struct.pack("!Q", len(payload)) + payload
+
+
+async def _pair(loop: asyncio.AbstractEventLoop, sndbuf: int | None = None) -> tuple[asyncio.Transport, socket.socket]:
+    """A real TCP connection: the gateway's end as a transport (reading paused, as the
+    listener and the upstream pool leave it at a switch), and the peer's socket."""
+    listening = socket.create_server(("127.0.0.1", 0))
+    peer = socket.socket()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    peer.setblocking(False)
+    await loop.sock_connect(peer, listening.getsockname())
+    conn, _ = listening.accept()
+    listening.close()
+    if sndbuf is not None:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, conn)
+    transport.pause_reading()
+    return transport, peer
+
+
+async def test_early_bytes_past_high_water_leave_back_pressure_on() -> None:
+    """The relay first writes the bytes that came before it took over; to a client that
+    reads nothing they pass HIGH_WATER and pause the upstream. It once resumed both
+    sides right after, and then read the upstream without bound (found by review)."""
+    loop = asyncio.get_running_loop()
+    client_t, client_peer = await _pair(loop, sndbuf=4096)  # a client that reads nothing
+    up_t, up_peer = await _pair(loop)
+    relay = Relay(WebSockets(), 30.0, None, lambda exc: None)
+    running = asyncio.create_task(relay.run(client_t, b"", False, up_t, _frame(b"e" * 200_000)))
+    sent = 0
+    chunk = _frame(b"f" * (1 << 20))
+    try:
+        while sent < 64 * 2**20:
+            try:
+                await asyncio.wait_for(loop.sock_sendall(up_peer, chunk), 2)
+            except TimeoutError:
+                break  # the upstream is stalled: back-pressure holds
+            sent += len(chunk)
+        assert client_t.get_write_buffer_size() <= HIGH_WATER + 256 * 1024
+    finally:
+        relay.abort()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(running, 5)
+        client_peer.close()
+        up_peer.close()
+
+
+@pytest.mark.parametrize("connection", [b"Connection: Upgrade\r\n", b""])
+async def test_a_101_to_a_request_that_asked_for_no_upgrade_is_a_502(
+    make_gateway: GatewayFactory, connection: bytes
+) -> None:
+    """RFC 9110 §7.8: no switch to a protocol the request did not ask for. What follows
+    such a 101 is another protocol, never this request's response (found by review: it
+    was taken as an interim answer, and the bytes after it relayed as the response)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" + connection + b"\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+        )
+        await reader.read()
+
+    served = Served(answer)
+    await served.start()
+    try:
+        gw = await make_gateway(
+            "routes:\n"
+            f"  - {{name: plain, match: {{prefix: /plain}}, upstream: 'http://127.0.0.1:{served.port}',"
+            " auth: public}\n"
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+        writer.write(b"GET /plain/x HTTP/1.1\r\nHost: g\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 502 ")
+    finally:
+        await served.close()
+
+
+async def test_the_websocket_idle_timeout_cannot_be_turned_off(tmp_path: Path) -> None:
+    """It is what bounds a peer that stops reading (found by review: 0s meant none)."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "server: {websocket_idle_timeout: 0s}\nroutes:\n"
+        "  - {name: ws, match: {prefix: /ws}, upstream: 'http://127.0.0.1:9', auth: public, websocket: true}\n"
+    )
+    with pytest.raises(ConfigError, match=r"gateway.yaml:1: server.websocket_idle_timeout: 0s is out of range"):
+        load_policy(str(config))
