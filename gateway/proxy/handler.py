@@ -432,17 +432,7 @@ class ProxyHandler:
         claims: list[tuple[str, str]],
     ) -> None:
         settings = runtime.settings
-        headers = upstream_request_headers(
-            request.headers,
-            peer=request.remote,
-            scheme=request.scheme,
-            host=host,
-            forwarded=settings.forwarded,
-            rules=settings.request_headers,
-            keep_authorization=route.forward_authorization,
-            claims=claims,
-        )
-        headers.append((settings.request_ids.header, ex.request_id))
+        headers = _upstream_headers(request, settings, ex, route, host, claims)
         failed = request.body_failure
         if failed is not None:
             # Known broken before anything reached the upstream (an upload that failed,
@@ -484,11 +474,7 @@ class ProxyHandler:
                 slot,
             )
         except UpstreamError as exc:
-            reason = {
-                "unreachable": Reason.UPSTREAM_UNREACHABLE,
-                "timeout": Reason.UPSTREAM_TIMEOUT,
-            }.get(exc.kind, Reason.UPSTREAM_ERROR)
-            return self._refuse(request, runtime, ex, route, reason, exc.detail)
+            return self._refuse(request, runtime, ex, route, _upstream_reason(exc), exc.detail)
         ex.upstream_seconds = time.perf_counter() - sent
         # Not `async with`: two coroutine frames per request for what is one branch.
         try:
@@ -521,21 +507,8 @@ class ProxyHandler:
         if not websockets.reserve(settings.max_websockets):
             return self._refuse(request, runtime, ex, route, Reason.WEBSOCKETS_FULL, "")
         try:
-            headers = upstream_request_headers(
-                request.headers,
-                peer=request.remote,
-                scheme=request.scheme,
-                host=host,
-                forwarded=settings.forwarded,
-                rules=settings.request_headers,
-                keep_authorization=route.forward_authorization,
-                claims=claims,
-            )
-            headers += (
-                (settings.request_ids.header, ex.request_id),
-                ("Connection", "Upgrade"),
-                ("Upgrade", "websocket"),
-            )
+            headers = _upstream_headers(request, settings, ex, route, host, claims)
+            headers += (("Connection", "Upgrade"), ("Upgrade", "websocket"))
             if request.client_gone:
                 raise ConnectionResetError("client disconnected")  # as in _forward
             sent = time.perf_counter()
@@ -553,11 +526,7 @@ class ProxyHandler:
                     upgrade=True,
                 )
             except UpstreamError as exc:
-                reason = {
-                    "unreachable": Reason.UPSTREAM_UNREACHABLE,
-                    "timeout": Reason.UPSTREAM_TIMEOUT,
-                }.get(exc.kind, Reason.UPSTREAM_ERROR)
-                return self._refuse(request, runtime, ex, route, reason, exc.detail)
+                return self._refuse(request, runtime, ex, route, _upstream_reason(exc), exc.detail)
             ex.upstream_seconds = time.perf_counter() - sent
             if upstream.status != 101:
                 # Refused upstream (or answered as plain HTTP): relayed as it is, and this
@@ -691,3 +660,34 @@ def _with_subject(request: Request, header: str, claims: list[tuple[str, str]]) 
     except UnforwardableError:
         log.warning("client certificate subject not forwarded: it holds a character no header can carry")
         return claims
+
+
+_UPSTREAM_REASONS = {"unreachable": Reason.UPSTREAM_UNREACHABLE, "timeout": Reason.UPSTREAM_TIMEOUT}
+
+
+def _upstream_reason(exc: UpstreamError) -> Reason:
+    return _UPSTREAM_REASONS.get(exc.kind, Reason.UPSTREAM_ERROR)
+
+
+def _upstream_headers(
+    request: Request,
+    settings: HandlerSettings,
+    ex: Exchange,
+    route: CompiledRoute,
+    host: str,
+    claims: list[tuple[str, str]],
+) -> list[tuple[str, str]]:
+    """What the upstream gets, for a request and a WebSocket handshake alike: the
+    client's headers by the rules, the verified identity, and the request ID."""
+    headers = upstream_request_headers(
+        request.headers,
+        peer=request.remote,
+        scheme=request.scheme,
+        host=host,
+        forwarded=settings.forwarded,
+        rules=settings.request_headers,
+        keep_authorization=route.forward_authorization,
+        claims=claims,
+    )
+    headers.append((settings.request_ids.header, ex.request_id))
+    return headers
