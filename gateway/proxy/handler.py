@@ -304,7 +304,13 @@ class ProxyHandler:
             query, claims, lifetime = outcome
         subject_header = runtime.settings.client_subject_header
         if subject_header is not None:
-            claims = _with_subject(request, subject_header, claims)
+            with_subject = _with_subject(request, subject_header, claims)
+            if with_subject is None:
+                # A verified subject the upstream cannot be told (a control character):
+                # refused, as an unforwardable claim is, never sent on without it.
+                detail = "client certificate subject cannot be forwarded"
+                return self._refuse(request, runtime, ex, route, Reason.CLIENT_CERT_MISMATCH, detail)
+            claims = with_subject
         if route.websocket and is_websocket_upgrade(request.headers):
             return await self._websocket(
                 request, runtime, ex, route, route.upstream_path(path), query, host, claims, lifetime
@@ -647,19 +653,18 @@ class ProxyHandler:
             request.reset()
 
 
-def _with_subject(request: Request, header: str, claims: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _with_subject(request: Request, header: str, claims: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
     """`claims` (never changed: it may be the token cache's) and the client
-    certificate's subject, rendered as a claim value is; without a certificate, or with
-    a subject no header can carry (a control character), no header: the inbound one
-    was removed with the other identity headers either way."""
+    certificate's subject, rendered as a claim value is; without a certificate, no
+    header (the inbound one was removed with the other identity headers); None for a
+    subject no header can carry (a control character)."""
     subject = request.client_subject
     if subject is None:
         return claims
     try:
         return [*claims, (header, render_claim(subject))]
     except UnforwardableError:
-        log.warning("client certificate subject not forwarded: it holds a character no header can carry")
-        return claims
+        return None
 
 
 _UPSTREAM_REASONS = {"unreachable": Reason.UPSTREAM_UNREACHABLE, "timeout": Reason.UPSTREAM_TIMEOUT}

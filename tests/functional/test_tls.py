@@ -590,3 +590,25 @@ async def test_a_subject_that_cannot_be_read_fails_every_request_of_its_connecti
         writer.close()
     assert statuses == [500, 500]
     assert upstream.seen == []
+
+
+async def test_a_verified_subject_no_header_can_carry_is_refused_not_forwarded_without_it(
+    make_gateway: GatewayFactory, upstream: Upstream, ca: Authority, tmp_path: Path
+) -> None:
+    """A CA-issued client certificate whose subject holds a newline: the upstream could
+    not tell it from "no certificate" if the request went on without the header (it
+    did, found by review); it is refused, as an unforwardable claim is."""
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    clients = Authority("Client CA")
+    clients.write(tmp_path / "clients.pem")
+    gw = await make_gateway(client_policy(upstream, "required"))
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ops\nteam")])
+    cert = clients._issue(name, [], ExtendedKeyUsageOID.CLIENT_AUTH, None, None)
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(f"https://localhost:{gw.public_port}/open/x", ssl=with_client_cert(ca, cert, tmp_path)) as r,
+    ):
+        assert r.status == 403
+        assert (await r.json())["error"] == "forbidden"
+    assert upstream.seen == []
