@@ -219,19 +219,23 @@ class ProxyHandler:
         else:
             send_refusal(request, Reason.INTERNAL, own=[(runtime.settings.request_ids.header, ex.request_id)])
 
-    def unparseable(self, status: int, peer: str | None) -> None:
+    def unparseable(self, status: int, peer: str | None) -> str:
         """A request the listener refused before it was parsed whole (400, 414, 431):
-        counted and logged like any refusal, with its peer and nothing of its bytes."""
+        counted and logged like any refusal, with its peer and nothing of its bytes.
+        Gives the refusal's request-ID header line.
+
+        Never the request's own ID: its head was not read whole, so nothing says whether
+        a trusted proxy sent it. A new one still ties the client's answer to the log line."""
         runtime = self.runtime
         reason = Reason.BAD_REQUEST
+        request_id = new_id()
         runtime.unmatched.request("-", status, "denied")
         if runtime.access_log.enabled:
-            # Never the request's own ID: its head was not read whole, so nothing says
-            # whether a trusted proxy sent it. A new one still ties the lines together.
             ex = Exchange(
-                request_id=new_id(), outcome="denied", reason=reason.ident, bytes_out=len(reason.body), client=peer
+                request_id=request_id, outcome="denied", reason=reason.ident, bytes_out=len(reason.body), client=peer
             )
             runtime.access_log.emit(ex, status, 0.0)
+        return f"{runtime.settings.request_ids.header}: {request_id}\r\n"
 
     def _finish(self, request: Request, runtime: Runtime, ex: Exchange, status: int) -> None:
         total = time.perf_counter() - ex.started
