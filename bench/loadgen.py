@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import uvloop
 
 # Per 100 requests. Uploads are few because each is large: at 4 000 req/s, 2 % of
-# requests averaging 448 KiB is 35 MB/s through the gateway, about a twentieth of
+# requests averaging 448 KiB is about 35 MiB/s through the gateway, about a twentieth of
 # what it streams on one core (bench/README.md), so they add up to memory and
 # descriptor churn without turning the soak into a streaming benchmark.
 MIX = {"public": 30, "reused": 30, "unique": 22, "bad": 16, "upload": 2}

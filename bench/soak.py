@@ -17,7 +17,7 @@ process) and the backend share core 1. Then:
    achieved, the gateway's RSS and open descriptors (supervisor and workers, /proc);
 4. checks the targets of issue 14 and exits 1 if one is missed.
 
-Every process started is stopped by PID, on error and on Ctrl-C too. Figures also go to
+Every process started is stopped by PID, on error, Ctrl-C and SIGTERM too. Figures also go to
 bench/soak.json (not committed).
 """
 
@@ -87,9 +87,16 @@ def fd_count(pid: int) -> int:
         return 0  # gone
 
 
+def rss_or_zero(pid: int) -> int:
+    try:
+        return rss_kib(pid)
+    except OSError:
+        return 0  # gone: a dead gateway must fail the checks, not stop the soak
+
+
 def sample(supervisor: int) -> Sample:
     pids = [supervisor, *children(supervisor)]
-    return Sample({p: rss_kib(p) for p in pids}, {p: fd_count(p) for p in pids})
+    return Sample({p: rss_or_zero(p) for p in pids}, {p: fd_count(p) for p in pids})
 
 
 def idle_fds(supervisor: int) -> int:
@@ -230,7 +237,9 @@ def soak(args: argparse.Namespace, work: Path, procs: Procs, nginx: str) -> int:
     wait_http(f"http://127.0.0.1:{admin}/readyz")
     wait_http(f"http://127.0.0.1:{backend}/")
     if gw.poll() is not None:
-        raise SystemExit(f"soak: the gateway exited ({gw.returncode}); see {work}/gateway.log")
+        # The work directory goes with this process: show the log's end, not its path.
+        tail = (work / "gateway.log").read_text(errors="replace").splitlines()[-20:]
+        raise SystemExit("\n".join([f"soak: the gateway exited ({gw.returncode}):", *tail]))
     gen = dict(connections=args.connections, report_every=3600)
 
     # What the generator can offer, against the backend alone: every answer counts.
@@ -252,9 +261,7 @@ def soak(args: argparse.Namespace, work: Path, procs: Procs, nginx: str) -> int:
             print("  warning: close to what the generator alone can do; the maximum may be the generator's")
     print(f"soak: {args.minutes:g} min at {rate:.0f} req/s, {args.connections} connections, open-loop")
     if rate > 0.9 * capacity:
-        print(
-            "  warning: above 90 % of what the generator alone can do; it may fall behind (see 'backlog' in the JSON)"
-        )
+        print("  warning: above 90 % of what the generator alone can do; it may fall behind (rows: due/s, req/s)")
 
     time.sleep(SETTLE_SECONDS)
     fds_before = idle_fds(gw.pid)
@@ -295,10 +302,10 @@ def soak(args: argparse.Namespace, work: Path, procs: Procs, nginx: str) -> int:
     workers_after = sorted(children(gw.pid))
     final = reports[-1]
 
-    # The targets. RSS: the last sample (under load, at the end) against the first one
-    # taken a minute or more into the load (with --minutes 1, the same sample).
+    # The targets. RSS: the end row (sampled as the load ends) against the first row a
+    # minute or more into the load (with --minutes 1, the same row); growth only.
     first = next((r for r in rows[1:] if r["t"] >= 60), rows[-1])
-    growth = rows[-1]["rss_kib"] / first["rss_kib"] - 1
+    growth = rows[-1]["rss_kib"] / first["rss_kib"] - 1 if first["rss_kib"] else float("inf")
     errs = errors(final["outcomes"])
     under_load = max((fds for _, _, fds in series), default=0)
     # Flat, at idle: exactly the count before the soak (tolerance 0), since then the
