@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 from gateway.app import Gateway
 from gateway.proxy import handler
 from tests.conftest import GatewayFactory
-from tests.factories import claims, sign
+from tests.factories import IdentityProvider, SigningKey, claims, sign
 from tests.functional.auth_env import HMAC_ISSUER, HMAC_SECRET
 from tests.functional.test_websocket import WsUpstream, access_records, connect, until, url
 
@@ -306,3 +306,38 @@ async def test_a_handshake_the_upstream_answers_after_a_reload_is_checked_by_the
         assert await asyncio.wait_for(asking, 5) == 404
     finally:
         asking.cancel()
+
+
+async def test_a_key_gone_from_the_jwks_closes_its_connections_without_a_fetch_per_connection(
+    make_gateway: GatewayFactory, ws_upstream: WsUpstream, idp: IdentityProvider, rsa: SigningKey, ec: SigningKey
+) -> None:
+    """The re-check verifies with the keys the new policy's prepare fetched: a kid it
+    lacks is refused there and then, never refetched (one fetch per reload, not one per
+    connection)."""
+    text = f"""
+    providers:
+      corp:
+        issuer: "{idp.issuer}"
+        audiences: [orders-api]
+        algorithms: [RS256, ES256]
+        keys: [{{jwks_url: "{idp.url}/jwks"}}]
+    routes:
+      - {{name: ws, match: {{prefix: /ws}}, upstream: "{ws_upstream.url}", websocket: true, auth: {{any_of: [corp]}}}}
+    """
+    gw = await make_gateway(text)
+    await until(lambda: not gw.not_ready())
+    old = [sign(rsa, claims(iss=idp.issuer)) for _ in range(3)]
+    async with (
+        connect(gw, "/ws/1", old[0]) as a,
+        connect(gw, "/ws/2", old[1]) as b,
+        connect(gw, "/ws/3", old[2]) as c,
+        connect(gw, "/ws/4", sign(ec, claims(iss=idp.issuer))) as kept,
+    ):
+        idp.keys = [ec]  # the RSA key is retired
+        hits = idp.jwks_hits
+        assert await gw.reload()
+        for ws in (a, b, c):
+            await closed_with(ws, 1008)
+        await echoes(kept)
+        await asyncio.sleep(0.2)  # a refetch would have reached the IdP by now
+        assert idp.jwks_hits == hits + 1  # the new policy's own fetch, in prepare
