@@ -92,6 +92,7 @@ providers:
     issuer: {HMAC_ISSUER}
     audiences: [orders-api]
     algorithms: [HS256]
+    leeway: 1s
     keys: [{{hmac_secret: {{env: GATEWAY_TEST_HMAC}}}}]
   other:
     issuer: {OTHER_ISSUER}
@@ -228,16 +229,23 @@ async def test_a_public_route_that_becomes_protected_closes_its_connections(
 
 
 async def test_an_admitted_connection_takes_its_new_routes_token_handling(
-    start: Start, ws_upstream: WsUpstream
+    start: Start, ws_upstream: WsUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """`websocket_close_on_expiry` turned on by a reload: a connection whose token has
-    expired meanwhile is ended as at its expiry (its token was good when it came)."""
-    gw = await start(keep="websocket_close_on_expiry: false, auth: {any_of: [shared]}")
+    """The token is checked as of the handshake: a connection its route lets outlive
+    its token survives a reload that keeps that. A reload that turns
+    `websocket_close_on_expiry` on ends it as at its expiry (`token_expired`, not a
+    refusal: the token was good when it came)."""
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    outlive = "websocket_close_on_expiry: false, auth: {any_of: [shared]}"
+    gw = await start(keep=outlive)
     async with connect(gw, "/keep/echo", token(ttl=1)) as ws:
         await asyncio.sleep(2.2)
         await echoes(ws, "outlived its token")
+        await reload(gw, ws_upstream, keep=outlive, idle="20s")
+        await echoes(ws, "and a reload")
         await reload(gw, ws_upstream)
         await closed_with(ws, 1008)
+    assert await ended(caplog, "keep") == "token_expired"
 
 
 async def test_a_route_moved_to_another_upstream_closes_with_1001(
