@@ -885,7 +885,8 @@ async def test_requests_refused_before_they_parse_are_logged_and_counted(
     ]
     # The client's answer names the log line (a new ID each, never the request's own).
     assert [r["request_id"] for r in records] == ids
-    assert all(len(i) == 32 for i in ids) and ids[0] != ids[1]
+    assert all(len(i) == 32 for i in ids)
+    assert ids[0] != ids[1]
     assert "X-Big" not in caplog.text
     assert "Bad Header" not in caplog.text
     assert requests_counted(gw, "OTHER", "4xx", "denied", route="_unmatched") - before == 2
