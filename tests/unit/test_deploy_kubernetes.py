@@ -21,6 +21,7 @@ from gateway.duration import parse_duration
 from gateway.policy.load import load_model
 from gateway.runtime.supervisor import EXIT_MARGIN
 from gateway.tokens import keystore
+from tests.deploy_paths import path_fields, reroot
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "deploy" / "kubernetes"
@@ -86,37 +87,6 @@ def _one(resources: list[Resource], kind: str, name: str | None = None) -> Resou
     return found[0]
 
 
-def _path_fields(node: Any, at: str = "") -> list[tuple[str, str]]:
-    """(field path, value) of every file or directory the policy names: keys called `file`,
-    `*_file`, `signing_keys` or `ledger`, wherever they are."""
-    found: list[tuple[str, str]] = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            where = f"{at}.{key}" if at else str(key)
-            if isinstance(value, str) and (key in ("file", "signing_keys", "ledger") or str(key).endswith("_file")):
-                found.append((where, value))
-            else:
-                found.extend(_path_fields(value, where))
-    elif isinstance(node, list):
-        for i, item in enumerate(node):
-            found.extend(_path_fields(item, f"{at}[{i}]"))
-    return found
-
-
-def _reroot(node: Any, root: Path) -> Any:
-    """The policy with every file path moved under `root`, where the test mounts them."""
-    if isinstance(node, dict):
-        return {
-            key: str(root / value.lstrip("/"))
-            if isinstance(value, str) and (key in ("file", "signing_keys", "ledger") or str(key).endswith("_file"))
-            else _reroot(value, root)
-            for key, value in node.items()
-        }
-    if isinstance(node, list):
-        return [_reroot(item, root) for item in node]
-    return node
-
-
 def _mount(root: Path, mount_path: str, files: dict[str, bytes]) -> None:
     """Lay out files as the kubelet does for a ConfigMap or Secret volume: a timestamped
     directory, a `..data` symlink to it, and one symlink per key through `..data`."""
@@ -141,7 +111,7 @@ def base(tmp_path: Path) -> Path:
     )
     policy = yaml.safe_load((copy / "policy" / POLICY_FILE).read_text())
     keys_dir = copy / "keys"
-    for where, value in _path_fields(policy):
+    for where, value in path_fields(policy):
         name = Path(value).name
         if where.endswith("signing_keys") and not (keys_dir / keystore.JWKS_FILE).exists():
             keystore.generate(keys_dir)
@@ -247,7 +217,7 @@ def test_the_policy_passes_gateway_check_with_the_files_the_pod_mounts(
         if mount["mountPath"] != "/dev/shm":
             _mount(root, mount["mountPath"], _volume_files(resources_volume(resources, container, mount["mountPath"])))
     policy = yaml.safe_load(text)
-    paths = _path_fields(policy)
+    paths = path_fields(policy)
     assert paths, "the policy names no key or revocation file"
     for where, value in paths:
         # Relative paths are resolved in the ConfigMap's `..2026_…` directory, beside the policy.
@@ -257,7 +227,7 @@ def test_the_policy_passes_gateway_check_with_the_files_the_pod_mounts(
     checked = root / config.lstrip("/")
     assert checked.read_text() == text  # the mounted copy is the ConfigMap's
     rerooted = tmp_path / POLICY_FILE
-    rerooted.write_text(yaml.safe_dump(_reroot(policy, root)))
+    rerooted.write_text(yaml.safe_dump(reroot(policy, root)))
     assert "/etc/" not in rerooted.read_text().replace(f"{root}/etc/", ""), "a path the rerooting missed"
     assert gateway_main(["check", "--config", str(rerooted)]) == 0, capsys.readouterr().err
     assert ": valid, " in capsys.readouterr().out
