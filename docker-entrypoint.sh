@@ -11,7 +11,7 @@ for arg in "$@"; do
   case "$arg" in --config=*) config=${arg#--config=} ;; esac
   prev=$arg
 done
-if [ "$1" = "run" ] && [ -n "$config" ] && [ ! -f /etc/gateway/demo-keys/jwks.json ] \
+if [ "$1" = "run" ] && [ ! -f /etc/gateway/demo-keys/jwks.json ] \
    && grep -q "demo-keys/jwks.json" "$config" 2>/dev/null; then
   gateway keys generate --dir /etc/gateway/demo-keys >/dev/null
 fi

@@ -291,9 +291,13 @@ def test_workers_auto_has_a_whole_cpu_limit(resources: list[Resource], tmp_path:
     limits, requests = container["resources"]["limits"], container["resources"]["requests"]
     assert {"cpu", "memory"} <= set(limits)
     assert {"cpu", "memory"} <= set(requests)
+    cpu = str(limits["cpu"])
     if policy.server.workers == "auto":
         # `auto` rounds the quota up: a fractional limit gives workers that get throttled.
-        assert str(limits["cpu"]).isdigit(), limits["cpu"]
+        assert cpu.isdigit(), cpu
+    else:
+        # More workers than CPUs would share the quota, throttled (CFS).
+        assert int(policy.server.workers) <= (int(cpu) if cpu.isdigit() else int(cpu.removesuffix("m")) / 1000)
 
 
 def test_the_pod_is_locked_down(resources: list[Resource]) -> None:
