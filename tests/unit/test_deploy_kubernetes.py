@@ -26,8 +26,8 @@ from tests.deploy_paths import path_fields, reroot
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "deploy" / "kubernetes"
 POLICY_FILE = "gateway.yaml"
-# The oldest Kubernetes minor still supported upstream when this was written, and the
-# newest the installed kubernetes-validate knows.
+# An older minor still run by managed clusters (everything used here was GA long before
+# it), and the newest the installed kubernetes-validate knows.
 K8S_VERSIONS = ("1.31", latest_version())
 
 Resource = dict[str, Any]
