@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from gateway.limits import Limits
@@ -52,10 +53,10 @@ class Attack:
 
 @asynccontextmanager
 async def _gateway(
-    tmp_path: Path, upstream: Upstream, server: str = "", sink: int | None = None
+    tmp_path: Path, upstream: Upstream, server: str = "", sink: int | None = None, parser: str = "c"
 ) -> AsyncIterator[GatewayProcess]:
     """A gateway process: /open public, /api behind an HS256 provider, /sink (if given)
-    to an upstream that never reads a request body."""
+    to an upstream that never reads a request body; on aiohttp's C or Python parser."""
     sink_route = (
         f'- {{name: sink, match: {{prefix: /sink}}, upstream: "http://127.0.0.1:{sink}", '
         "timeouts: {read: 1s}, auth: public}\n"
@@ -75,7 +76,8 @@ providers:
     keys: [{{hmac_secret: {{env: GATEWAY_HOSTILE_HMAC}}}}]
 {server}
 """
-    async with running_gateway(tmp_path, routes, extra, env={"GATEWAY_HOSTILE_HMAC": SECRET}) as gw:
+    env = {"GATEWAY_HOSTILE_HMAC": SECRET, **({"AIOHTTP_NO_EXTENSIONS": "1"} if parser == "python" else {})}
+    async with running_gateway(tmp_path, routes, extra, env=env) as gw:
         yield gw
 
 
@@ -186,10 +188,11 @@ REFUSED = [
 ATTACK_SECONDS = 0.5
 
 
+@pytest.mark.parametrize("parser", ["c", "python"])
 async def test_oversized_heads_tokens_and_chunks_are_refused_with_memory_and_latency_bounded(
-    tmp_path: Path, upstream: Upstream
+    tmp_path: Path, upstream: Upstream, parser: str
 ) -> None:
-    async with _gateway(tmp_path, upstream) as gw:
+    async with _gateway(tmp_path, upstream, parser=parser) as gw:
         start = gw.rss_kib()
         for what, request, status, error in REFUSED:
             answers: list[RawResponse] = []
