@@ -262,3 +262,64 @@ async def test_a_late_byte_closes_an_idle_pooled_connection(tmp_path: Path) -> N
             finally:
                 await client.close()
     assert requests == [b"GET /a HTTP/1.1", b"GET /b HTTP/1.1"]
+
+
+async def _read_answers(conn: KeptAlive, methods: list[str]) -> list[RawResponse | None]:
+    """The answers to pipelined requests, in order; None for each one not answered
+    because the gateway cut the connection."""
+    answers: list[RawResponse | None] = []
+    for method in methods:
+        try:
+            answers.append(await asyncio.wait_for(conn._read_one(bodiless=method == "HEAD"), 5))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            answers.extend([None] * (len(methods) - len(answers)))
+            break
+    return answers
+
+
+# Not "second" nor "trickle": a surplus that comes after the gateway has sent this
+# client's next request on the connection (it had no reason not to reuse it) is read as
+# that request's answer. HTTP/1.1 cannot tell; the rule is that it is this client's own
+# next request, never another client's (SECURITY.md), which the test above checks.
+@pytest.mark.parametrize("lie", ["head-body", "undercount", "overcount-close", "overcount-stall"])
+async def test_pipelined_requests_behind_a_lie_get_their_own_answers(tmp_path: Path, lie: str) -> None:
+    """A client pipelines a request the upstream lies to and two honest ones: when the
+    lie is seen with its response (a HEAD answer declaring a body, a surplus in the same
+    read, a short body), each later one gets its own answer, in order, or none after a
+    cut; never the surplus."""
+    lying = LyingUpstream()
+    async with Served(lying.handle) as server:
+        port = int(server.sockets[0].getsockname()[1])
+        routes = f"""
+            - name: lying
+              match: {{prefix: /}}
+              upstream: "http://127.0.0.1:{port}"
+              timeouts: {{read: {_READ_TIMEOUT}}}
+              auth: public
+            """
+        async with running_gateway(tmp_path, routes) as gw:
+            for round_ in range(3):
+                conn = await KeptAlive.open(gw.port)
+                markers = [f"p{round_}x{i}x{secrets.token_hex(4)}".encode() for i in range(3)]
+                kinds = [lie, "ok", "ok"]
+                methods = ["HEAD" if k == "head-body" else "GET" for k in kinds]
+                conn.writer.write(
+                    b"".join(
+                        get(f"/{k}/{m.decode()}", method=method, close=False)
+                        for k, m, method in zip(kinds, markers, methods, strict=True)
+                    )
+                )
+                try:
+                    answers = await _read_answers(conn, methods)
+                finally:
+                    await conn.close()
+                for i, answer in enumerate(answers):
+                    if answer is None:
+                        assert lie.startswith("overcount"), (lie, i)
+                        continue
+                    raw = answer.body + "".join(f"{k}: {v}\r\n" for k, v in answer.headers.items()).encode()
+                    assert b"POISON" not in raw, (lie, i, raw[:200])
+                    assert not [m for j, m in enumerate(markers) if j != i and m in raw], (lie, i, raw[:200])
+                    if i > 0:
+                        assert (answer.status, answer.body) == (200, b"ok:" + markers[i]), (lie, i)
+    assert lying.violations == []
