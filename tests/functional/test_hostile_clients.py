@@ -34,7 +34,7 @@ HOSTILE = 24
 # What SECURITY.md allows one connection to make the process hold.
 PER_CONNECTION_MIB = Limits().worst_case_bytes() / 2**20
 # What the interpreter and the allocator keep after a first burst of connections (the
-# first case measures about 12 to 18 MiB in all): a fixed margin, not a per-connection one.
+# first case measures about 12 to 23 MiB in all): a fixed margin, not a per-connection one.
 SLACK_MIB = 24
 # The well-behaved client's bound: generous, the machine is noisy.
 BYSTANDER_SECONDS = 1.0
