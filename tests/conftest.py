@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -13,9 +14,37 @@ import pytest
 import uvloop
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer
+from hypothesis import HealthCheck, settings
 
 from gateway.app import Gateway
 from gateway.policy import load_policy
+
+# Property tests (tests/unit/test_properties_*.py). Both profiles bound the examples
+# (each file stays at a few seconds) and set no deadline: the machines running the suite
+# are shared, and a slow example there is noise, not a finding.
+# - "ci" (when CI is set, as .ci/run does): derandomized, so a run is reproducible and a
+#   red CI is red on every rerun; no example database, so nothing is written into the
+#   clone. (derandomize outranks --hypothesis-seed: pass `--hypothesis-profile dev` too.)
+# - "dev" (otherwise): a new random seed each run, so local runs keep exploring; the
+#   seed of a failure is printed and `--hypothesis-seed N` replays it; failures are also
+#   kept in .hypothesis/ (git-ignored) and replayed first on the next run.
+_PROPERTY_EXAMPLES = 200
+settings.register_profile(
+    "ci",
+    max_examples=_PROPERTY_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev",
+    max_examples=_PROPERTY_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("ci" if os.environ.get("CI", "") not in ("", "0", "false") else "dev")
 
 
 @dataclass
