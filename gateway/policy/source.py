@@ -108,3 +108,9 @@ def _scalar(node: yaml.Node, path: Path) -> Any:
         # `!!int abc`, IndexError for `!!int ""`, AttributeError for `!!timestamp ""`).
         # Every one of them means this value is not valid, so all are located here.
         raise SourceError(node.start_mark.line + 1, path, f"not a valid {node.tag.rpartition(':')[2]}: {exc}") from None
+    finally:
+        # The loader caches every node it builds (and, after a failure, keeps it marked
+        # as in progress): forget it, or every policy ever loaded (each reload) stays in
+        # memory through this module-wide loader.
+        _SCALAR_LOADER.constructed_objects.pop(node, None)
+        _SCALAR_LOADER.recursive_objects.pop(node, None)

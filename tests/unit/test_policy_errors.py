@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from gateway.policy import ConfigError, load_policy
+from gateway.policy.source import _SCALAR_LOADER, SourceError, parse_yaml
 from gateway.runtime.cpus import available_cpus
 
 GOOD_ROUTE = """\
@@ -231,6 +233,17 @@ def test_aliases_expand_to_a_bounded_number_of_values(tmp_path: Path) -> None:
     found = errors(tmp_path, "\n".join(lines) + "\n")
     assert len(found) == 1
     assert found[0].endswith(": more than 100000 values (aliases expanded)")
+
+
+def test_parsing_keeps_no_yaml_node_alive() -> None:
+    # The module-wide scalar loader cached every node it built: each load (each reload
+    # of a running gateway) grew it by the policy's size, for the process's life.
+    text = Path(__file__).resolve().parents[2].joinpath("config.example.yaml").read_text()
+    for bad in (text, text, "a: !!int x\n"):
+        with contextlib.suppress(SourceError):
+            parse_yaml(bad, "config.yaml")
+    assert not _SCALAR_LOADER.constructed_objects
+    assert not _SCALAR_LOADER.recursive_objects
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
