@@ -137,3 +137,28 @@ def test_other_parameters_are_kept(query: tuple[list[Param], list[str]]) -> None
 def test_any_query_is_redacted_without_error(query: str) -> None:
     out = _REDACTOR.query(query)
     assert isinstance(out, str)
+
+
+_USERINFO = st.text(alphabet="abcXYZ019-._~!$&'()*+,;=:%@", min_size=1, max_size=12)
+_URL_REST = st.text(alphabet="abc019/-._~%=&;", max_size=12)
+
+
+@given(
+    st.sampled_from(["http", "https", "ftp"]),
+    _USERINFO,
+    st.sampled_from(["h.example", "h.example:8443", "[::1]", "10.0.0.1"]),
+    _URL_REST,
+    _URL_REST,
+    st.none() | _URL_REST,
+)
+@example("https", "u:p@ss", "h.example", "/x", "", None)
+def test_a_url_logs_no_userinfo_and_no_fragment(
+    scheme: str, userinfo: str, host: str, path: str, query: str, fragment: str | None
+) -> None:
+    sentinel = f"QZ{userinfo}ZQ"  # neither host, path, query nor fragment holds QZ or ZQ
+    url = f"{scheme}://{sentinel}@{host}/{path}" + (f"?{query}" if query else "")
+    url += f"#QZfragZQ{fragment}" if fragment is not None else ""
+    out = _REDACTOR.url(url)
+    assert "QZ" not in out, (url, out)
+    assert "ZQ" not in out, (url, out)
+    assert host in out
