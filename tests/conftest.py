@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import os
+import tempfile
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -13,9 +16,47 @@ import pytest
 import uvloop
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer
+from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from gateway.app import Gateway
 from gateway.policy import load_policy
+
+# Property tests (tests/unit/test_properties_*.py). Both profiles bound the examples
+# (each file stays at a few seconds) and set no deadline: the machines running the suite
+# are shared, and a slow example there is noise, not a finding.
+# - "ci" (when CI is set, as .ci/run does): derandomized, so a run is reproducible and a
+#   red CI is red on every rerun; no example database and Hypothesis's other files in a
+#   temporary directory, so nothing is written into the clone. (derandomize outranks
+#   --hypothesis-seed: to replay a seed under CI=true, add `--hypothesis-profile dev`.)
+# - "dev" (otherwise): a new random seed each run, so local runs keep exploring; the
+#   seed of a failure is printed and `--hypothesis-seed N` replays it; failures are also
+#   kept in .hypothesis/ (git-ignored) and replayed first on the next run.
+_PROPERTY_EXAMPLES = 200
+settings.register_profile(
+    "ci",
+    max_examples=_PROPERTY_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev",
+    max_examples=_PROPERTY_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+if os.environ.get("CI", "") not in ("", "0", "false"):
+    settings.load_profile("ci")
+    # Hypothesis also caches constants it finds in our modules under .hypothesis/,
+    # database or not: in CI that goes to a directory removed at exit, not the clone.
+    _HYPOTHESIS_HOME = tempfile.TemporaryDirectory(prefix="hypothesis-")
+    atexit.register(_HYPOTHESIS_HOME.cleanup)  # explicitly: implicit cleanup warns
+    set_hypothesis_home_dir(_HYPOTHESIS_HOME.name)
+else:
+    settings.load_profile("dev")
 
 
 @dataclass

@@ -124,9 +124,10 @@ def parse_jws(token: str) -> Jws | Reason:
     raw_header, raw_claims, raw_sig = (b64url_decode(p) for p in parts)
     if raw_header is None or raw_claims is None or raw_sig is None:
         return Reason.MALFORMED_TOKEN
-    if not raw_header.startswith(b"{"):
-        # Every JOSE library writes `{"` first, so a token always starts `eyJ`: the
-        # access log's JWT redaction relies on that shape.
+    if not parts[0].startswith("eyJ"):
+        # Every JOSE library writes `{"` and a member name first, so a token always
+        # starts `eyJ`: the access log's JWT redaction relies on that shape. (Checking
+        # for `{` alone let `{ "alg": …}` and `{"0": …}` through: `eyAi…`, `eyIw…`.)
         return Reason.MALFORMED_TOKEN
     header = _json_object(raw_header)
     claims = _json_object(raw_claims)

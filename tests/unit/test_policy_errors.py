@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from gateway.policy import ConfigError, load_policy
+from gateway.policy.source import _SCALAR_LOADER, SourceError, parse_yaml
 from gateway.runtime.cpus import available_cpus
 
 GOOD_ROUTE = """\
@@ -198,6 +200,50 @@ def test_yaml_problems(tmp_path: Path) -> None:
     assert errors(tmp_path, dup) == ["6: routes: duplicate key 'routes'"]
     assert errors(tmp_path, "- a\n") == ["1: expected a mapping with 'routes' at the top level"]
     assert errors(tmp_path, "listen: 127.0.0.1:8080\n") == ["1: routes: required field is missing"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Tags are applied after parsing: each of these was a traceback, not exit 2.
+        ("listen: !foo x\n", "1: listen: not a valid value: could not determine a constructor for the tag '!foo'"),
+        ("routes:\n  - !!int abc\n", "2: routes[0]: not a valid int: invalid literal for int() with base 10: 'abc'"),
+        ("routes: !!int\n", "1: routes: not a valid int: string index out of range"),
+        ("routes: !!timestamp\n", "1: routes: not a valid timestamp: 'NoneType' object has no attribute 'groupdict'"),
+        ("? !!float x\n: 1\n", "1: not a valid float: could not convert string to float: 'x'"),
+        # An alias inside itself is infinitely deep (was RecursionError).
+        (
+            "routes: &r [*r]\n",
+            "1: routes" + "[0]" * 64 + ": nested too deeply (at most 64 levels; or an alias contains itself)",
+        ),
+        # Deeper than PyYAML's own recursion (was RecursionError).
+        ("routes: " + "[" * 2000 + "]" * 2000 + "\n", "1: nested too deeply (at most 64 levels)"),
+    ],
+)
+def test_yaml_values_that_cannot_be_built(tmp_path: Path, text: str, expected: str) -> None:
+    # Found by tests/unit/test_properties_policy.py.
+    assert errors(tmp_path, text) == [expected]
+
+
+def test_aliases_expand_to_a_bounded_number_of_values(tmp_path: Path) -> None:
+    # A few lines of aliases of aliases are 10**6 values: refused at 100 000, quickly.
+    lines = ["a: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 6)]
+    lines[0] = lines[0].replace("a: ", "a0: ")
+    found = errors(tmp_path, "\n".join(lines) + "\n")
+    assert len(found) == 1
+    assert found[0].endswith(": more than 100000 values (aliases expanded)")
+
+
+def test_parsing_keeps_no_yaml_node_alive() -> None:
+    # The module-wide scalar loader cached every node it built: each load (each reload
+    # of a running gateway) grew it by the policy's size, for the process's life.
+    text = Path(__file__).resolve().parents[2].joinpath("config.example.yaml").read_text()
+    for bad in (text, text, "a: !!int x\n"):
+        with contextlib.suppress(SourceError):
+            parse_yaml(bad, "config.yaml")
+    assert not _SCALAR_LOADER.constructed_objects
+    assert not _SCALAR_LOADER.recursive_objects
 
 
 def test_unreadable_file(tmp_path: Path) -> None:

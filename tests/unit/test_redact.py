@@ -120,6 +120,22 @@ def test_path_parameters_and_semicolons(target: str, expected: str) -> None:
     assert R.target(target) == expected
 
 
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        # To an `&`-only framework the value is `S1;S2`: none of it may be logged.
+        ("token=S1;S2", f"token={MARKER}"),
+        ("token=S1;S2;S3&a=1", f"token={MARKER}&a=1"),
+        ("a=1;token=S1;S2&b=2;c=3", f"a=1;token={MARKER}&b=2;c=3"),
+        ("token=S1;key=S2;S3", f"token={MARKER};key={MARKER}"),
+        ("token;x=1", "token;x=1"),  # no value: nothing to redact, nothing run on
+    ],
+)
+def test_a_secret_value_runs_on_past_semicolons(query: str, expected: str) -> None:
+    # Found by tests/unit/test_properties_redact.py: `token=S1;S2` logged `S2`.
+    assert R.query(query) == expected
+
+
 def test_referer_names_are_folded() -> None:
     assert R.url("https://h.example/p;jsessionid=S?x-api-key=S&a[]=1&user[password]=S") == (
         f"https://h.example/p;jsessionid={MARKER}?x-api-key={MARKER}&a[]=1&user[password]={MARKER}"
