@@ -37,7 +37,9 @@ def _escape(text: str) -> str:
         code = ord(ch)
         if code < 0x20 or code == 0x7F:
             raise UnforwardableError("control character")
-        if ch == "%" or ch == "," or (ch == " " and (i == 0 or i == last)):
+        # `+` too: a form decoder (Java's URLDecoder, Python's unquote_plus) reads it as
+        # a space, and `alice+x` would become the identity `alice x`.
+        if ch == "%" or ch == "," or ch == "+" or (ch == " " and (i == 0 or i == last)):
             out.append(f"%{code:02X}")
         elif code < 0x7F:
             out.append(ch)

@@ -79,6 +79,7 @@ def test_scopes_split_on_spaces_only() -> None:
         (["a,b"], "a%2Cb"),
         (" pad ", "%20pad%20"),
         ("100%", "100%25"),
+        ("ann+ops@example.com", "ann%2Bops@example.com"),
         ("\u00e9", "%C3%A9"),
         (7, "7"),
         (1.5, "1.5"),

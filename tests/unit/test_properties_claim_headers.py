@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
-from urllib.parse import unquote, unquote_to_bytes
+from urllib.parse import unquote, unquote_plus, unquote_to_bytes
 
 import pytest
 from hypothesis import example, given
@@ -58,6 +58,7 @@ def _refusable(text: str) -> bool:
 @given(_JSON)
 @example("caf\u00e9, ltd")
 @example(["a,b", "c"])
+@example("ann+ops@example.com")
 @example([" a ", ""])
 @example({"k": "v\n"})
 def test_a_rendered_claim_decodes_back_or_is_refused(value: Any) -> None:
@@ -81,6 +82,8 @@ def test_a_rendered_claim_decodes_back_or_is_refused(value: Any) -> None:
     assert [unquote(p, errors="strict") for p in parts] == texts
     # The same with a decoder working on bytes, as a backend in another language would.
     assert [unquote_to_bytes(p).decode("utf-8") for p in parts] == texts
+    # And with a form decoder, which reads `+` as a space (Java's URLDecoder).
+    assert [unquote_plus(p, errors="strict") for p in parts] == texts
 
 
 @given(_JSON, _JSON)
