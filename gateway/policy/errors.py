@@ -15,7 +15,10 @@ def format_path(path: Path) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + part
+            # A key is whatever the file spelled: one with a newline or another control
+            # character would split the report (a line without its `file:line:`) or
+            # rewrite the terminal. Quoted and escaped, as repr() writes it.
+            out += ("." if out else "") + (part if part.isprintable() else repr(part))
     return out or "(top level)"
 
 

@@ -264,3 +264,11 @@ def test_workers_and_watch(tmp_path: Path, snippet: str, workers: int, auto: boo
     f.write_text(snippet + "routes:\n" + GOOD_ROUTE)
     policy = load_policy(str(f))
     assert (policy.workers, policy.workers_auto, policy.watch) == (workers, auto, watch)
+
+
+def test_a_key_with_a_control_character_is_named_escaped_on_one_line(tmp_path: Path) -> None:
+    """The field path is the file's own spelling: a newline in a key used to split the
+    report, leaving a line without its `file:line:` (found by the property tests)."""
+    found = errors(tmp_path, 'server:\n  "shutdown\\ntimeout\\u001b[2J": 1\nroutes:\n' + GOOD_ROUTE)
+    assert len(found) == 1, found  # and `errors` checked that every line is located
+    assert found[0].startswith("2: server.'shutdown\\ntimeout\\x1b[2J': unknown field"), found
