@@ -379,3 +379,71 @@ async def test_idp_jwks_of_only_broken_keys_is_a_failed_fetch(
         async with running_gateway(tmp_path, policy(upstream, idp.url, source_of("jwks_url", idp.url), remote)) as gw:
             await until_async(lambda: fetches_at_least(gw, "failure", 1))
             await assert_refused_without_keys(gw, upstream, rsa, idp.url)
+
+
+def trickle(first: bytes, every: float) -> Behaviour:
+    """Answers `first` (a head and the start of a body), then one byte every `every`
+    seconds for ever: each read succeeds, the body never ends."""
+
+    async def behaviour(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        writer.write(first)
+        while True:
+            await writer.drain()
+            await asyncio.sleep(every)
+            writer.write(b" ")
+
+    return behaviour
+
+
+async def test_idp_trickling_its_body_is_cut_at_the_fetch_timeout(
+    tmp_path: Path, upstream: Upstream, rsa: SigningKey
+) -> None:
+    async with Scripted() as idp:
+        start = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"keys": ['
+        idp.behaviours = {"/jwks": trickle(start, 0.05)}
+        remote = "{fetch_timeout: 500ms, retry_interval: 30s}"
+        t0 = time.monotonic()
+        async with running_gateway(tmp_path, policy(upstream, idp.url, source_of("jwks_url", idp.url), remote)) as gw:
+            await until_async(lambda: fetches_at_least(gw, "failure", 1))
+            assert time.monotonic() - t0 < 0.5 + SLACK
+            await until(lambda: idp.open == 0)
+            await assert_refused_without_keys(gw, upstream, rsa, idp.url)
+
+
+async def test_oidc_refetch_waits_at_most_one_fetch_timeout_in_all(
+    tmp_path: Path, upstream: Upstream, rsa: SigningKey
+) -> None:
+    """Discovery and key set are one fetch (one count in gateway_jwks_fetches_total):
+    a request waiting on it for an unknown kid waits at most `fetch_timeout`, not that
+    for each of its two requests."""
+    async with Scripted() as idp:
+        idp.behaviours = {
+            "/jwks": good_jwks(rsa, cache="max-age=3600"),
+            "/.well-known/openid-configuration": discovery(idp),
+        }
+        remote = "{fetch_timeout: 1s, unknown_kid_cooldown: 100ms, retry_interval: 30s}"
+        source = source_of("oidc_discovery", idp.url)
+        async with running_gateway(tmp_path, policy(upstream, idp.url, source, remote)) as gw:
+            await until(lambda: not gw.gateway.not_ready())
+            # Each just inside the timeout on its own; together, well past it.
+            doc = json.dumps({"issuer": idp.url, "jwks_uri": idp.url + "/jwks"}).encode()
+            idp.behaviours["/.well-known/openid-configuration"] = answer(response("200 OK", doc), delay=0.8)
+            idp.behaviours["/jwks"] = hang
+            resp, elapsed = await call(gw, sign(rsa, claims(idp.url), kid="new-kid"))
+            assert resp.status == 401
+            assert elapsed < 1.0 + 0.3  # the one deadline, plus a little for a loaded machine
+            assert await fetches(gw, "failure") == 1
+            assert (await call(gw, sign(rsa, claims(idp.url))))[0].status == 200
+
+
+async def test_stopping_during_a_hung_fetch_is_prompt(tmp_path: Path, upstream: Upstream, rsa: SigningKey) -> None:
+    async with Scripted() as idp:
+        idp.behaviours = {"/jwks": hang}
+        remote = "{fetch_timeout: 30s, retry_interval: 30s}"
+        async with running_gateway(tmp_path, policy(upstream, idp.url, source_of("jwks_url", idp.url), remote)) as gw:
+            await until(lambda: idp.open == 1)
+            assert_keys_unavailable((await call(gw, sign(rsa, claims(idp.url))))[0])
+            t0 = time.monotonic()
+            await gw.stop()  # never waits out the 30 s fetch
+            assert time.monotonic() - t0 < SLACK
+            await until(lambda: idp.open == 0)
