@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import struct
 import textwrap
@@ -105,11 +106,13 @@ def reset(writer: asyncio.StreamWriter) -> None:
 
 
 class Running:
-    """One gateway started from YAML text; `stop()` it, then `leaks()` says what stayed."""
+    """One gateway started from YAML text; after `stop()`, `leftover_tasks()` and
+    `extra_sockets()` say what it left behind."""
 
-    def __init__(self, gateway: Gateway, tasks_before: set[asyncio.Task[object]]) -> None:
+    def __init__(self, gateway: Gateway, tasks_before: set[asyncio.Task[object]], sockets_before: int | None) -> None:
         self.gateway = gateway
         self._tasks_before = tasks_before
+        self._sockets_before = sockets_before
         self.stopped = False
 
     @property
@@ -135,6 +138,31 @@ class Running:
                 return [t.get_name() + " " + repr(t.get_coro()) for t in left]
             await asyncio.sleep(0.02)
 
+    async def extra_sockets(self, seconds: float = 3.0) -> int:
+        """Sockets open now beyond those open before the gateway was built (0 where
+        /proc cannot tell): a connection the gateway forgot stays counted here."""
+        if self._sockets_before is None:
+            return 0
+        deadline = time.monotonic() + seconds
+        while True:
+            extra = open_sockets() - self._sockets_before
+            if extra <= 0 or time.monotonic() > deadline:
+                return max(extra, 0)
+            await asyncio.sleep(0.02)
+
+
+HAVE_PROC = os.path.isdir("/proc/self/fd")
+
+
+def open_sockets() -> int:
+    """Open sockets. (Only sockets: each Gateway's metrics hold a memfd until the object
+    is collected, which in a worker is its process's lifetime.)"""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
 
 @contextlib.asynccontextmanager
 async def running_gateway(tmp_path: Path, yaml_text: str) -> AsyncIterator[Running]:
@@ -143,14 +171,16 @@ async def running_gateway(tmp_path: Path, yaml_text: str) -> AsyncIterator[Runni
     path = tmp_path / "faults-policy.yaml"
     path.write_text(text)
     before = set(asyncio.all_tasks())
+    sockets = open_sockets() if HAVE_PROC else None
     gateway = Gateway(load_policy(str(path)))
     await gateway.start()
-    running = Running(gateway, before)
+    running = Running(gateway, before, sockets)
     try:
         yield running
     finally:
         await running.stop()
     assert await running.leftover_tasks() == []
+    assert await running.extra_sockets() == 0
 
 
 async def until(check: Callable[[], bool], seconds: float = 5.0) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -328,3 +329,32 @@ async def test_retry_is_only_once(tmp_path: Path) -> None:
         assert up.hits("/b") == 2
         await client.close()
         await no_leaks(gw, up)
+
+
+async def test_upstream_that_never_completes_the_handshake_is_502_after_the_connect_timeout(tmp_path: Path) -> None:
+    """A listener whose accept queue is full drops SYNs: a black hole, as a firewall
+    or a dead host would be."""
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(4):
+                filler = socket.socket()
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", port))
+                fillers.append(filler)
+            await asyncio.sleep(0.1)
+            async with running_gateway(tmp_path, policy(f"http://127.0.0.1:{port}")) as gw:
+                t0 = time.monotonic()
+                resp = await raw_request(gw.port, get("/x"))
+                elapsed = time.monotonic() - t0
+                assert resp.status == 502
+                assert json.loads(resp.body)["error"] == "bad_gateway"
+                assert 0.9 < elapsed < 1 + SLACK  # timeouts.connect: 1s
+                await no_leaks(gw)
+        finally:
+            for filler in fillers:
+                filler.close()
