@@ -447,3 +447,33 @@ async def test_stopping_during_a_hung_fetch_is_prompt(tmp_path: Path, upstream: 
             await gw.stop()  # never waits out the 30 s fetch
             assert time.monotonic() - t0 < SLACK
             await until(lambda: idp.open == 0)
+
+
+async def test_idp_closing_a_kept_alive_connection_as_it_is_reused(
+    tmp_path: Path, upstream: Upstream, rsa: SigningKey, ec: SigningKey
+) -> None:
+    """The IdP's idle timer fires just as the refetch for a new kid is sent on the
+    pooled connection: the key it has just published must still be found."""
+    used: set[int] = set()
+    keys = [rsa]
+
+    async def jwks_once_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        if id(writer) in used:
+            writer.close()  # read the request, closed without an answer
+            return
+        used.add(id(writer))
+        body = json.dumps(jwks(*keys)).encode()
+        writer.write(response("200 OK", body, extra="Cache-Control: max-age=3600\r\n"))
+        await writer.drain()
+
+    async with Scripted() as idp:
+        idp.behaviours = {"/jwks": jwks_once_per_connection}
+        remote = "{unknown_kid_cooldown: 100ms, retry_interval: 30s}"
+        async with running_gateway(tmp_path, policy(upstream, idp.url, source_of("jwks_url", idp.url), remote)) as gw:
+            await until(lambda: not gw.gateway.not_ready())
+            assert idp.open == 1  # kept alive in the session's pool
+            keys.append(ec)  # the IdP publishes a new key
+            resp, elapsed = await call(gw, sign(ec, claims(idp.url)))
+            assert elapsed < SLACK
+            assert idp.hits("/jwks") >= 2
+            assert resp.status == 200, (idp.hits("/jwks"), idp.connections)

@@ -32,7 +32,7 @@ from tests.functional.faults_env import (
     running_gateway,
     until,
 )
-from tests.rawhttp import KeptAlive, get, raw_request
+from tests.rawhttp import KeptAlive, get, parse_response, raw_request
 
 # Both loops: production runs on uvloop, and whether a reset reaches the upstream
 # client as an error (not as a clean end) is each loop's own doing (tests/conftest.py).
@@ -358,3 +358,46 @@ async def test_upstream_that_never_completes_the_handshake_is_502_after_the_conn
         finally:
             for filler in fillers:
                 filler.close()
+
+
+@pytest.mark.parametrize("then", ["reset", "stall"])
+async def test_upstream_fails_during_an_upload(tmp_path: Path, then: str) -> None:
+    """The upstream takes the head and a little of an 8 MiB upload, then resets (502),
+    or takes the rest and never answers (504 after the read timeout; one that stops
+    reading is test_upstream_framing's); either way the client, maybe still sending,
+    gets its answer in time, and nothing is left open once it leaves."""
+
+    async def takes_a_little(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        await reader.readexactly(65536)
+        if then == "reset":
+            reset(writer)
+        else:
+            await hang(reader, writer, head)  # takes the rest, never answers
+
+    size = 8 * 1024 * 1024
+    async with Scripted() as up, running_gateway(tmp_path, policy(up.url)) as gw:
+        up.behaviours = {"/up": takes_a_little}
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        t0 = time.monotonic()
+        writer.write(f"POST /up HTTP/1.1\r\nHost: g\r\nContent-Length: {size}\r\n\r\n".encode())
+
+        async def send() -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(size // 65536):
+                    writer.write(b"u" * 65536)
+                    await writer.drain()
+
+        sender = asyncio.ensure_future(send())
+        try:
+            async with asyncio.timeout(READ + SLACK):
+                resp = parse_response(await reader.readuntil(b"\r\n\r\n"))
+                resp.body = await reader.readexactly(int(resp.headers["Content-Length"]))
+                elapsed = time.monotonic() - t0
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            writer.close()
+        assert resp.status == (502 if then == "reset" else 504)
+        assert json.loads(resp.body)["error"] == ("bad_gateway" if then == "reset" else "gateway_timeout")
+        assert elapsed < READ + SLACK
+        await no_leaks(gw, up)
