@@ -11,6 +11,7 @@ waits past `fetch_timeout`, and leaves no connection to the IdP and no task behi
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import time
@@ -277,17 +278,24 @@ def fifty_megabytes(sent: list[int], declared: bool) -> Behaviour:
     return behaviour
 
 
+@pytest.mark.parametrize("kind", ["jwks_url", "oidc_discovery"])
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
 async def test_idp_answers_fifty_megabytes(
-    tmp_path: Path, upstream: Upstream, rsa: SigningKey, caplog: pytest.LogCaptureFixture, declared: bool
+    tmp_path: Path,
+    upstream: Upstream,
+    rsa: SigningKey,
+    caplog: pytest.LogCaptureFixture,
+    declared: bool,
+    kind: str,
 ) -> None:
     caplog.set_level(logging.WARNING, "gateway.keys")
     sent = [0]
     async with Scripted() as idp:
-        idp.behaviours = {"/jwks": fifty_megabytes(sent, declared)}
+        path = "/jwks" if kind == "jwks_url" else "/.well-known/openid-configuration"
+        idp.behaviours = {path: fifty_megabytes(sent, declared)}
         remote = "{retry_interval: 30s, fetch_timeout: 10s}"  # max_bytes: its 1 MiB default
         t0 = time.monotonic()
-        async with running_gateway(tmp_path, policy(upstream, idp.url, source_of("jwks_url", idp.url), remote)) as gw:
+        async with running_gateway(tmp_path, policy(upstream, idp.url, source_of(kind, idp.url), remote)) as gw:
             await until_async(lambda: fetches_at_least(gw, "failure", 1))
             assert time.monotonic() - t0 < SLACK  # refused by size, long before the timeout
             await until(lambda: idp.open == 0)
@@ -477,3 +485,58 @@ async def test_idp_closing_a_kept_alive_connection_as_it_is_reused(
             assert elapsed < SLACK
             assert idp.hits("/jwks") >= 2
             assert resp.status == 200, (idp.hits("/jwks"), idp.connections)
+
+
+def closes_after(data: bytes) -> Behaviour:
+    async def behaviour(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        writer.write(data)
+        await writer.drain()
+        writer.close()
+
+    return behaviour
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"",  # closed without a word
+        b"SSH-2.0-OpenSSH_9.6\r\n",  # not HTTP
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n{}",  # a header line past any limit
+        b"HTTP/1.1 200 OK\r\n" + b"X-H: 1\r\n" * 10_000 + b"\r\n{}",  # ten thousand header lines
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b'{"keys": [',  # cut short
+        b"gzip",  # the right keys, compressed although identity was asked for
+    ],
+    ids=["empty", "not-http", "long-header", "many-headers", "truncated", "gzip"],
+)
+async def test_idp_answers_garbage(tmp_path: Path, upstream: Upstream, rsa: SigningKey, reply: bytes) -> None:
+    if reply == b"gzip":
+        # Never decompressed: max_bytes bounds what is read, and a compressed body could
+        # stand for far more than that (a decompression bomb).
+        body = gzip.compress(json.dumps(jwks(rsa)).encode())
+        reply = response("200 OK", body, extra="Content-Encoding: gzip\r\n")
+    async with Scripted() as idp:
+        idp.behaviours = {"/jwks": closes_after(reply)}
+        remote = "{retry_interval: 30s, fetch_timeout: 2s}"
+        t0 = time.monotonic()
+        async with running_gateway(tmp_path, policy(upstream, idp.url, source_of("jwks_url", idp.url), remote)) as gw:
+            await until_async(lambda: fetches_at_least(gw, "failure", 1))
+            assert time.monotonic() - t0 < SLACK
+            await until(lambda: idp.open == 0)
+            await assert_refused_without_keys(gw, upstream, rsa, idp.url)
+
+
+async def test_many_requests_waiting_on_a_hung_refetch_share_it_and_its_timeout(
+    tmp_path: Path, upstream: Upstream, rsa: SigningKey
+) -> None:
+    async with Scripted() as idp:
+        idp.behaviours = {"/jwks": good_jwks(rsa, cache="max-age=3600")}
+        remote = "{fetch_timeout: 500ms, unknown_kid_cooldown: 30s, retry_interval: 30s}"
+        async with running_gateway(tmp_path, policy(upstream, idp.url, source_of("jwks_url", idp.url), remote)) as gw:
+            await until(lambda: not gw.gateway.not_ready())
+            idp.behaviours["/jwks"] = hang
+            tokens = [sign(rsa, claims(idp.url), kid=f"new-{i}") for i in range(50)]
+            results = await asyncio.gather(*(call(gw, t) for t in tokens))
+            assert {r.status for r, _ in results} == {401}
+            assert max(elapsed for _, elapsed in results) < 0.5 + SLACK
+            assert idp.hits("/jwks") == 2  # the first load, and one refetch that all joined
+            assert upstream.seen == []
