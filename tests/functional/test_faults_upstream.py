@@ -162,6 +162,9 @@ async def test_upstream_resets_mid_response_the_client_is_cut(tmp_path: Path, fr
         # close-delimited body, whose end the client could take for the real one.
         assert truncated_for_the_client(head, body), head
         await no_leaks(gw, up)
+        # Counted as what it was (README, Metrics: "a response cut mid-stream").
+        scraped = await gw.scrape()
+        assert scraped.get("gateway_requests_total", route="r", method="GET", status_class="2xx", outcome="error") == 1
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked"])
@@ -400,4 +403,23 @@ async def test_upstream_fails_during_an_upload(tmp_path: Path, then: str) -> Non
         assert resp.status == (502 if then == "reset" else 504)
         assert json.loads(resp.body)["error"] == ("bad_gateway" if then == "reset" else "gateway_timeout")
         assert elapsed < READ + SLACK
+        await no_leaks(gw, up)
+
+
+@pytest.mark.parametrize("how", ["fin", "reset"])
+async def test_upstream_closing_every_fresh_connection_is_502_without_a_retry(tmp_path: Path, how: str) -> None:
+    """A crashing backend: a fresh connection closed unanswered is no stale pooled one."""
+
+    async def dies(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
+        if how == "reset":
+            reset(writer)
+        else:
+            writer.close()
+
+    async with Scripted() as up, running_gateway(tmp_path, policy(up.url)) as gw:
+        up.behaviours = {"/x": dies}
+        resp = await raw_request(gw.port, get("/x"))
+        assert resp.status == 502
+        assert json.loads(resp.body)["error"] == "bad_gateway"
+        assert up.hits("/x") == 1
         await no_leaks(gw, up)
