@@ -153,9 +153,16 @@ def _on_uvloop(item: pytest.Item) -> bool:
     """The proxy listener's own tests (its HTTP, its TLS, its limits, and the WebSocket
     relay's, which takes its transports over) run on uvloop, as the gateway does in
     production: its transports close and call back in another order than asyncio's, and
-    its TLS is its own implementation. The rest keep asyncio's default loop."""
-    names = ("test_downstream.py", "test_tls.py", "test_limits.py", "test_websocket.py", "test_websocket_reload.py")
-    return item.path.name in names
+    its TLS is its own implementation. So do the upstream fault tests, whose outcome
+    hangs on how each loop reports a reset. The rest keep asyncio's default loop."""
+    return item.path.name in (
+        "test_downstream.py",
+        "test_tls.py",
+        "test_limits.py",
+        "test_websocket.py",
+        "test_websocket_reload.py",
+        "test_faults_upstream.py",
+    )
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:

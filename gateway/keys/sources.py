@@ -282,9 +282,13 @@ class RemoteJwks:
     async def _fetch_once(self) -> float | None:
         """One fetch. Returns the server's cache lifetime; never raises (logs instead)."""
         self.fetches += 1
+        # One deadline for the whole fetch: with discovery it is two requests, and a
+        # request waiting on a refetch (unknown kid) must wait at most `fetch_timeout`,
+        # as documented, not that for each of them.
+        deadline = time.monotonic() + self.settings.fetch_timeout
         try:
-            url = self._jwks_url or await self._discover()
-            body, lifetime = await self._get(url)
+            url = self._jwks_url or await self._discover(deadline)
+            body, lifetime = await self._get(url, deadline)
             parsed = from_jwks_bytes(body, allow_oct=False)
             keys, problems = parsed.keys, parsed.problems
             if not keys:
@@ -317,9 +321,9 @@ class RemoteJwks:
         self._on_change(True)
         return lifetime if lifetime is not None else -1.0
 
-    async def _discover(self) -> str:
+    async def _discover(self, deadline: float) -> str:
         url = self._issuer.rstrip("/") + "/.well-known/openid-configuration"
-        body, _ = await self._get(url)
+        body, _ = await self._get(url, deadline)
         try:
             doc = json.loads(body)
         except (ValueError, RecursionError):
@@ -335,13 +339,16 @@ class RemoteJwks:
             raise FetchError(f"discovered jwks_uri refused: {problem}")
         return jwks_uri
 
-    async def _get(self, url: str) -> tuple[bytes, float | None]:
+    async def _get(self, url: str, deadline: float) -> tuple[bytes, float | None]:
         assert self._session is not None
         limit = self.settings.max_bytes
+        left = deadline - time.monotonic()
         try:
+            if left <= 0:
+                raise TimeoutError
             async with self._session.get(
                 url,
-                timeout=aiohttp.ClientTimeout(total=self.settings.fetch_timeout),
+                timeout=aiohttp.ClientTimeout(total=left),
                 allow_redirects=False,
                 # The shared session does not decompress: ask for plain bytes.
                 headers={"Accept": "application/json", "Accept-Encoding": "identity"},

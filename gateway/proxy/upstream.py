@@ -332,6 +332,13 @@ class _Conn(BaseProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if exc is not None:
+            # A reset (any transport error) is not an end of message. Fed to the parser
+            # as EOF, it would complete a body delimited by the close (RFC 9112 §6.3,
+            # rule 8) that was cut short, and the client would get it terminated as
+            # whole; failed first, the relay cuts the client instead (as nginx does on
+            # a recv() error).
+            self._fail(_DisconnectedError("upstream connection reset"))
         parser = self.response_parser
         if parser is not None:
             with contextlib.suppress(Exception):  # the failure is reported just below
