@@ -682,11 +682,13 @@ async def test_a_client_frame_that_breaks_the_framing_ends_with_1002(
     caplog.set_level(logging.INFO, logger="gateway.access")
     gw = await start()
     reader, writer = await _raw_ws(gw, "/open/echo")
-    writer.write(_masked(0x1, b"first"))
-    assert await asyncio.wait_for(reader.readexactly(7), 5) == b"\x81\x05first"
-    writer.write(_masked(0x1, b"before") + bad + _masked(0x1, b"after"))
-    data = await asyncio.wait_for(reader.read(), 5)  # to the gateway's close
-    writer.close()
+    try:
+        writer.write(_masked(0x1, b"first"))
+        assert await asyncio.wait_for(reader.readexactly(7), 5) == b"\x81\x05first"
+        writer.write(_masked(0x1, b"before") + bad + _masked(0x1, b"after"))
+        data = await asyncio.wait_for(reader.read(), 5)  # to the gateway's close
+    finally:
+        writer.close()
     assert await ws_upstream.wait_ended() == 1002
     assert ws_upstream.received == ["first", "before"]
     assert data.endswith(PROTOCOL_ERROR_CLOSE)
@@ -723,8 +725,10 @@ async def test_a_masked_upstream_frame_ends_with_1002(
               websocket: true, auth: public}}
         """)
         reader, writer = await _raw_ws(gw, "/open/x")
-        data = await asyncio.wait_for(reader.read(), 5)
-        writer.close()
+        try:
+            data = await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
         assert data == b"\x81\x02ok" + PROTOCOL_ERROR_CLOSE  # neither frame after it
         await until(lambda: bool(upstream_got))
         [got] = upstream_got
@@ -744,16 +748,18 @@ async def test_a_client_flooding_frames_is_slowed_to_its_budget_and_loses_none(
     never dropped), all in order."""
     gw = await start(frame_rate=200)
     _, writer = await _raw_ws(gw, "/open/echo")
-    sent = [str(i) for i in range(600)]
-    writer.write(b"".join(_masked(0x1, s.encode()) for s in sent))
-    t0 = time.monotonic()
-    await until(lambda: len(ws_upstream.received) >= 200)  # the burst, at once
-    await asyncio.sleep(max(0.0, 0.3 - (time.monotonic() - t0)))
-    assert len(ws_upstream.received) < 600  # 200, and 0.3 s at 200 a second: 260 by now
-    await until(lambda: len(ws_upstream.received) == 600, 15)
-    assert time.monotonic() - t0 >= 1.0  # 400 past the burst, at 200 a second: 2 s
-    assert ws_upstream.received == sent
-    writer.close()
+    try:
+        sent = [str(i) for i in range(600)]
+        writer.write(b"".join(_masked(0x1, s.encode()) for s in sent))
+        t0 = time.monotonic()
+        await until(lambda: len(ws_upstream.received) >= 200)  # the burst, at once
+        await asyncio.sleep(max(0.0, 0.3 - (time.monotonic() - t0)))
+        assert len(ws_upstream.received) < 600  # 200, and 0.3 s at 200 a second: 260 by now
+        await until(lambda: len(ws_upstream.received) == 600, 15)
+        assert time.monotonic() - t0 >= 1.0  # 400 past the burst, at 200 a second: 2 s
+        assert ws_upstream.received == sent
+    finally:
+        writer.close()
 
 
 async def test_back_pressure_and_the_frame_budget_each_hold_reading() -> None:
@@ -781,6 +787,31 @@ async def test_back_pressure_and_the_frame_budget_each_hold_reading() -> None:
         got = b""
         while len(got) < len(frames):
             got += await asyncio.wait_for(loop.sock_recv(up_peer, 65536), 5)
+        assert got == frames
+    finally:
+        relay.abort()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(running, 5)
+        client_peer.close()
+        up_peer.close()
+
+
+async def test_a_half_close_behind_frames_over_budget_is_passed_on_after_them() -> None:
+    """Frames and a FIN that came before the 101: the frames over budget wait, and the
+    FIN must wait for them, or they would be dropped behind it."""
+    loop = asyncio.get_running_loop()
+    client_t, client_peer = await _pair(loop)
+    up_t, up_peer = await _pair(loop)
+    relay = Relay(WebSockets(), 30.0, None, lambda exc: None, client_frame_rate=10)
+    frames = b"".join(_masked(0x1, b"%02d" % i) for i in range(20))
+    running = asyncio.create_task(relay.run(client_t, frames, True, up_t, b""))
+    try:
+        got = b""
+        while True:
+            chunk = await asyncio.wait_for(loop.sock_recv(up_peer, 65536), 5)
+            if not chunk:
+                break  # the FIN, passed on
+            got += chunk
         assert got == frames
     finally:
         relay.abort()
