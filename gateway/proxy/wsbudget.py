@@ -10,8 +10,11 @@ caller passes the time.
 from __future__ import annotations
 
 # A client that spent its budget is read again once the bucket holds this long's worth
-# of frames (or is full): one timer per batch of frames, never one per frame.
-REFILL_SLICE = 0.05
+# of frames (or is full): one timer per batch of frames, never one per frame. The
+# wake-ups (a timer, a scan, a write) dominate what a client over budget costs:
+# measured with 100 connections flooding at 2000 frames a second (the steady state),
+# about 1.3 ms of CPU a second per connection at 0.05 s, 0.45 ms at 0.2 s.
+REFILL_SLICE = 0.2
 
 
 class FrameBudget:

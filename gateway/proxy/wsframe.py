@@ -113,7 +113,7 @@ class FrameScanner:
             payload = pos + head
             if length > 125:
                 if length & 0x80:
-                    self.violation = "an unmasked frame from a client" if mask else "a masked frame from the server"
+                    self.violation = "a frame without the MASK bit" if mask else "a masked frame"
                     break
                 size = 2 if length == 126 else 8
                 payload += size

@@ -22,7 +22,7 @@ def test_the_wait_is_for_a_batch_not_one_frame() -> None:
     budget = FrameBudget(2000, 2000, now=0.0)
     budget.spend(budget.available(0.0))
     assert budget.wait() == pytest.approx(REFILL_SLICE)
-    assert budget.available(REFILL_SLICE) == 100
+    assert budget.available(REFILL_SLICE) == round(2000 * REFILL_SLICE)
     small = FrameBudget(2000, 10, now=0.0)  # a batch is at most the burst
     small.spend(small.available(0.0))
     assert small.wait() == pytest.approx(10 / 2000)

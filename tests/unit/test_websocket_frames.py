@@ -126,10 +126,10 @@ def test_the_budget_counts_frames_not_bytes() -> None:
 @pytest.mark.parametrize(
     ("masked", "bad", "violation"),
     [
-        (True, frame(0x1, b"plain", masked=False), "an unmasked frame from a client"),
-        (True, frame(0x2, b"p" * 200, masked=False), "an unmasked frame from a client"),
-        (False, frame(0x1, b"hidden", masked=True), "a masked frame from the server"),
-        (False, frame(0x2, b"h" * 70000, masked=True), "a masked frame from the server"),
+        (True, frame(0x1, b"plain", masked=False), "a frame without the MASK bit"),
+        (True, frame(0x2, b"p" * 200, masked=False), "a frame without the MASK bit"),
+        (False, frame(0x1, b"hidden", masked=True), "a masked frame"),
+        (False, frame(0x2, b"h" * 70000, masked=True), "a masked frame"),
         (False, bytes((0x82, 127)) + struct.pack("!Q", 1 << 63), "a frame length with the top bit set"),
         (True, bytes((0x82, 0xFF)) + struct.pack("!Q", 1 << 63) + b"mask", "a frame length with the top bit set"),
     ],
