@@ -217,7 +217,8 @@ class Relay:
             data = side.held[side.held_at :] + data  # after what it sent before, in order
             side.held, side.held_at = b"", 0
         if side.refill is not None:
-            side.held = data  # not read while over budget (so not seen), but kept in order
+            # Not read while over budget, so not seen; but if it were, kept in order.
+            side.held, side.held_at = data, 0
             return
         self._pump(side, data, 0)
 
