@@ -8,7 +8,7 @@ PYTHONS ?= 3.11 3.12 3.13
 # pyenv keeps interpreters here; its shims on PATH run only the versions it has selected.
 PYENV_ROOT ?= $(HOME)/.pyenv
 
-.PHONY: run test test-quick lint venv tools bench check-config schema clean FORCE
+.PHONY: run test test-quick lint venv tools bench soak check-config schema clean FORCE
 
 # Who an interpreter is: a venv's python reports its base interpreter's prefix.
 WHO := import sys; print("Python", sys.version.split()[0], "at", sys.base_prefix)
@@ -96,6 +96,11 @@ tools:
 ## Benchmark against nginx (installs wrk and nginx from Debian's packages if missing).
 bench: $(BIN)/.installed
 	$(BIN)/python bench/run.py
+
+## Soak: 10 minutes of mixed load at 80 % of the measured maximum (bench/README.md);
+## not part of `make test`. `make soak SOAK_ARGS="--minutes 1"` for a short run.
+soak: $(BIN)/.installed
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 check-config: $(BIN)/.installed
 	$(BIN)/gateway check --config config.example.yaml

@@ -207,6 +207,9 @@ class Gateway:
         self._handler.runtime = self._runtime(new)
         # Open WebSockets verified against the old lists watch the new ones from now on.
         self._handler.websockets.revocations = {w.provider: w for w in new.revocations}
+        # Open WebSockets were admitted by the old policy: the new one decides whether
+        # they go on (by its prepared keys only; never a fetch per connection).
+        await self._handler.reauthorize_websockets()
         if self._server is not None:
             self._server.limits = new.limits  # for connections accepted from now on
         if new.tls is not None:

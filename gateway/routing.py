@@ -72,11 +72,14 @@ class CompiledRoute:
     client_subjects: frozenset[str] | None = None
     websocket: bool = False
     websocket_close_on_expiry: bool = True
+    # Public, and no client certificate asked for: its requests have nothing to check.
+    open: bool = field(init=False)
 
     def __post_init__(self) -> None:
         if self.host is not None and self.host.endswith("."):
             # `api.example.com.` is the same name; requests are compared without it too.
             object.__setattr__(self, "host", self.host.removesuffix("."))
+        object.__setattr__(self, "open", isinstance(self.auth, PublicAccess) and self.client_subjects is None)
 
     def matches(self, method: str, host: str, path: str) -> bool:
         """True when this route takes the request. `path` must be canonical."""

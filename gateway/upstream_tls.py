@@ -3,18 +3,19 @@
 Verification is on by default (the system's CAs, or `ca_file`), with the URL's host or
 `server_name` checked against the certificate. The context is built from the bytes
 the policy load read (so a worker builds it from the supervisor's snapshot):
-`load_cert_chain` takes only paths, so the client certificate and key are handed to
-it through anonymous in-memory files (memfd), never written to disk.
+the client certificate and key reach OpenSSL through in-memory files (tls/memfile.py),
+never written to disk.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
 import ssl
 from dataclasses import dataclass
 
 from cryptography import x509
+
+from gateway.tls.memfile import load_chain
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -95,36 +96,17 @@ def _expiry_check(cert: bytes) -> None:
 
 
 def _load_chain(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
-    fds: list[int] = []
     asked: list[bool] = []
 
     def password() -> bytes:
-        # Without a callback OpenSSL would prompt on the terminal for an encrypted key.
         asked.append(True)
         return b""
 
     try:
-        for data in (cert, key):
-            fds.append(_memfd(data))
-        context.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}", password=password)
+        load_chain(context, cert, key, password)
     except ssl.SSLError:  # before OSError, whose subclass it is
         if asked:
             raise TlsSettingsError("key_file", "encrypted (expected an unencrypted PEM private key)") from None
         raise TlsSettingsError("key_file", "not the private key of cert_file (or not a PEM private key)") from None
     except OSError as exc:  # no memfd (not Linux), or no /proc
         raise TlsSettingsError("cert_file", f"cannot load a client certificate here ({exc.strerror})") from None
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-def _memfd(data: bytes) -> int:
-    fd = os.memfd_create("gateway-tls", os.MFD_CLOEXEC)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    except OSError:
-        os.close(fd)
-        raise
-    return fd

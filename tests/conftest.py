@@ -113,7 +113,8 @@ def _on_uvloop(item: pytest.Item) -> bool:
     relay's, which takes its transports over) run on uvloop, as the gateway does in
     production: its transports close and call back in another order than asyncio's, and
     its TLS is its own implementation. The rest keep asyncio's default loop."""
-    return item.path.name in ("test_downstream.py", "test_tls.py", "test_limits.py", "test_websocket.py")
+    names = ("test_downstream.py", "test_tls.py", "test_limits.py", "test_websocket.py", "test_websocket_reload.py")
+    return item.path.name in names
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:

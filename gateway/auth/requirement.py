@@ -64,11 +64,14 @@ class TokenRequirement:
                 return Reason.CLAIM_MISMATCH
         return None
 
-    async def authenticate(self, jws: Jws) -> tuple[ProviderVerifier, Principal, KeySet] | Reason | Refused:
+    async def authenticate(
+        self, jws: Jws, admitted_at: float | None = None
+    ) -> tuple[ProviderVerifier, Principal, KeySet] | Reason | Refused:
         """Verify with the provider(s) for the token's issuer, then authorise.
 
         Returns the verifier, principal and key set (for the cache), or the reason
-        (`Refused` when the token verified but the route's checks refused it)."""
+        (`Refused` when the token verified but the route's checks refused it).
+        `admitted_at`: a re-check, see `ProviderVerifier.verify`."""
         iss = jws.claims.get("iss")
         if not isinstance(iss, str):
             return Reason.MISSING_CLAIM if iss is None else Reason.INVALID_CLAIM
@@ -79,7 +82,7 @@ class TokenRequirement:
             return Reason.ISSUER_MISMATCH
         first: Reason | Refused | None = None
         for verifier in verifiers:
-            result = await verifier.verify(jws)
+            result = await verifier.verify(jws, admitted_at)
             if isinstance(result, Reason):
                 first = first or result
                 continue

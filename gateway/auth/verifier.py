@@ -54,9 +54,14 @@ class ProviderVerifier:
     keys: ProviderKeys
     revocations: RevocationWatcher | None = None
 
-    async def verify(self, jws: Jws) -> tuple[Principal, KeySet] | Reason:
+    async def verify(self, jws: Jws, admitted_at: float | None = None) -> tuple[Principal, KeySet] | Reason:
         """The principal and the key set that verified it, or the first reason the
-        token is refused. Audiences are the provider's own; routes narrow them after."""
+        token is refused. Audiences are the provider's own; routes narrow them after.
+
+        `admitted_at`: re-verifying a token a connection was admitted with at that time
+        (a WebSocket on reload): with the keys on hand only, never a fetch, so it never
+        suspends; its times checked as of then, and revocation left to the connection's
+        own lifetime (which may outlive its token, `websocket_close_on_expiry`)."""
         if jws.alg not in self.algorithms:
             # Covers `none` in any casing and HS256-with-the-RSA-public-key confusion:
             # neither is ever on a provider's list.
@@ -66,16 +71,22 @@ class ProviderVerifier:
         keys = self.keys.snapshot
         if not len(keys):
             return Reason.KEYS_UNAVAILABLE
-        if jws.kid is not None and not keys.knows(jws.kid) and await self.keys.refresh_for_unknown_kid():
+        if (
+            jws.kid is not None
+            and admitted_at is None
+            and not keys.knows(jws.kid)
+            and await self.keys.refresh_for_unknown_kid()
+        ):
             keys = self.keys.snapshot
         candidates = keys.candidates(jws.kid, jws.alg)
         if not candidates:
             return Reason.UNKNOWN_KID
         if not any(_signature_ok(jws, key) for key in candidates):
             return Reason.BAD_SIGNATURE
-        reason = check_claims(jws.claims, self.rules, self.audiences, time.time())
+        now = time.time() if admitted_at is None else admitted_at
+        reason = check_claims(jws.claims, self.rules, self.audiences, now)
         if reason is not None:
             return reason
-        if self.revocations is not None and jws.claims.get("jti") in self.revocations.revoked:
+        if admitted_at is None and self.revocations is not None and jws.claims.get("jti") in self.revocations.revoked:
             return Reason.REVOKED
         return Principal(self.name, jws.claims, scopes_of(jws.claims)), keys

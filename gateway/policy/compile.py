@@ -42,8 +42,8 @@ from gateway.policy.snapshot import Reader, Snapshot, base_dir_of
 from gateway.requestid import RequestIds
 from gateway.routing import CompiledRoute, PublicAccess, RouteTable, Upstream
 from gateway.runtime.cpus import available_cpus
-from gateway.tls.context import ChangedWhileReadingError, TlsFileError, TlsSettings, load_tls
-from gateway.tls.terminator import TlsTerminator, stamps
+from gateway.tls.context import FileField, TlsFileError, TlsSettings
+from gateway.tls.terminator import TlsTerminator, first_load
 from gateway.tokens.keystore import JWKS_FILE
 from gateway.tokens.revocation import RevocationError, RevocationWatcher
 from gateway.upstream_tls import TlsSettingsError, UpstreamTls
@@ -212,7 +212,7 @@ def compile_policy(policy: Policy, source: str, text: str = "", replay: Snapshot
     claim_headers = _claim_header_names(policy, problems)
     request_ids = _request_ids(policy, claim_headers, problems)
     limits = _compile_limits(policy, problems)
-    tls = _compile_tls(policy.tls, base_dir, problems) if policy.tls is not None else None
+    tls = _compile_tls(policy.tls, base_dir, reader, problems) if policy.tls is not None else None
     published: dict[str, ProviderKeys] = {}
     for name, provider in policy.providers.items():
         path = provider.api_tokens.publish_jwks if provider.api_tokens else None
@@ -265,13 +265,9 @@ def compile_policy(policy: Policy, source: str, text: str = "", replay: Snapshot
     )
 
 
-# A file rewritten while it is read at load: read again, this many times.
-_TLS_LOAD_TRIES = 3
-
-
-def _compile_tls(tls: Tls, base_dir: FsPath, problems: list[Problem]) -> TlsTerminator | None:
-    """The proxy listener's TLS, its files read and checked now (TlsFileError names the
-    setting, which locates the message)."""
+def _compile_tls(tls: Tls, base_dir: FsPath, reader: Reader, problems: list[Problem]) -> TlsTerminator | None:
+    """The proxy listener's TLS, its files read (through `reader`, so that they are in the
+    snapshot) and checked now (TlsFileError names the setting, which locates the message)."""
     settings = TlsSettings(
         cert_file=str(base_dir / tls.cert_file),
         key_file=str(base_dir / tls.key_file),
@@ -281,17 +277,18 @@ def _compile_tls(tls: Tls, base_dir: FsPath, problems: list[Problem]) -> TlsTerm
         client_auth=(tls.client_auth or "required") if tls.client_ca_file else None,
         client_subject_header=tls.client_subject_header,
     )
-    for attempt in range(_TLS_LOAD_TRIES):
-        seen = stamps(settings.files)  # before reading: a change from here on is a rotation
+
+    def read(path: str, field: FileField) -> bytes:
         try:
-            return TlsTerminator(settings, load_tls(settings, time.time()), seen)
-        except ChangedWhileReadingError as exc:
-            if attempt == _TLS_LOAD_TRIES - 1:
-                problems.append(Problem(("tls", exc.field), str(exc)))
-        except TlsFileError as exc:
-            problems.append(Problem(("tls", exc.field), str(exc)))
-            return None
-    return None
+            return reader.read(path)
+        except OSError as exc:
+            raise TlsFileError(field, f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+
+    try:
+        return first_load(settings, read, reader.replaying, time.time())
+    except TlsFileError as exc:
+        problems.append(Problem(("tls", exc.field), str(exc)))
+        return None
 
 
 def _inputs(policy: Policy, source: str, base_dir: FsPath) -> tuple[str, ...]:

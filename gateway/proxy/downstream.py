@@ -711,12 +711,13 @@ class ClientConnection(BaseProtocol):
             self._waiter = None
 
     def _refuse_unparseable(self, status: int) -> None:
+        extra = ""
         try:
-            self._server.on_unparseable(status, self.peer)
+            extra = self._server.on_unparseable(status, self.peer)
         except Exception as exc:  # the log and metrics never stand between us and the answer
             log.error("unparseable-request hook failed %s", bug_report(exc))
         with contextlib.suppress(ConnectionError):
-            self.write(listener_refusal(status, Reason.BAD_REQUEST))
+            self.write(listener_refusal(status, Reason.BAD_REQUEST, extra))
         self._linger()
 
     def _finish(self, payload: StreamReader) -> None:
@@ -818,8 +819,8 @@ class ClientConnection(BaseProtocol):
             self._draining = True
 
 
-def _nothing_unparseable(status: int, peer: str | None) -> None:
-    return None
+def _nothing_unparseable(status: int, peer: str | None) -> str:
+    return ""
 
 
 def _nothing() -> None:
@@ -903,8 +904,9 @@ class Server:
         self.refused = 0  # connections answered 503 for being past `max_connections`
         self.on_refused: Callable[[], None] = _nothing  # the metric (app.py)
         # A request refused before it was parsed whole (400, 414, 431): (status, peer),
-        # for the access log and the metrics (app.py), which only the handler knows.
-        self.on_unparseable: Callable[[int, str | None], None] = _nothing_unparseable
+        # for the access log and the metrics (app.py), which only the handler knows. It
+        # gives the header lines the refusal carries (the request ID the log line names).
+        self.on_unparseable: Callable[[int, str | None], str] = _nothing_unparseable
         self._refusal_logged = -60.0
         self.coalescer = coalescer or Coalescer()
 

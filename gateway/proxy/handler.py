@@ -6,6 +6,7 @@ swapped whole on reload, so a request sees one policy from start to end.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.auth.cache import TokenCache
 from gateway.auth.extract import extract_token
@@ -39,7 +41,7 @@ from gateway.proxy.headers import (
 )
 from gateway.proxy.requestcheck import request_problem
 from gateway.proxy.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamSlot
-from gateway.proxy.websocket import Relay, WebSockets
+from gateway.proxy.websocket import GOING_AWAY, POLICY_VIOLATION, Handshake, Relay, WebSockets
 from gateway.proxy.wsframe import handshake_problem, is_websocket_upgrade, switched
 from gateway.requestid import RequestIds, new_id
 from gateway.routing import CompiledRoute, RouteTable, request_host
@@ -51,6 +53,8 @@ _CONTROL_IN_HEADER = "response header with a control character"
 _JWKS_HEADERS = (("Content-Type", "application/jwk-set+json"), ("Cache-Control", "public, max-age=300"))
 # A client that left before its response head could be written (nginx's convention).
 CLIENT_CLOSED = 499
+# Open WebSockets re-checked on reload between two turns of the loop.
+_RECHECK_BATCH = 64
 
 
 def send_refusal(
@@ -221,19 +225,23 @@ class ProxyHandler:
         else:
             send_refusal(request, Reason.INTERNAL, own=[(runtime.settings.request_ids.header, ex.request_id)])
 
-    def unparseable(self, status: int, peer: str | None) -> None:
+    def unparseable(self, status: int, peer: str | None) -> str:
         """A request the listener refused before it was parsed whole (400, 414, 431):
-        counted and logged like any refusal, with its peer and nothing of its bytes."""
+        counted and logged like any refusal, with its peer and nothing of its bytes.
+        Gives the refusal's request-ID header line.
+
+        Never the request's own ID: its head was not read whole, so nothing says whether
+        a trusted proxy sent it. A new one still ties the client's answer to the log line."""
         runtime = self.runtime
         reason = Reason.BAD_REQUEST
+        request_id = new_id()
         runtime.unmatched.request("-", status, "denied")
         if runtime.access_log.enabled:
-            # Never the request's own ID: its head was not read whole, so nothing says
-            # whether a trusted proxy sent it. A new one still ties the lines together.
             ex = Exchange(
-                request_id=new_id(), outcome="denied", reason=reason.ident, bytes_out=len(reason.body), client=peer
+                request_id=request_id, outcome="denied", reason=reason.ident, bytes_out=len(reason.body), client=peer
             )
             runtime.access_log.emit(ex, status, 0.0)
+        return f"{runtime.settings.request_ids.header}: {request_id}\r\n"
 
     def _finish(self, request: Request, runtime: Runtime, ex: Exchange, status: int) -> None:
         total = time.perf_counter() - ex.started
@@ -291,79 +299,77 @@ class ProxyHandler:
         if route is None:
             return self._refuse(request, runtime, ex, None, Reason.NO_ROUTE, "")
         ex.route, ex.metrics = route.name, runtime.route_metrics[route.index]
-        if route.client_subjects is not None:
-            subject = request.client_subject
-            if subject is None or subject not in route.client_subjects:
-                detail = "no client certificate" if subject is None else "client certificate subject not accepted"
-                return self._refuse(request, runtime, ex, route, Reason.CLIENT_CERT_MISMATCH, detail)
-        claims: list[tuple[str, str]] = []
-        lifetime = NO_TOKEN
-        auth = route.auth
-        if isinstance(auth, TokenRequirement):
-            outcome = await self._authenticate(request, runtime, auth, query, ex)
-            if isinstance(outcome, Reason):
-                return self._refuse(request, runtime, ex, route, outcome, "")
-            query, claims, lifetime = outcome
-        subject_header = runtime.settings.client_subject_header
-        if subject_header is not None:
-            with_subject = _with_subject(request, subject_header, claims)
-            if with_subject is None:
-                # A verified subject the upstream cannot be told (a control character):
-                # refused, as an unforwardable claim is, never sent on without it.
-                detail = "client certificate subject cannot be forwarded"
-                return self._refuse(request, runtime, ex, route, Reason.CLIENT_CERT_MISMATCH, detail)
-            claims = with_subject
+        if route.open and runtime.settings.client_subject_header is None and not route.websocket:
+            # What `admit` would answer is known: nothing to check and no identity to add.
+            # The most common request pays for no coroutine or record (issue 16).
+            return await self._forward(request, runtime, ex, route, route.upstream_path(path), query, host, [])
+        subject = request.client_subject
+        admission = await admit(runtime, route, request.headers, query, subject)
+        if admission.principal is not None:
+            _identify(ex, admission.principal)  # a 403 is logged against whom it refused
+        if admission.reason is not None:
+            return self._refuse(request, runtime, ex, route, admission.reason, admission.detail)
         if route.websocket and is_websocket_upgrade(request.headers):
-            return await self._websocket(
-                request, runtime, ex, route, route.upstream_path(path), query, host, claims, lifetime
+            upstream_path = route.upstream_path(path)
+            handshake = Handshake(
+                request.method,
+                host,
+                path,
+                query,
+                tuple(request.headers.getall("Authorization", ())),
+                subject,
+                time.time(),
+                _upstream_target(route, upstream_path),
             )
-        return await self._forward(request, runtime, ex, route, route.upstream_path(path), query, host, claims)
-
-    async def _authenticate(
-        self, request: Request, runtime: Runtime, requirement: TokenRequirement, query: str, ex: Exchange
-    ) -> tuple[str, list[tuple[str, str]], TokenLifetime] | Reason:
-        """(query to forward, identity headers, the token's lifetime), or why the request
-        is refused."""
-        found = extract_token(
-            request.headers,
-            query,
-            allow_query=requirement.allow_query_token,
-            max_bytes=runtime.settings.max_token_bytes,
+            return await self._websocket(request, runtime, ex, route, upstream_path, host, admission, handshake)
+        return await self._forward(
+            request, runtime, ex, route, route.upstream_path(path), admission.query, host, admission.claims
         )
-        if isinstance(found, Reason):
-            return found
-        token = found.token
-        if token is None:
-            return (found.query, [], NO_TOKEN) if requirement.optional else Reason.TOKEN_MISSING
-        entry = runtime.cache.get(token)
-        if entry is None or not requirement.sole_verifier(entry.verifier):
-            jws = parse_jws(token)
-            if isinstance(jws, Reason):
-                return jws
-            result = await requirement.authenticate(jws)
-            if isinstance(result, Reason):
-                return result
-            if isinstance(result, Refused):
-                _identify(ex, result.principal)  # a 403 is logged against whom it refused
-                return result.reason
-            verifier, principal, keys = result
-            entry = runtime.cache.put(token, verifier, principal, keys)
-            _identify(ex, principal)
-        else:
-            verifier, principal = entry.verifier, entry.principal
-            _identify(ex, principal)
-            refusal = requirement.authorize(verifier, principal)
-            if refusal is not None:
-                return refusal
-        rendered = entry.headers.get(requirement.headers.serial) if entry is not None else None
-        if rendered is None:
+
+    async def reauthorize_websockets(self) -> None:
+        """A policy was just committed: every open WebSocket is authorized again by it,
+        as if its handshake arrived now (README "WebSockets"). Admitted: it takes the
+        new route's token handling and the new idle timeout. Refused: Close 1008
+        (`policy_changed`). Its route now sends handshakes to another upstream: Close
+        1001 (`upstream_changed`), so the client reconnects there.
+
+        Fails closed and never raises: a connection that could not be checked ends."""
+        relays = self.websockets.relays()
+        try:
+            await self._reauthorize(relays)
+        except Exception as exc:
+            log.error("websocket re-check failed; ending every open connection %s", bug_report(exc))
+            for relay in relays:
+                relay.end("policy_changed", POLICY_VIOLATION)
+
+    async def _reauthorize(self, relays: list[Relay]) -> None:
+        for n, relay in enumerate(relays):
+            if n and not n % _RECHECK_BATCH:
+                # Up to 1000 signature checks in a row would hold the loop for tens of
+                # milliseconds: the other connections get it between batches.
+                await asyncio.sleep(0)
+            handshake = relay.handshake
+            if handshake is None or relay.closing:
+                continue
+            # The runtime in force for each one: a later commit may land between batches.
+            runtime = self.runtime
             try:
-                rendered = requirement.headers.render(principal.provider, principal.claims)
-            except UnforwardableError:
-                return Reason.UNFORWARDABLE_CLAIM
-            if entry is not None:
-                entry.headers[requirement.headers.serial] = rendered
-        return found.query, rendered, TokenLifetime.of(verifier, principal)
+                route, admission = readmit(runtime, handshake)
+                if route is None or admission.reason is not None:
+                    reason = admission.reason.ident if admission.reason is not None else "internal"
+                    log.info("websocket refused by the reloaded policy path=%s reason=%s", handshake.path, reason)
+                    relay.end("policy_changed", POLICY_VIOLATION)
+                elif _moved(route, handshake):
+                    relay.end("upstream_changed", GOING_AWAY)
+                else:
+                    relay.adopt(
+                        runtime.settings.websocket_idle_timeout,
+                        admission.lifetime if route.websocket_close_on_expiry else None,
+                    )
+            except Exception as exc:
+                # Fail closed: a connection the new policy could not be asked about ends.
+                log.error("websocket re-check failed %s", bug_report(exc))
+                relay.end("policy_changed", POLICY_VIOLATION)
 
     def _jwks(self, request: Request, runtime: Runtime, ex: Exchange, keys: ProviderKeys) -> None:
         """The provider's public keys as a JWKS, so partners can verify tokens themselves."""
@@ -499,14 +505,14 @@ class ProxyHandler:
         ex: Exchange,
         route: CompiledRoute,
         path: str,
-        query: str,
         host: str,
-        claims: list[tuple[str, str]],
-        lifetime: TokenLifetime,
+        admission: Admission,
+        handshake: Handshake,
     ) -> None:
         """A WebSocket handshake on a route that takes them: forwarded on a connection
         of its own; on the upstream's 101, the relay (websocket.py) runs until the
         connection ends, and this request's log line is written then."""
+        query = admission.query
         problem = handshake_problem(request.method, request.version, request.headers, request.body_exists)
         if problem is not None:
             return self._refuse(request, runtime, ex, route, Reason.BAD_REQUEST, problem)
@@ -515,7 +521,7 @@ class ProxyHandler:
         if not websockets.reserve(settings.max_websockets):
             return self._refuse(request, runtime, ex, route, Reason.WEBSOCKETS_FULL, "")
         try:
-            headers = _upstream_headers(request, settings, ex, route, host, claims)
+            headers = _upstream_headers(request, settings, ex, route, host, admission.claims)
             headers += (("Connection", "Upgrade"), ("Upgrade", "websocket"))
             if request.client_gone:
                 raise ConnectionResetError("client disconnected")  # as in _forward
@@ -548,7 +554,7 @@ class ProxyHandler:
             if not switched(upstream.headers):
                 upstream.close()
                 return self._refuse(request, runtime, ex, route, Reason.UPSTREAM_ERROR, "101 without a WebSocket")
-            await self._switch(request, runtime, ex, route, upstream, lifetime)
+            await self._switch(request, runtime, ex, route, upstream, admission.lifetime, handshake)
         finally:
             websockets.release()
 
@@ -560,14 +566,29 @@ class ProxyHandler:
         route: CompiledRoute,
         upstream: UpstreamResponse,
         lifetime: TokenLifetime,
+        handshake: Handshake,
     ) -> None:
         """The upstream said 101: the 101 to the client, then the relay, to the end."""
+        settings = runtime.settings
+        current = self.runtime
+        if current is not runtime:
+            # A reload was committed while the upstream answered: its re-check of open
+            # connections could not see this one (not open yet), so it is checked here,
+            # before the 101, and refused as a handshake is. Nothing from here to the
+            # relay's registration suspends, so no later commit can slip in between.
+            new_route, admission = readmit(current, handshake)
+            if new_route is None or admission.reason is not None:
+                upstream.close()
+                reason = admission.reason or Reason.INTERNAL
+                return self._refuse(request, runtime, ex, route, reason, "the policy reloaded during the handshake")
+            settings, route, lifetime = current.settings, new_route, admission.lifetime
         relay = Relay(
             self.websockets,
-            runtime.settings.websocket_idle_timeout,
+            settings.websocket_idle_timeout,
             lifetime if route.websocket_close_on_expiry else None,
             request.tunnel_closed,
-            client_frame_rate=runtime.settings.websocket_client_frame_rate,
+            handshake,
+            client_frame_rate=settings.websocket_client_frame_rate,
         )
         try:
             up_transport, up_early = upstream.detach()
@@ -588,6 +609,10 @@ class ProxyHandler:
         except BaseException:
             up_transport.close()
             raise
+        if current is not runtime and _moved(route, handshake):
+            # Admitted, but the reloaded route sends its handshakes elsewhere: ended at
+            # once, as the reload ends open ones (`reauthorize_websockets`).
+            asyncio.get_running_loop().call_soon(relay.end, "upstream_changed", GOING_AWAY)
         # An open WebSocket is counted in gateway_websockets_open, not as a request in flight.
         self._in_flight(-1)
         try:
@@ -656,12 +681,142 @@ class ProxyHandler:
             request.reset()
 
 
-def _with_subject(request: Request, header: str, claims: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What a matched route's checks decided: refused with `reason` (and the operator's
+    `detail`), or admitted with the query to forward, the identity headers and the
+    token's lifetime. `principal`: whom the token spoke for, refused or not."""
+
+    reason: Reason | None
+    detail: str = ""
+    principal: Principal | None = None
+    query: str = ""
+    claims: list[tuple[str, str]] = field(default_factory=list)
+    lifetime: TokenLifetime = NO_TOKEN
+
+
+async def admit(
+    runtime: Runtime,
+    route: CompiledRoute,
+    headers: CIMultiDictProxy[str],
+    query: str,
+    subject: str | None,
+    admitted_at: float | None = None,
+) -> Admission:
+    """A matched request's client certificate, token and identity headers, checked by
+    `runtime`. The handler's one path, and the WebSocket re-check's on reload
+    (`admitted_at`: when its handshake was admitted; see `ProviderVerifier.verify`)."""
+    if route.client_subjects is not None and (subject is None or subject not in route.client_subjects):
+        detail = "no client certificate" if subject is None else "client certificate subject not accepted"
+        return Admission(Reason.CLIENT_CERT_MISMATCH, detail)
+    auth = route.auth
+    if isinstance(auth, TokenRequirement):
+        admission = await _authenticate(runtime, auth, headers, query, admitted_at)
+        if admission.reason is not None:
+            return admission
+    else:
+        admission = Admission(None, query=query)
+    subject_header = runtime.settings.client_subject_header
+    if subject_header is None:
+        return admission
+    with_subject = _with_subject(subject, subject_header, admission.claims)
+    if with_subject is None:
+        # A verified subject the upstream cannot be told (a control character):
+        # refused, as an unforwardable claim is, never sent on without it.
+        detail = "client certificate subject cannot be forwarded"
+        return Admission(Reason.CLIENT_CERT_MISMATCH, detail, admission.principal)
+    return Admission(None, "", admission.principal, admission.query, with_subject, admission.lifetime)
+
+
+async def _authenticate(
+    runtime: Runtime,
+    requirement: TokenRequirement,
+    headers: CIMultiDictProxy[str],
+    query: str,
+    admitted_at: float | None,
+) -> Admission:
+    found = extract_token(
+        headers,
+        query,
+        allow_query=requirement.allow_query_token,
+        max_bytes=runtime.settings.max_token_bytes,
+    )
+    if isinstance(found, Reason):
+        return Admission(found)
+    token = found.token
+    if token is None:
+        return Admission(None, query=found.query) if requirement.optional else Admission(Reason.TOKEN_MISSING)
+    # A re-check never reads nor fills the cache: its checks are not a request's (times
+    # as of the handshake, no revocation), so its answer must not serve a request.
+    entry = runtime.cache.get(token) if admitted_at is None else None
+    if entry is None or not requirement.sole_verifier(entry.verifier):
+        jws = parse_jws(token)
+        if isinstance(jws, Reason):
+            return Admission(jws)
+        result = await requirement.authenticate(jws, admitted_at)
+        if isinstance(result, Reason):
+            return Admission(result)
+        if isinstance(result, Refused):
+            return Admission(result.reason, principal=result.principal)
+        verifier, principal, keys = result
+        entry = runtime.cache.put(token, verifier, principal, keys) if admitted_at is None else None
+    else:
+        verifier, principal = entry.verifier, entry.principal
+        refusal = requirement.authorize(verifier, principal)
+        if refusal is not None:
+            return Admission(refusal, principal=principal)
+    rendered = entry.headers.get(requirement.headers.serial) if entry is not None else None
+    if rendered is None:
+        try:
+            rendered = requirement.headers.render(principal.provider, principal.claims)
+        except UnforwardableError:
+            return Admission(Reason.UNFORWARDABLE_CLAIM, principal=principal)
+        if entry is not None:
+            entry.headers[requirement.headers.serial] = rendered
+    return Admission(None, "", principal, found.query, rendered, TokenLifetime.of(verifier, principal))
+
+
+def readmit(runtime: Runtime, handshake: Handshake) -> tuple[CompiledRoute | None, Admission]:
+    """A WebSocket's handshake authorized again by `runtime`, as if it arrived now:
+    its route (None: no `websocket` route takes it now) and the admission. Never
+    suspends and never fetches: keys are those the prepared policy already has."""
+    path = handshake.path
+    if path in runtime.published and handshake.method in ("GET", "HEAD"):
+        # The handler answers such a handshake with the key set itself, as it would now.
+        return None, Admission(Reason.NO_ROUTE, "now a published key set")
+    route = runtime.table.match(handshake.method, request_host(handshake.host), path)
+    if route is None or not route.websocket:
+        return None, Admission(Reason.NO_ROUTE)
+    headers = CIMultiDictProxy(CIMultiDict(("Authorization", v) for v in handshake.authorization))
+    coro = admit(runtime, route, headers, handshake.query, handshake.client_subject, handshake.admitted_at)
+    # With `admitted_at`, nothing on the way awaits anything that can suspend: the
+    # coroutine ends on its first step (StopIteration), never leaving a check half done.
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        admission: Admission = done.value
+        return route, admission
+    coro.close()
+    raise RuntimeError("the WebSocket re-check suspended")
+
+
+def _upstream_target(route: CompiledRoute, upstream_path: str) -> tuple[str, str, int, str]:
+    """Where a handshake on `route` goes: the origin and the path (its TLS settings are
+    not compared: a reload builds new ones even when nothing changed)."""
+    upstream = route.upstream
+    return upstream.scheme, upstream.host, upstream.port, upstream_path
+
+
+def _moved(route: CompiledRoute, handshake: Handshake) -> bool:
+    """Would `route` send this handshake to another upstream than it went to?"""
+    return handshake.upstream != _upstream_target(route, route.upstream_path(handshake.path))
+
+
+def _with_subject(subject: str | None, header: str, claims: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
     """`claims` (never changed: it may be the token cache's) and the client
     certificate's subject, rendered as a claim value is; without a certificate, no
     header (the inbound one was removed with the other identity headers); None for a
     subject no header can carry (a control character)."""
-    subject = request.client_subject
     if subject is None:
         return claims
     try:

@@ -6,10 +6,12 @@ read until it drains below `LOW_WATER` (asyncio's pause_writing/resume_writing t
 into pause_reading/resume_reading of the peer). Payloads are never parsed; a small
 scanner follows frame headers in each direction (RFC 6455 §5.2), so that the gateway can
 end the connection itself with a Close frame at a frame boundary: when the token expires
-or is revoked (1008), at the idle timeout and when the server drains (1001), and when a
-side breaks the framing the gateway reads (1002: a client frame without the MASK bit, a
-server frame with it, RFC 6455 §5.1; a 64-bit length with its top bit set). The frame
-that breaks it is not relayed: a frame header is passed on only once it is whole.
+or is revoked (1008), when a reloaded policy no longer admits it (1008, see `Handshake`),
+at the idle timeout, when the server drains and when a reload moves its route to another
+upstream (1001), and when a side breaks the framing the gateway reads (1002: a client
+frame without the MASK bit, a server frame with it, RFC 6455 §5.1; a 64-bit length with
+its top bit set). The frame that breaks it is not relayed: a frame header is passed on
+only once it is whole.
 
 Reading frame headers costs CPU per frame, so the client's frames are metered: each
 connection has a budget of `client_frame_rate` frames a second (wsbudget.py). A client
@@ -35,6 +37,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from gateway.auth.lifetime import RevokedIds, TokenLifetime
 from gateway.errors import bug_report
@@ -58,14 +61,38 @@ END_REASONS = (
     "idle",
     "token_expired",
     "revoked",
+    "policy_changed",  # a reload's policy refuses its handshake now (1008)
+    "upstream_changed",  # a reload sends its handshake to another upstream now (1001)
     "shutdown",
-    "protocol_error",
+    "protocol_error",  # a side broke the framing (1002)
     "error",
 )
 # RFC 6455 §7.4.1
 POLICY_VIOLATION = 1008
 GOING_AWAY = 1001
 PROTOCOL_ERROR = 1002
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Handshake:
+    """What a relay's handshake asked for, kept so that a reload can authorize it again
+    as if it arrived now: the method, Host and canonical path the route table matched,
+    the query and `Authorization` values the token came from, the client certificate's
+    subject, when it was admitted, and the upstream it was sent to (origin and path).
+
+    Holds the bearer token: never logged (no repr)."""
+
+    method: str
+    host: str
+    path: str
+    query: str
+    authorization: tuple[str, ...]
+    client_subject: str | None
+    admitted_at: float
+    upstream: tuple[str, str, int, str]
+
+    def __repr__(self) -> str:
+        return f"Handshake({self.method} {self.path})"
 
 
 class _Side(asyncio.Protocol):
@@ -136,10 +163,12 @@ class Relay:
         idle_timeout: float,
         lifetime: TokenLifetime | None,
         on_client_lost: Callable[[BaseException | None], None],
+        handshake: Handshake | None = None,
         *,
         client_frame_rate: int,
     ) -> None:
         self._registry = registry
+        self.handshake = handshake  # None: not re-checked on reload (tests' bare relays)
         self._client_frame_rate = client_frame_rate
         self._loop = asyncio.get_running_loop()
         self._idle_timeout = idle_timeout
@@ -153,6 +182,7 @@ class Relay:
         self._timers: list[asyncio.TimerHandle] = []
         self._last = self._loop.time()
         self._idle: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.TimerHandle | None = None
 
     @property
     def bytes_from_client(self) -> int:
@@ -190,10 +220,7 @@ class Relay:
         self._registry.opened(self)
         try:
             self._arm_idle()
-            lifetime = self.lifetime
-            if lifetime is not None and lifetime.expires_at is not None:
-                delay = max(0.0, lifetime.expires_at - time.time())
-                self._timers.append(self._loop.call_later(delay, self.end, "token_expired", POLICY_VIOLATION))
+            self._arm_expiry()
             if upstream_early:
                 self.on_data(u, upstream_early)
             if client_early:
@@ -389,6 +416,9 @@ class Relay:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         for side in (self.client, self.upstream):
             if side is not None and side.refill is not None:
                 side.refill.cancel()
@@ -398,6 +428,31 @@ class Relay:
             self._idle = None
         if not self._done.done():
             self._done.set_result(self.reason or "error")
+
+    # -- a reload's settings ------------------------------------------------------------
+
+    def adopt(self, idle_timeout: float, lifetime: TokenLifetime | None) -> None:
+        """A reload admitted the connection again: its new route's token handling and
+        the new idle timeout apply from now on (an `exp` already past ends it now)."""
+        if self.closing or self._done.done():
+            return
+        self.lifetime = lifetime
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self._arm_expiry()
+        self._registry.watch(self)
+        self._idle_timeout = idle_timeout
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        self._arm_idle()
+
+    def _arm_expiry(self) -> None:
+        lifetime = self.lifetime
+        if lifetime is not None and lifetime.expires_at is not None:
+            delay = max(0.0, lifetime.expires_at - time.time())
+            self._expiry = self._loop.call_later(delay, self.end, "token_expired", POLICY_VIOLATION)
 
     # -- idle timeout (lazy, like the listener's: one handle re-armed when it fires early)
 
@@ -439,11 +494,19 @@ class WebSockets:
 
     def opened(self, relay: Relay) -> None:
         self._relays.add(relay)
+        self.watch(relay)
+
+    def watch(self, relay: Relay) -> None:
+        """Start the revocation sweep if `relay`'s token can be revoked."""
         if self._sweeper is None and relay.lifetime is not None and relay.lifetime.revocations is not None:
             self._sweeper = asyncio.get_running_loop().call_later(REVOCATION_SWEEP, self._sweep)
 
     def closed(self, relay: Relay) -> None:
         self._relays.discard(relay)
+
+    def relays(self) -> list[Relay]:
+        """The open connections, as of now (a copy: ending one changes the set)."""
+        return list(self._relays)
 
     def _sweep(self) -> None:
         self._sweeper = None

@@ -14,14 +14,16 @@ is never echoed, not even in part):
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ssl
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+
+from gateway.limits import MAX_KEY_FILE_BYTES, read_bounded
+from gateway.tls.memfile import load_chain
 
 ClientAuth = Literal["required", "optional"]
 VERSIONS: dict[str, ssl.TLSVersion] = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -85,7 +87,7 @@ def _no_passphrase() -> bytes:
 
 def _read(path: str, field: FileField) -> bytes:
     try:
-        return Path(path).read_bytes()
+        return read_bounded(path, MAX_KEY_FILE_BYTES)
     except OSError as exc:
         raise TlsFileError(field, f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
 
@@ -104,17 +106,52 @@ def _utc(moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """What the files held when they were read: a context is built from these bytes,
+    so the pair checked is the pair served."""
+
+    cert: bytes = field(repr=False)
+    key: bytes = field(repr=False)
+    ca: bytes | None = field(default=None, repr=False)
+
+
+def read_files(settings: TlsSettings, read: Callable[[str, FileField], bytes] | None = None) -> TlsFiles:
+    """Each file once (TlsFileError naming the setting). `read` lets the policy load
+    keep a copy of what it read, for the snapshot its workers build from."""
+    read = read or _read
+    return TlsFiles(
+        cert=read(settings.cert_file, "cert_file"),
+        key=read(settings.key_file, "key_file"),
+        ca=read(settings.client_ca_file, "client_ca_file") if settings.client_ca_file else None,
+    )
+
+
 def load_tls(settings: TlsSettings, now: float) -> LoadedTls:
-    """Read and check the files, and build the server context; raise TlsFileError.
+    """Read and check the files, and build the server context; raise TlsFileError
+    (ChangedWhileReadingError for a pair torn by a rotation writing between the reads).
 
     Blocking (file reads, key parsing): call it at load or through `asyncio.to_thread`."""
-    cert_bytes = _read(settings.cert_file, "cert_file")
-    key_digest = hashlib.sha256(_read(settings.key_file, "key_file")).digest()
-    ca_bytes = _read(settings.client_ca_file, "client_ca_file") if settings.client_ca_file else None
-    chain = _certificates(cert_bytes, settings.cert_file, "cert_file")
+    files = read_files(settings)
+    try:
+        return build_tls(settings, files, now)
+    except TlsFileError:
+        # A certificate read before a rotation and a key read after it do not match: not
+        # a bad pair, only a torn read. Seen by reading again; the caller retries once the
+        # files settle.
+        if read_files(settings) != files:
+            raise ChangedWhileReadingError("cert_file", f"{settings.cert_file} changed while it was read") from None
+        raise
+
+
+def build_tls(settings: TlsSettings, files: TlsFiles, now: float, *, expired_ok: bool = False) -> LoadedTls:
+    """Check the bytes and build the server context from them (TlsFileError).
+    `expired_ok`: only for a context the running workers already serve (a restarted
+    worker must not stop the gateway over what the others go on with)."""
+    chain = _certificates(files.cert, settings.cert_file, "cert_file")
     leaf = chain[0]
     not_after = leaf.not_valid_after_utc
-    if not_after.timestamp() <= now:
+    if not_after.timestamp() <= now and not expired_ok:
         raise TlsFileError("cert_file", f"{settings.cert_file}: the certificate expired at {_utc(not_after)}")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     # PROTOCOL_TLS_SERVER's defaults stay: the ssl module's cipher list for TLS 1.2
@@ -129,32 +166,25 @@ def load_tls(settings: TlsSettings, now: float) -> LoadedTls:
     context.options |= ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(list(ALPN))
     try:
-        context.load_cert_chain(settings.cert_file, settings.key_file, password=_no_passphrase)
+        load_chain(context, files.cert, files.key, _no_passphrase)
     except _EncryptedKeyError:
         raise TlsFileError(
             "key_file", f"{settings.key_file}: the key is encrypted (expected an unencrypted PEM key)"
         ) from None
-    except ssl.SSLError as exc:
+    except ssl.SSLError as exc:  # before OSError, whose subclass it is
         raise _key_problem(settings, exc) from None
-    except OSError as exc:  # gone between the read above and this one
-        raise ChangedWhileReadingError("key_file", f"cannot read {settings.key_file}: {exc.strerror}") from None
-    if ca_bytes is not None:
+    except OSError as exc:  # no memfd (not Linux), or no /proc
+        raise TlsFileError("cert_file", f"cannot load a certificate here ({exc.strerror})") from None
+    if files.ca is not None:
         assert settings.client_ca_file is not None
-        _certificates(ca_bytes, settings.client_ca_file, "client_ca_file")
+        _certificates(files.ca, settings.client_ca_file, "client_ca_file")
         try:
-            context.load_verify_locations(cadata=ca_bytes.decode("ascii", "replace"))
+            context.load_verify_locations(cadata=files.ca.decode("ascii", "replace"))
         except (ssl.SSLError, ValueError):
             raise TlsFileError(
                 "client_ca_file", f"{settings.client_ca_file}: not a PEM bundle of CA certificates"
             ) from None
         context.verify_mode = ssl.CERT_REQUIRED if settings.client_auth == "required" else ssl.CERT_OPTIONAL
-    # load_cert_chain read the files by name, a second time: the pair in the context
-    # must be the one checked above. A rotation writing between the two reads is seen
-    # here, and the caller tries again once the files settle.
-    if _read(settings.cert_file, "cert_file") != cert_bytes or (
-        hashlib.sha256(_read(settings.key_file, "key_file")).digest() != key_digest
-    ):
-        raise ChangedWhileReadingError("cert_file", f"{settings.cert_file} changed while it was read")
     return LoadedTls(
         context=context,
         not_after=not_after.timestamp(),

@@ -16,16 +16,28 @@ import datetime
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from gateway.filestamp import Stamp, file_stamp
-from gateway.tls.context import ChangedWhileReadingError, LoadedTls, TlsFileError, TlsSettings, load_tls
+from gateway.tls.context import (
+    ChangedWhileReadingError,
+    FileField,
+    LoadedTls,
+    TlsFileError,
+    TlsSettings,
+    build_tls,
+    load_tls,
+    read_files,
+)
 from gateway.tls.handshake import failure_reason, version_label
 
 log = logging.getLogger("gateway.tls")
 
 POLL_SECONDS = 2.0
 SETTLE = 0.5
+# A file rewritten while it is read at load: read again, this many times.
+LOAD_TRIES = 3
 
 
 class TlsReport(Protocol):
@@ -65,6 +77,36 @@ def _when(unix: float) -> str:
 def describe(loaded: LoadedTls) -> str:
     """For logs: who the certificate names, until when, and which one it is."""
     return f"subject {loaded.subject}, expires {_when(loaded.not_after)}, sha256 {loaded.fingerprint[:16]}"
+
+
+def first_load(
+    settings: TlsSettings, read: Callable[[str, FileField], bytes], replaying: bool, now: float
+) -> TlsTerminator:
+    """The terminator a policy load starts with (TlsFileError naming the setting).
+
+    `read` is the policy load's reader: from disk, keeping a copy for the snapshot the
+    workers get; or, in a worker (`replaying`), from that snapshot. A worker first takes
+    the files as they are now, as a rotation would. If they are unusable (a rotation the
+    running workers refused), it serves the snapshot's pair, which the supervisor checked,
+    rather than stop: a worker that cannot start stops the whole gateway, over a
+    certificate the other workers go on serving."""
+    if replaying:
+        seen = stamps(settings.files)  # before reading: a change from here on is a rotation
+        try:
+            return TlsTerminator(settings, load_tls(settings, now), seen)
+        except TlsFileError as exc:
+            loaded = build_tls(settings, read_files(settings, read), now, expired_ok=True)
+            log.error("TLS files unusable (%s); serving the pair the policy was loaded with: %s", exc, describe(loaded))
+            return TlsTerminator(settings, loaded, seen)
+    for attempt in range(LOAD_TRIES):
+        seen = stamps(settings.files)
+        files = read_files(settings, read)
+        try:
+            return TlsTerminator(settings, build_tls(settings, files, now), seen)
+        except TlsFileError:
+            if attempt == LOAD_TRIES - 1 or read_files(settings) == files:
+                raise
+    raise AssertionError("unreachable")
 
 
 class TlsTerminator:

@@ -872,16 +872,21 @@ async def test_requests_refused_before_they_parse_are_logged_and_counted(
     before = requests_counted(gw, "OTHER", "4xx", "denied", route="_unmatched")
     bad_line = b"GET /open/x HTTP/1.1\r\nHost: g\r\nBad Header\r\n\r\n"
     huge = b"GET /open/x HTTP/1.1\r\nHost: g\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n"
-    statuses = []
+    statuses, ids = [], []
     for raw in (bad_line, huge):
-        data = await exchange(gw.public_port, raw)
-        statuses.append(parse_response(data).status)
+        response = parse_response(await exchange(gw.public_port, raw))
+        statuses.append(response.status)
+        ids.append(response.headers["x-request-id"])
     assert statuses == [400, 431]
     records = access_records(caplog)
     assert [(r["status"], r["reason"], r["client"], r["route"]) for r in records] == [
         (400, "bad_request", "127.0.0.1", "-"),
         (431, "bad_request", "127.0.0.1", "-"),
     ]
+    # The client's answer names the log line (a new ID each, never the request's own).
+    assert [r["request_id"] for r in records] == ids
+    assert all(len(i) == 32 for i in ids)
+    assert ids[0] != ids[1]
     assert "X-Big" not in caplog.text
     assert "Bad Header" not in caplog.text
     assert requests_counted(gw, "OTHER", "4xx", "denied", route="_unmatched") - before == 2

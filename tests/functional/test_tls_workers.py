@@ -9,7 +9,9 @@ client (the Python `ssl` client covers the same ground everywhere)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import ssl
 import subprocess
 from pathlib import Path
@@ -171,3 +173,43 @@ async def test_a_tls_client_is_served_and_plain_http_is_refused(
 
 async def _failures(gw: GatewayProcess, reason: str) -> bool:
     return await tls_metric(gw, "handshake_failures_total", reason=reason) >= 1
+
+
+@pytest.mark.parametrize("breakage", ["wrong key", "deleted"])
+async def test_a_worker_restarted_while_the_tls_files_are_bad_serves_the_pair_the_policy_was_loaded_with(
+    tmp_path: Path, upstream: Upstream, breakage: str
+) -> None:
+    """The files go bad while the gateway runs (every worker refuses the rotation and
+    keeps its certificate), then a worker dies: the one started in its place serves the
+    pair the supervisor checked, from the policy's snapshot, rather than fail to start
+    (which stops the whole gateway, found by review); fixed files are then taken by a
+    rotation as usual."""
+    ca = Authority()
+    ca.server().write(tmp_path / "tls.crt", tmp_path / "tls.key")
+    first = der_of((tmp_path / "tls.crt").read_bytes())
+    context = ssl.create_default_context(cadata=ca.pem.decode())
+    async with running_gateway(tmp_path, routes(upstream), "server: {workers: 1}\n" + TLS) as gw:
+        (pid,) = (await gw.health())["pids"]
+        if breakage == "deleted":
+            (tmp_path / "tls.key").unlink()
+            await logged(gw, "TLS file missing", seconds=6)
+        else:
+            (tmp_path / "tls.key").write_bytes(ca.server().key_pem)  # another certificate's key
+            await until(lambda: _sum_reloads(gw, "failure", 1), 15)
+        os.kill(pid, signal.SIGKILL)
+
+        async def restarted() -> bool:
+            health = await gw.health()
+            return bool(health["workers"] == 1 and pid not in health["pids"])
+
+        await until(restarted, 15)
+        await logged(gw, "TLS files unusable (", seconds=5)
+        assert gw.proc.poll() is None
+        assert await one_request(gw.port, context) == (200, first)
+        new = ca.server()
+        new.write(tmp_path / "tls.crt", tmp_path / "tls.key")
+        await until(lambda: _sum_reloads(gw, "success", 1), 15)
+        assert await one_request(gw.port, context) == (200, der_of(new.cert_pem))
+    log = gw.log_text()
+    assert "PRIVATE KEY" not in log
+    assert "worker cannot start" not in log

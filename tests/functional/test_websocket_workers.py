@@ -78,3 +78,50 @@ async def test_the_gauge_sums_the_workers_and_sigterm_closes_with_1001(tmp_path:
         exit_code = await asyncio.to_thread(gw.proc.wait, 20)
         assert exit_code == 0
         assert time.monotonic() - t0 < 10  # not the 30 s shutdown_timeout
+
+
+async def test_a_sighup_reload_closes_the_websockets_it_no_longer_admits_on_every_worker(
+    tmp_path: Path, echo: TestServer
+) -> None:
+    """Each worker re-checks its own open connections when it commits the new policy:
+    those on the removed route get 1008 (`policy_changed` in the access log), those on
+    the route that stays go on."""
+    u = f"http://127.0.0.1:{echo.port}"
+    routes = f"""
+    - {{name: live, match: {{prefix: /live}}, upstream: "{u}", websocket: true, auth: public}}
+    - {{name: gone, match: {{prefix: /gone}}, upstream: "{u}", websocket: true, auth: public}}
+    """
+    extra = "server: {workers: 2, watch: false}"
+    async with running_gateway(tmp_path, routes, extra) as gw, aiohttp.ClientSession() as session:
+        workers = gw.workers()
+        live: list[aiohttp.ClientWebSocketResponse] = []
+        gone: list[aiohttp.ClientWebSocketResponse] = []
+        # Opened in pairs until each worker holds some of both.
+        while len(live) < 40:
+            for name, held in (("live", live), ("gone", gone)):
+                ws = await session.ws_connect(f"{gw.url}/{name}/{len(held)}")
+                await ws.send_str("hi")
+                assert (await ws.receive(timeout=5)).data == "hi"
+                held.append(ws)
+            owners = connection_owners(workers, gw.port)
+            if len(set(owners.values())) == 2 and len(live) >= 4:
+                break
+            await asyncio.sleep(0.01)
+        assert len(set(connection_owners(workers, gw.port).values())) == 2
+        text = gw.config.read_text()
+        gw.config.write_text("\n".join(line for line in text.splitlines() if "name: gone" not in line) + "\n")
+        gw.proc.send_signal(signal.SIGHUP)
+        for ws in gone:
+            msg = await ws.receive(timeout=10)
+            assert msg.type == WSMsgType.CLOSE
+            assert msg.data == 1008
+        for n, ws in enumerate(live):
+            await ws.send_str(f"still {n}")
+            assert (await ws.receive(timeout=5)).data == f"still {n}"
+            await ws.close()
+        deadline = time.monotonic() + 10
+        while gw.log_text().count('"reason":"policy_changed"') < len(gone):
+            assert time.monotonic() < deadline, "access log lines missing"
+            await asyncio.sleep(0.1)
+        assert gw.log_text().count('"reason":"policy_changed"') == len(gone)
+        assert sorted(gw.workers()) == sorted(workers)  # in place: the same workers

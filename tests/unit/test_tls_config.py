@@ -253,12 +253,15 @@ def test_a_file_rewritten_while_it_is_loaded_is_reported_as_changed_not_as_bad(
     assert load_tls(settings, time.time()).subject == "CN=localhost"
     real = context._read
     reads: list[str] = []
-    newer = ca.server().cert_pem
+    newer = ca.server()
 
     def read(path: str, field: context.FileField) -> bytes:
         reads.append(field)
-        # The certificate's second read (after load_cert_chain) finds a newer one.
-        return newer if field == "cert_file" and reads.count("cert_file") == 2 else real(path, field)
+        # A rotation lands between the certificate's read and the key's: the key read is
+        # the new one, and so is every read after it.
+        if field == "key_file":
+            return newer.key_pem
+        return newer.cert_pem if reads.count("cert_file") > 1 else real(path, field)
 
     monkeypatch.setattr(context, "_read", read)
     with pytest.raises(ChangedWhileReadingError):
