@@ -341,6 +341,7 @@ class ClientConnection(BaseProtocol):
         self._draining = False  # the server is stopping: answer one more request, then close
         self._broken = False  # parse no more: a parse error or an Upgrade request was queued last
         self._lingering = False  # reading only to discard an unwanted upload
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._eof = False  # the client half-closed: answer what it sent, then close
         self._current: StreamReader | None = None
         self._out: list[bytes] = []  # written, not yet handed to the transport (coalesce.py)
@@ -401,6 +402,13 @@ class ClientConnection(BaseProtocol):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
+        # The linger timer holds this connection (its parser, the head it refused, up
+        # to `max_head_bytes`) for _LINGER seconds: a client that leaves at once, as a
+        # refused one does, must not leave that behind, or memory grows with the rate
+        # of refusals rather than with the open connections (SECURITY.md's bound).
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         # An upload still being relayed must fail, not hang or look complete.
         for _, payload in self._queue:
             payload.set_exception(ClientLeftError())
@@ -750,7 +758,7 @@ class ClientConnection(BaseProtocol):
             with contextlib.suppress(OSError, RuntimeError):
                 transport.write_eof()
         self._resume_transport_reading()
-        self._loop.call_later(_LINGER, self._close)
+        self._linger_timer = self._loop.call_later(_LINGER, self._close)
 
     def _close(self) -> None:
         self._closing = True

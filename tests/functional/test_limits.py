@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import socket
+import weakref
 from pathlib import Path
 
 import pytest
@@ -245,3 +247,29 @@ async def test_after_a_burst_past_max_connections_the_gateway_serves_again(
         await asyncio.sleep(0.03)
     assert server.open == 0
     assert (await raw_request(gw.public_port, get("/open/x"))).status == 200
+
+
+async def test_a_refused_connection_holds_nothing_once_it_is_closed(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    """A connection refused 431 lingers (reads and drops) for up to 5 s; its timer kept
+    the connection, with the head it refused, alive for those 5 s after the client had
+    gone. Many clients refused in turn then made the process hold the rate of refusals
+    times 5 s times 64 KiB (370 MiB in 5 s at 1 000 refusals a second), far past the
+    bound for the connections open (found by test_hostile_clients.py)."""
+    gw = await make_gateway("routes:" + _open_routes(upstream).replace("\n        -", "\n  -"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.public_port)
+    writer.write(HEAD_CASES[2][1])  # a head over 64 KiB
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 431 ")
+    conn, _ = _the_connection(gw)
+    gone = weakref.ref(conn)
+    del conn
+    writer.close()
+    server = gw._server
+    assert server is not None
+    for _ in range(100):
+        if not server.connections:
+            break
+        await asyncio.sleep(0.02)
+    gc.collect()
+    assert gone() is None
