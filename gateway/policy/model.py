@@ -212,7 +212,7 @@ class Server(Strict):
     # Frames a WebSocket client may send per second, each connection a token bucket of
     # one second's worth: the relay reads every frame header, so this bounds the CPU a
     # client costs (README "WebSockets"). Past it the client is not read until it refills.
-    websocket_max_client_frames_per_second: int = 2000
+    websocket_max_client_frames_per_second: int = Field(default=2000, ge=10, le=1_000_000)
 
     @field_validator("websocket_idle_timeout")
     @classmethod

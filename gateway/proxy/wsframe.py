@@ -63,7 +63,9 @@ class FrameScanner:
     the bytes given (the caller keeps an unfinished one and gives it again with what
     follows). It checks what the gateway must (RFC 6455 §5.1, §5.2): each frame's MASK
     bit, and a 64-bit length without its top bit; the first frame that fails is
-    `violation`, and nothing is scanned past it."""
+    `violation`, and nothing is scanned past it. Opcodes and RSV bits are left to the
+    endpoints: an extension they negotiate through the gateway (`Sec-WebSocket-
+    Extensions` passes untouched) may give them meanings (§5.2, §5.8)."""
 
     __slots__ = ("_in_close", "_key", "_mask", "_remaining", "closes", "frames", "violation")
 
