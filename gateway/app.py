@@ -58,6 +58,7 @@ def _settings(policy: CompiledPolicy) -> HandlerSettings:
         client_subject_header=policy.tls.settings.client_subject_header if policy.tls is not None else None,
         websocket_idle_timeout=policy.websocket_idle_timeout,
         max_websockets=policy.max_websockets,
+        websocket_client_frame_rate=policy.websocket_client_frame_rate,
     )
 
 

@@ -131,6 +131,7 @@ class CompiledPolicy:
     upstream_keepalive: bool = True
     websocket_idle_timeout: float = 60.0
     max_websockets: int = 1000
+    websocket_client_frame_rate: int = 2000
     reload_timeout: float = 10.0
     revocations: tuple[RevocationWatcher, ...] = ()
     # Public JWKS documents served on the public listener: path -> provider keys.
@@ -243,6 +244,7 @@ def compile_policy(policy: Policy, source: str, text: str = "", replay: Snapshot
         upstream_keepalive=policy.server.upstream_keepalive,
         websocket_idle_timeout=policy.server.websocket_idle_timeout,
         max_websockets=policy.server.max_websockets,
+        websocket_client_frame_rate=policy.server.websocket_max_client_frames_per_second,
         table=RouteTable(tuple(routes)),
         providers=tuple(v.keys for v in verifiers.values()),
         identity=IdentityHeaders.of(identity.reserved_prefix, claim_headers),

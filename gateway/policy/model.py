@@ -209,6 +209,10 @@ class Server(Strict):
     # per worker process, past it a handshake gets 503.
     websocket_idle_timeout: Duration = 60.0
     max_websockets: int = Field(default=1000, ge=1, le=1_000_000)
+    # Frames a WebSocket client may send per second, each connection a token bucket of
+    # one second's worth: the relay reads every frame header, so this bounds the CPU a
+    # client costs (README "WebSockets"). Past it the client is not read until it refills.
+    websocket_max_client_frames_per_second: int = Field(default=2000, ge=10, le=1_000_000)
 
     @field_validator("websocket_idle_timeout")
     @classmethod
@@ -217,6 +221,19 @@ class Server(Strict):
         if not 1.0 <= value <= 86400.0:
             raise invalid("websocket_idle_timeout", f"{format_duration(value)} is out of range (expected 1s to 24h)")
         return value
+
+    @field_validator("websocket_max_client_frames_per_second", mode="before")
+    @classmethod
+    def _client_frame_rate(cls, value: Any) -> int:
+        # Never off: without it one client can keep a worker's CPU busy with empty frames.
+        # bool is an int to Python, but `true` is a mistake, not one frame a second.
+        if isinstance(value, int) and not isinstance(value, bool) and 10 <= value <= 1_000_000:
+            return value
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)  # as YAML spells it
+        raise invalid(
+            "websocket_max_client_frames_per_second",
+            f"not a frame rate: {shown} (expected a whole number from 10 to 1000000)",
+        )
 
     # Worker processes; `auto`: the CPUs this process may use (gateway/runtime/cpus.py).
     workers: Workers = 1

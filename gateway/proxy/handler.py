@@ -106,6 +106,8 @@ class HandlerSettings:
     client_subject_header: str | None = None
     websocket_idle_timeout: float = 60.0
     max_websockets: int = 1000
+    # Frames per second each WebSocket client may send (its bucket holds one second's worth).
+    websocket_client_frame_rate: int = 2000
     request_headers: RequestHeaderRules = field(init=False)
     # Upstream response headers the gateway writes itself, folded: on any route, and on
     # a cors route (whose policy headers are the gateway's alone).
@@ -586,6 +588,7 @@ class ProxyHandler:
             lifetime if route.websocket_close_on_expiry else None,
             request.tunnel_closed,
             handshake,
+            client_frame_rate=settings.websocket_client_frame_rate,
         )
         try:
             up_transport, up_early = upstream.detach()

@@ -4,11 +4,19 @@ Bytes are relayed as they come, never buffered beyond the transports' own write
 buffers: when one side's write buffer passes `HIGH_WATER`, the other side stops being
 read until it drains below `LOW_WATER` (asyncio's pause_writing/resume_writing turned
 into pause_reading/resume_reading of the peer). Payloads are never parsed; a small
-scanner follows frame headers in each direction (RFC 6455 §5.2), only so that the
-gateway can end the connection itself with a Close frame at a frame boundary: when the
-token expires or is revoked (1008), when a reloaded policy no longer admits it (1008, see
-`Handshake`), at the idle timeout, when the server drains and when a reload moves its
-route to another upstream (1001).
+scanner follows frame headers in each direction (RFC 6455 §5.2), so that the gateway can
+end the connection itself with a Close frame at a frame boundary: when the token expires
+or is revoked (1008), when a reloaded policy no longer admits it (1008, see `Handshake`),
+at the idle timeout, when the server drains and when a reload moves its route to another
+upstream (1001), and when a side breaks the framing the gateway reads (1002: a client
+frame without the MASK bit, a server frame with it, RFC 6455 §5.1; a 64-bit length with
+its top bit set). The frame that breaks it is not relayed: a frame header is passed on
+only once it is whole.
+
+Reading frame headers costs CPU per frame, so the client's frames are metered: each
+connection has a budget of `client_frame_rate` frames a second (wsbudget.py). A client
+past it is not read until the budget refills; what it already sent waits, in order, and
+is relayed as the budget allows. The upstream is the operator's and is not metered.
 
 How the connection ends (`END_REASONS`, the access log's `reason`):
 - one side closes its TCP connection: the other is closed too, after what it was sent;
@@ -18,6 +26,8 @@ How the connection ends (`END_REASONS`, the access log's `reason`):
   §5.3), at a frame boundary. A side that is mid-frame gets the rest of that frame
   first, then the Close; nothing more is relayed. Each side's TCP connection is closed
   once it answers with its own Close (or half-closes), at the latest `CLOSE_GRACE` later.
+  A side that broke the framing is closed right after its Close (RFC 6455 §7.1.7): what
+  it sends next cannot be read as frames.
 """
 
 from __future__ import annotations
@@ -31,7 +41,8 @@ from dataclasses import dataclass
 
 from gateway.auth.lifetime import RevokedIds, TokenLifetime
 from gateway.errors import bug_report
-from gateway.proxy.wsframe import FrameError, FrameScanner, close_frame
+from gateway.proxy.wsbudget import FrameBudget
+from gateway.proxy.wsframe import UNLIMITED, FrameScanner, close_frame
 
 log = logging.getLogger("gateway.proxy")
 
@@ -53,11 +64,13 @@ END_REASONS = (
     "policy_changed",  # a reload's policy refuses its handshake now (1008)
     "upstream_changed",  # a reload sends its handshake to another upstream now (1001)
     "shutdown",
+    "protocol_error",  # a side broke the framing (1002)
     "error",
 )
 # RFC 6455 §7.4.1
 POLICY_VIOLATION = 1008
 GOING_AWAY = 1001
+PROTOCOL_ERROR = 1002
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -85,12 +98,23 @@ class Handshake:
 class _Side(asyncio.Protocol):
     """One of the relay's two connections."""
 
-    def __init__(self, relay: Relay, name: str, transport: asyncio.Transport, masked: bool) -> None:
+    def __init__(
+        self, relay: Relay, name: str, transport: asyncio.Transport, masked: bool, budget: FrameBudget | None
+    ) -> None:
         self.relay = relay
         self.name = name  # "client" or "upstream"
         self.transport = transport
         self.masked = masked  # frames we write to this side must be masked (it is the server)
-        self.inbound = FrameScanner()  # frames this side sends us, towards the other
+        # Frames this side sends us, towards the other: masked if and only if we do not
+        # mask ours (it is the client), RFC 6455 §5.1.
+        self.inbound = FrameScanner(masked=not masked)
+        self.budget = budget  # the frames it may send (None: unmetered)
+        # Bytes it sent that are not relayed yet, from `held_at`: frames over its budget
+        # (then `refill` is set and it is not read), or a frame header not yet whole.
+        self.held = b""
+        self.held_at = 0
+        self.refill: asyncio.TimerHandle | None = None  # when its budget allows more
+        self.eof_deferred = False  # it half-closed after frames still held
         self.peer: _Side = self
         self.received = 0
         self.eof = False  # it half-closed
@@ -121,8 +145,7 @@ class _Side(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        with contextlib.suppress(RuntimeError, AttributeError):
-            self.peer.transport.resume_reading()
+        self.relay.resume_reading(self.peer)  # unless its budget holds it
 
     @property
     def writable(self) -> bool:
@@ -141,9 +164,12 @@ class Relay:
         lifetime: TokenLifetime | None,
         on_client_lost: Callable[[BaseException | None], None],
         handshake: Handshake | None = None,
+        *,
+        client_frame_rate: int,
     ) -> None:
         self._registry = registry
         self.handshake = handshake  # None: not re-checked on reload (tests' bare relays)
+        self._client_frame_rate = client_frame_rate
         self._loop = asyncio.get_running_loop()
         self._idle_timeout = idle_timeout
         self.lifetime = lifetime  # None: the token's end does not end the connection
@@ -183,8 +209,10 @@ class Relay:
     ) -> str:
         """Take both transports over and relay until both are closed. `client_eof`: the
         client half-closed already (before the 101)."""
-        self.client = c = _Side(self, "client", client, masked=False)
-        self.upstream = u = _Side(self, "upstream", upstream, masked=True)
+        # One second's worth as the burst: a client sending at most the rate never waits.
+        rate = self._client_frame_rate
+        self.client = c = _Side(self, "client", client, masked=False, budget=FrameBudget(rate, rate, self._loop.time()))
+        self.upstream = u = _Side(self, "upstream", upstream, masked=True, budget=None)
         c.peer, u.peer = u, c
         for side in (c, u):
             side.transport.set_protocol(side)
@@ -198,8 +226,7 @@ class Relay:
             if client_early:
                 self.on_data(c, client_early)
             for side in (c, u):
-                if not side.lost and not side.transport.is_closing() and not side.peer.write_paused:
-                    side.transport.resume_reading()
+                self.resume_reading(side)
             if client_eof:
                 self.on_eof(c)
             return await asyncio.shield(self._done)
@@ -211,47 +238,106 @@ class Relay:
     # -- events ------------------------------------------------------------------------
 
     def on_data(self, side: _Side, data: bytes) -> None:
-        try:
-            self._on_data(side, data)
-        except Exception as exc:
-            if not isinstance(exc, FrameError):
-                log.error("websocket relay error %s", bug_report(exc))
-            else:
-                log.info("websocket relay: %s side sent a malformed frame header", side.name)
-            self._fail("error")
-
-    def _on_data(self, side: _Side, data: bytes) -> None:
         side.received += len(data)
         self._last = self._loop.time()
-        peer = side.peer
+        if side.held_at < len(side.held):
+            data = side.held[side.held_at :] + data  # after what it sent before, in order
+            side.held, side.held_at = b"", 0
+        if side.refill is not None:
+            # Not read while over budget, so not seen; but if it were, kept in order.
+            side.held, side.held_at = data, 0
+            return
+        self._pump(side, data, 0)
+
+    def resume_reading(self, side: _Side) -> None:
+        """Read `side` again, if both its budget and its peer's write buffer allow it:
+        back-pressure and the budget each pause it, and neither may undo the other."""
+        if side.refill is None and not side.peer.write_paused and not side.lost and not side.transport.is_closing():
+            with contextlib.suppress(RuntimeError, AttributeError):
+                side.transport.resume_reading()
+
+    def _pump(self, side: _Side, data: bytes, pos: int) -> None:
+        """Relay what `side` sent, data[pos:], as far as its budget allows, and keep
+        the rest in `side.held`."""
+        try:
+            self._relay_frames(side, data, pos)
+        except Exception as exc:
+            log.error("websocket relay error %s", bug_report(exc))
+            self._fail("error")
+
+    def _relay_frames(self, side: _Side, data: bytes, pos: int) -> None:
         scanner = side.inbound
+        if scanner.violation is not None:
+            return  # it broke the framing: nothing it sends is read as frames again
+        peer = side.peer
+        budget = side.budget
+        allowed = UNLIMITED if budget is None else budget.available(self._loop.time())
+        frames, closes = scanner.frames, scanner.closes
         if not self.closing:
-            closes = scanner.closes
-            pos, end = 0, len(data)
-            while pos < end:
-                pos = scanner.advance(data, pos)
+            stop = scanner.scan(data, pos, allowed)
+            if stop > pos and peer.writable:
+                peer.transport.write(data if pos == 0 and stop == len(data) else data[pos:stop])
             if scanner.closes != closes and self.reason is None:
                 self.reason = f"{side.name}_closed"  # it began the closing handshake
-            if peer.writable:
-                peer.transport.write(data)
-            return
-        # Ending: finish the frame in progress towards the peer, then its Close; drop
-        # the rest (a side must send nothing after its Close, RFC 6455 §5.5.1).
-        pos = 0
-        if peer.close_pending:
-            pos = scanner.advance(data)
-            if peer.writable:
-                peer.transport.write(data[:pos])
-            if scanner.at_boundary:
-                self._send_close(peer)
-        closes = scanner.closes
-        while pos < len(data):
-            pos = scanner.advance(data, pos)
-        if scanner.closes > closes and side.close_sent and not side.lost:
-            side.transport.close()  # its answer to our Close: the closing handshake is done
+        else:
+            # Ending: finish the frame in progress towards the peer, then its Close; drop
+            # the rest (a side must send nothing after its Close, RFC 6455 §5.5.1), only
+            # scanned for this side's own Close, its answer to ours.
+            if peer.close_pending:
+                start = pos
+                pos = scanner.scan(data, pos, 0)
+                if peer.writable:
+                    peer.transport.write(data[start:pos])
+                if scanner.at_boundary:
+                    self._send_close(peer)
+            stop = scanner.scan(data, pos, allowed)
+            if scanner.closes != closes and side.close_sent and not side.lost:
+                side.transport.close()  # its answer to our Close: the closing handshake is done
+        taken = scanner.frames - frames
+        if budget is not None:
+            budget.spend(taken)
+        if scanner.violation is not None:
+            side.held, side.held_at = b"", 0
+            self._protocol_error(side)
+        elif stop == len(data):
+            side.held, side.held_at = b"", 0
+        elif taken < allowed:
+            side.held, side.held_at = data[stop:], 0  # a frame header not yet whole
+        else:
+            # Over budget: hold the rest, unread, and stop reading it until the budget
+            # allows more; its TCP window then fills and the client waits.
+            side.held, side.held_at = data, stop
+            assert budget is not None
+            with contextlib.suppress(RuntimeError, AttributeError):
+                side.transport.pause_reading()
+            side.refill = self._loop.call_later(budget.wait(), self._refilled, side)
+
+    def _refilled(self, side: _Side) -> None:
+        side.refill = None
+        data, pos = side.held, side.held_at
+        side.held, side.held_at = b"", 0
+        self._last = self._loop.time()  # bytes go on: not idle
+        self._pump(side, data, pos)
+        if side.refill is None:
+            if side.eof_deferred:
+                side.eof_deferred = False
+                self.on_eof(side)
+            self.resume_reading(side)
+
+    def _protocol_error(self, side: _Side) -> None:
+        """`side` broke the framing (RFC 6455 §5.1, §5.2): Close 1002 to both sides;
+        the frame that broke it is not relayed."""
+        log.info("websocket relay: the %s sent %s", side.name, side.inbound.violation)
+        self.end("protocol_error", PROTOCOL_ERROR)
+        if side.close_sent and not side.lost:
+            side.transport.close()  # our Close went before this frame: it is failed now
 
     def on_eof(self, side: _Side) -> None:
         if side.eof:
+            return
+        if side.refill is not None:
+            # Frames it sent before its FIN wait for its budget: pass the FIN on after them.
+            side.eof_deferred = True
             return
         side.eof = True
         if self.reason is None:
@@ -313,7 +399,9 @@ class Relay:
         if dest.writable:
             dest.transport.write(close_frame(dest.close_code, dest.masked))
             dest.close_sent = True
-            if dest.eof:
+            # A side that broke the framing is failed (RFC 6455 §7.1.7): its answer
+            # could not be read as frames, so it is not waited for.
+            if dest.eof or dest.inbound.violation is not None:
                 dest.transport.close()
 
     def _fail(self, reason: str) -> None:
@@ -331,6 +419,10 @@ class Relay:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        for side in (self.client, self.upstream):
+            if side is not None and side.refill is not None:
+                side.refill.cancel()
+                side.refill = None
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None

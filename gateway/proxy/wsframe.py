@@ -15,6 +15,8 @@ from multidict import CIMultiDictProxy
 from gateway.proxy.headers import connection_tokens
 
 _CLOSE = 0x8
+# A frame budget that is never spent (`FrameScanner.scan`): the upstream's direction.
+UNLIMITED = 1 << 62
 # The base64 of 16 bytes (RFC 6455 §4.1, item 7).
 _KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
 
@@ -55,82 +57,88 @@ def switched(headers: CIMultiDictProxy[str]) -> bool:
     )
 
 
-class FrameError(ValueError):
-    """A frame header no endpoint may send (a 64-bit length with its top bit set)."""
-
-
 class FrameScanner:
     """Follows frame boundaries in one direction of a WebSocket stream, in linear time:
-    each header byte is read once, payloads are skipped by count, nothing is kept but
-    an unfinished header (at most 14 bytes)."""
+    payloads are skipped by count, and a frame header is read only once it is whole in
+    the bytes given (the caller keeps an unfinished one and gives it again with what
+    follows). It checks what the gateway must (RFC 6455 §5.1, §5.2): each frame's MASK
+    bit, and a 64-bit length without its top bit; the first frame that fails is
+    `violation`, and nothing is scanned past it. Opcodes and RSV bits are left to the
+    endpoints: an extension they negotiate through the gateway (`Sec-WebSocket-
+    Extensions` passes untouched) may give them meanings (§5.2, §5.8)."""
 
-    __slots__ = ("_head", "_in_close", "_remaining", "closes")
+    __slots__ = ("_in_close", "_key", "_mask", "_remaining", "closes", "frames", "violation")
 
-    def __init__(self) -> None:
-        self._head = bytearray()
+    def __init__(self, masked: bool) -> None:
+        self._mask = 0x80 if masked else 0  # the MASK bit every frame must have
+        self._key = 4 if masked else 0  # its masking key's bytes in each header
         self._remaining = 0  # payload bytes of the current frame still to come
         self._in_close = False  # the current frame is a Close
         self.closes = 0  # Close frames seen whole (header and payload)
+        self.frames = 0  # frame headers seen
+        self.violation: str | None = None
 
     @property
     def at_boundary(self) -> bool:
-        return not self._head and not self._remaining
+        """No frame is part-way through (an unfinished header is the caller's)."""
+        return not self._remaining
 
-    def advance(self, data: bytes, pos: int = 0) -> int:
-        """Scan `data` from `pos` to the end of the frame in progress (or of the next
-        one, at a boundary); return where it ends, or len(data) if it goes on."""
+    def scan(self, data: bytes, pos: int, budget: int) -> int:
+        """Skip from `pos` the rest of the frame in progress, then whole frames, at most
+        `budget` new ones. Return where it stopped: len(data) (mid-payload or not), or
+        the start of a frame not taken: over budget, its header unfinished, or the
+        `violation`."""
         end = len(data)
-        if self._remaining:
-            take = min(self._remaining, end - pos)
-            self._remaining -= take
-            if self._in_close and not self._remaining:
+        remaining = self._remaining
+        if remaining:
+            if remaining > end - pos:
+                self._remaining = remaining - (end - pos)
+                return end
+            pos += remaining
+            self._remaining = 0
+            if self._in_close:
                 self._in_close = False
                 self.closes += 1
-            return pos + take
-        head = self._head
-        if not head and end - pos >= 2:
-            # The common case, a whole header in this read: read in place.
-            size = _header_size(data[pos + 1])
-            if end - pos >= size:
-                return self._frame(data, pos, pos + size, end)
-        while pos < end:
-            head.append(data[pos])
-            pos += 1
-            if len(head) < 2 or len(head) < _header_size(head[1]):
-                continue
-            whole = bytes(head)
-            head.clear()
-            self._frame(whole, 0, len(whole), len(whole))  # the header only
-            return self.advance(data, pos) if self._remaining else pos
+        if self.violation is not None:
+            return pos
+        # One pass per frame with only locals and int operations on the common path (a
+        # short header): a flood of empty frames is this loop's worst case
+        # (bench/wsframes.py). The second byte XOR the MASK bit it must have is the
+        # 7-bit length when all is well, so one comparison (> 125) sends both a wrong
+        # MASK bit and an extended length to the slow path.
+        mask = self._mask
+        head = 2 + self._key
+        last = end - 1
+        left = budget
+        while left and pos < last:
+            length = data[pos + 1] ^ mask
+            payload = pos + head
+            if length > 125:
+                if length & 0x80:
+                    self.violation = "a frame without the MASK bit" if mask else "a masked frame"
+                    break
+                size = 2 if length == 126 else 8
+                payload += size
+                if payload > end:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 2 + size], "big")
+                if length >> 63:
+                    self.violation = "a frame length with the top bit set"
+                    break
+            elif payload > end:
+                break
+            left -= 1
+            after = payload + length
+            if after > end:
+                self._remaining = after - end
+                self._in_close = data[pos] & 0x0F == _CLOSE
+                pos = end
+                break
+            if data[pos] & 0x0F == 8:  # _CLOSE, as a literal: no global lookup per frame
+                self.closes += 1
+            pos = after
+        self.frames += budget - left
         return pos
-
-    def _frame(self, data: bytes, start: int, payload: int, end: int) -> int:
-        """A whole header at data[start:payload]: take the payload's bytes up to `end`;
-        return where the frame ends, or `end`."""
-        short = data[start + 1] & 0x7F
-        length: int
-        if short == 126:
-            (length,) = struct.unpack_from("!H", data, start + 2)
-        elif short == 127:
-            (length,) = struct.unpack_from("!Q", data, start + 2)
-            if length >> 63:
-                raise FrameError("frame length with the top bit set")
-        else:
-            length = short
-        is_close = data[start] & 0x0F == _CLOSE
-        take = min(length, max(0, end - payload))
-        self._remaining = length - take
-        if is_close and not self._remaining:
-            self.closes += 1
-        else:
-            self._in_close = is_close
-        return payload + take
-
-
-def _header_size(second: int) -> int:
-    """A frame header's size from its second byte (RFC 6455 §5.2)."""
-    short = second & 0x7F
-    return 2 + (2 if short == 126 else 8 if short == 127 else 0) + (4 if second & 0x80 else 0)
 
 
 def close_frame(code: int, masked: bool) -> bytes:

@@ -119,10 +119,13 @@ async def start(
 ) -> Start:
     monkeypatch.setenv("GATEWAY_TEST_HMAC", HMAC_SECRET.decode())
 
-    async def start_(idle: str = "30s", limit: int = 100) -> Gateway:
+    async def start_(idle: str = "30s", limit: int = 100, frame_rate: int = 2000) -> Gateway:
         u = ws_upstream.url
         return await make_gateway(f"""
-        server: {{websocket_idle_timeout: {idle}, max_websockets: {limit}}}
+        server:
+          websocket_idle_timeout: {idle}
+          max_websockets: {limit}
+          websocket_max_client_frames_per_second: {frame_rate}
         providers:
           shared:
             issuer: {HMAC_ISSUER}
@@ -589,7 +592,7 @@ async def test_early_bytes_past_high_water_leave_back_pressure_on() -> None:
     loop = asyncio.get_running_loop()
     client_t, client_peer = await _pair(loop, sndbuf=4096)  # a client that reads nothing
     up_t, up_peer = await _pair(loop)
-    relay = Relay(WebSockets(), 30.0, None, lambda exc: None)
+    relay = Relay(WebSockets(), 30.0, None, lambda exc: None, client_frame_rate=2000)
     running = asyncio.create_task(relay.run(client_t, b"", False, up_t, _frame(b"e" * 200_000)))
     sent = 0
     chunk = _frame(b"f" * (1 << 20))
@@ -651,3 +654,168 @@ async def test_the_websocket_idle_timeout_cannot_be_turned_off(tmp_path: Path) -
     )
     with pytest.raises(ConfigError, match=r"gateway.yaml:1: server.websocket_idle_timeout: 0s is out of range"):
         load_policy(str(config))
+
+
+def _unmask(frame: bytes) -> bytes:
+    """The payload of a whole masked frame with a short length."""
+    assert frame[1] & 0x80
+    mask, payload = frame[2:6], frame[6 : 6 + (frame[1] & 0x7F)]
+    return bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+PROTOCOL_ERROR_CLOSE = b"\x88\x02\x03\xea"  # Close 1002, unmasked (towards the client)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"\x81\x05plain",  # no MASK bit (RFC 6455 §5.1)
+        b"\x82\xff" + struct.pack("!Q", 1 << 63) + b"mask",  # a length no endpoint may send
+    ],
+    ids=["unmasked", "top-bit-length"],
+)
+async def test_a_client_frame_that_breaks_the_framing_ends_with_1002(
+    start: Start, ws_upstream: WsUpstream, caplog: pytest.LogCaptureFixture, bad: bytes
+) -> None:
+    """The frame is not relayed: the upstream gets what came before it, then a Close
+    1002; so does the client, and the connection ends (reason protocol_error)."""
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    gw = await start()
+    reader, writer = await _raw_ws(gw, "/open/echo")
+    try:
+        writer.write(_masked(0x1, b"first"))
+        assert await asyncio.wait_for(reader.readexactly(7), 5) == b"\x81\x05first"
+        writer.write(_masked(0x1, b"before") + bad + _masked(0x1, b"after"))
+        data = await asyncio.wait_for(reader.read(), 5)  # to the gateway's close
+    finally:
+        writer.close()
+    assert await ws_upstream.wait_ended() == 1002
+    assert ws_upstream.received == ["first", "before"]
+    assert data.endswith(PROTOCOL_ERROR_CLOSE)
+    assert b"after" not in data
+    await until(lambda: bool(access_records(caplog)))
+    assert access_records(caplog)[0]["reason"] == "protocol_error"
+
+
+async def test_a_masked_upstream_frame_ends_with_1002(
+    make_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RFC 6455 §5.1: a client fails the connection on a masked server frame; the
+    gateway does so for its client, which never sees that frame."""
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    upstream_got: list[bytes] = []
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x02ok"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the client has "ok" before the bad frame comes
+        writer.write(_masked(0x1, b"hidden") + b"\x81\x05after")
+        upstream_got.append(await reader.read())  # until the gateway closes
+
+    served = Served(upstream)
+    await served.start()
+    try:
+        gw = await make_gateway(f"""
+        routes:
+          - {{name: open, match: {{prefix: /open}}, upstream: "http://127.0.0.1:{served.port}",
+              websocket: true, auth: public}}
+        """)
+        reader, writer = await _raw_ws(gw, "/open/x")
+        try:
+            data = await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
+        assert data == b"\x81\x02ok" + PROTOCOL_ERROR_CLOSE  # neither frame after it
+        await until(lambda: bool(upstream_got))
+        [got] = upstream_got
+        assert got[:2] == b"\x88\x82"  # a Close, masked as a client's must be
+        assert _unmask(got) == struct.pack("!H", 1002)
+        await until(lambda: bool(access_records(caplog)))
+        assert access_records(caplog)[0]["reason"] == "protocol_error"
+    finally:
+        await served.close()
+
+
+async def test_a_client_flooding_frames_is_slowed_to_its_budget_and_loses_none(
+    start: Start, ws_upstream: WsUpstream
+) -> None:
+    """server.websocket_max_client_frames_per_second: 200 (a burst of 200). 600 frames at
+    once: the burst goes through, the rest at about 200 a second (not read meanwhile,
+    never dropped), all in order."""
+    gw = await start(frame_rate=200)
+    _, writer = await _raw_ws(gw, "/open/echo")
+    try:
+        sent = [str(i) for i in range(600)]
+        writer.write(b"".join(_masked(0x1, s.encode()) for s in sent))
+        t0 = time.monotonic()
+        await until(lambda: len(ws_upstream.received) >= 200)  # the burst, at once
+        await asyncio.sleep(max(0.0, 0.3 - (time.monotonic() - t0)))
+        assert len(ws_upstream.received) < 600  # 200, and 0.3 s at 200 a second: 260 by now
+        await until(lambda: len(ws_upstream.received) == 600, 15)
+        assert time.monotonic() - t0 >= 1.0  # 400 past the burst, at 200 a second: 2 s
+        assert ws_upstream.received == sent
+    finally:
+        writer.close()
+
+
+async def test_back_pressure_and_the_frame_budget_each_hold_reading() -> None:
+    """Either one pausing the client is enough: the upstream draining must not resume a
+    client over budget, nor a refilled budget one whose upstream is full."""
+    loop = asyncio.get_running_loop()
+    client_t, client_peer = await _pair(loop)
+    up_t, up_peer = await _pair(loop)
+    relay = Relay(WebSockets(), 30.0, None, lambda exc: None, client_frame_rate=10)
+    frames = b"".join(_masked(0x1, b"%02d" % i) for i in range(30))
+    running = asyncio.create_task(relay.run(client_t, frames, False, up_t, b""))
+    try:
+        await until(lambda: relay.client is not None and relay.client.refill is not None)
+        c, u = relay.client, relay.upstream
+        assert c is not None
+        assert u is not None
+        assert not client_t.is_reading()  # over budget (10 of 30 went)
+        u.resume_writing()  # as the upstream's transport would, drained
+        assert not client_t.is_reading()
+        u.pause_writing()  # the upstream's buffer is full now
+        await until(lambda: c.refill is None and not c.held, 10)  # the budget let all 30 go
+        assert not client_t.is_reading()
+        u.resume_writing()
+        assert client_t.is_reading()
+        got = b""
+        while len(got) < len(frames):
+            got += await asyncio.wait_for(loop.sock_recv(up_peer, 65536), 5)
+        assert got == frames
+    finally:
+        relay.abort()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(running, 5)
+        client_peer.close()
+        up_peer.close()
+
+
+async def test_a_half_close_behind_frames_over_budget_is_passed_on_after_them() -> None:
+    """Frames and a FIN that came before the 101: the frames over budget wait, and the
+    FIN must wait for them, or they would be dropped behind it."""
+    loop = asyncio.get_running_loop()
+    client_t, client_peer = await _pair(loop)
+    up_t, up_peer = await _pair(loop)
+    relay = Relay(WebSockets(), 30.0, None, lambda exc: None, client_frame_rate=10)
+    frames = b"".join(_masked(0x1, b"%02d" % i) for i in range(20))
+    running = asyncio.create_task(relay.run(client_t, frames, True, up_t, b""))
+    try:
+        got = b""
+        while True:
+            chunk = await asyncio.wait_for(loop.sock_recv(up_peer, 65536), 5)
+            if not chunk:
+                break  # the FIN, passed on
+            got += chunk
+        assert got == frames
+    finally:
+        relay.abort()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(running, 5)
+        client_peer.close()
+        up_peer.close()

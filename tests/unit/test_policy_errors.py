@@ -20,6 +20,7 @@ GOOD_ROUTE = """\
 """
 
 WORKERS_EXPECTED = "(expected a whole number from 1 to 256, or auto)"
+FRAME_RATE_EXPECTED = "(expected a whole number from 10 to 1000000)"
 
 
 def errors(tmp_path: Path, text: str) -> list[str]:
@@ -65,6 +66,13 @@ def test_bad_upstream_names_line_field_and_expectation(tmp_path: Path) -> None:
         ("server:\n  workers: true\n", f"2: server.workers: not a worker count: true {WORKERS_EXPECTED}"),
         ("server:\n  workers: AUTO\n", f"2: server.workers: not a worker count: 'AUTO' {WORKERS_EXPECTED}"),
         ("server:\n  watch: 'yes'\n", "2: server.watch: expected true or false"),
+        *(
+            (
+                f"server:\n  websocket_max_client_frames_per_second: {bad}\n",
+                f"2: server.websocket_max_client_frames_per_second: not a frame rate: {bad} {FRAME_RATE_EXPECTED}",
+            )
+            for bad in ("9", "1000001", "true", "'2000'", "1.5")
+        ),
     ],
 )
 def test_top_level_fields(tmp_path: Path, snippet: str, expected: str) -> None:
@@ -272,3 +280,12 @@ def test_a_key_with_a_control_character_is_named_escaped_on_one_line(tmp_path: P
     found = errors(tmp_path, 'server:\n  "shutdown\\ntimeout\\u001b[2J": 1\nroutes:\n' + GOOD_ROUTE)
     assert len(found) == 1, found  # and `errors` checked that every line is located
     assert found[0].startswith("2: server.'shutdown\\ntimeout\\x1b[2J': unknown field"), found
+
+
+@pytest.mark.parametrize(
+    ("snippet", "rate"), [("", 2000), ("server:\n  websocket_max_client_frames_per_second: 10\n", 10)]
+)
+def test_the_client_frame_rate(tmp_path: Path, snippet: str, rate: int) -> None:
+    f = tmp_path / "config.yaml"
+    f.write_text(snippet + "routes:\n" + GOOD_ROUTE)
+    assert load_policy(str(f)).websocket_client_frame_rate == rate
