@@ -18,6 +18,7 @@ from pydantic import (
     Discriminator,
     Field,
     StrictBool,
+    StrictInt,
     StrictStr,
     Tag,
     WithJsonSchema,
@@ -194,12 +195,12 @@ class Server(Strict):
     send_timeout: Duration = 60.0
     # Budgets of a client connection (gateway/limits.py; SECURITY.md gives the worst case).
     # None: 10 000, or fewer where RLIMIT_NOFILE would run out first.
-    max_connections: int | None = Field(default=None, ge=1, le=1_000_000)
-    max_header_line: int = Field(default=8192, ge=1024, le=65536)
+    max_connections: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
+    max_header_line: StrictInt = Field(default=8192, ge=1024, le=65536)
     # None: 64 KiB, or more when identity.max_token_bytes needs it.
-    max_head_bytes: int | None = Field(default=None, ge=4096, le=1024 * 1024)
-    max_headers: int = Field(default=100, ge=8, le=1000)
-    max_pipelined_bytes: int = Field(default=64 * 1024, ge=0, le=16 * 1024 * 1024)
+    max_head_bytes: StrictInt | None = Field(default=None, ge=4096, le=1024 * 1024)
+    max_headers: StrictInt = Field(default=100, ge=8, le=1000)
+    max_pipelined_bytes: StrictInt = Field(default=64 * 1024, ge=0, le=16 * 1024 * 1024)
     # Upstream connections are kept alive per client connection, never shared. Off: one
     # upstream connection per request, for a front proxy that carries many users on
     # one connection to the gateway (see README "Upstream client").
@@ -208,11 +209,11 @@ class Server(Strict):
     # directions, is closed (nginx's proxy_read_timeout is 60 s); at most this many open
     # per worker process, past it a handshake gets 503.
     websocket_idle_timeout: Duration = 60.0
-    max_websockets: int = Field(default=1000, ge=1, le=1_000_000)
+    max_websockets: StrictInt = Field(default=1000, ge=1, le=1_000_000)
     # Frames a WebSocket client may send per second, each connection a token bucket of
     # one second's worth: the relay reads every frame header, so this bounds the CPU a
     # client costs (README "WebSockets"). Past it the client is not read until it refills.
-    websocket_max_client_frames_per_second: int = Field(default=2000, ge=10, le=1_000_000)
+    websocket_max_client_frames_per_second: StrictInt = Field(default=2000, ge=10, le=1_000_000)
 
     @field_validator("websocket_idle_timeout")
     @classmethod
@@ -275,7 +276,7 @@ class Remote(Strict):
     retry_interval: Duration = 5.0
     max_stale: Duration = 43200.0
     fetch_timeout: Duration = 5.0
-    max_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_bytes: StrictInt = Field(default=1024 * 1024, gt=0)
     # Plain http:// is refused except to loopback; this is the explicit opt-in.
     allow_insecure_http: StrictBool = False
 
@@ -447,7 +448,7 @@ class AccessLogSettings(Strict):
 class TokenCacheSettings(Strict):
     """Verified tokens remembered across requests (route checks still run every time)."""
 
-    max_entries: int = Field(default=10_000, ge=0, le=1_000_000)  # 0 disables the cache
+    max_entries: StrictInt = Field(default=10_000, ge=0, le=1_000_000)  # 0 disables the cache
     max_ttl: Duration = 300.0
 
 
@@ -463,7 +464,7 @@ class Identity(Strict):
     )
     # Also send the name of the provider that verified the token (None: don't).
     provider_header: HeaderName | None = "X-Auth-Provider"
-    max_token_bytes: int = Field(default=8192, ge=256, le=65536)
+    max_token_bytes: StrictInt = Field(default=8192, ge=256, le=65536)
 
 
 _METHOD = re.compile(r"[A-Z]+")

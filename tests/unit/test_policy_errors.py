@@ -289,3 +289,11 @@ def test_the_client_frame_rate(tmp_path: Path, snippet: str, rate: int) -> None:
     f = tmp_path / "config.yaml"
     f.write_text(snippet + "routes:\n" + GOOD_ROUTE)
     assert load_policy(str(f)).websocket_client_frame_rate == rate
+
+
+@pytest.mark.parametrize("value", ["true", "'50'", "50.0"])
+def test_a_count_is_a_whole_number_not_a_flag_a_string_or_a_float(tmp_path: Path, value: str) -> None:
+    """`max_websockets: true` used to load as 1 (pydantic's lax int takes a bool)."""
+    assert errors(tmp_path, f"server:\n  max_websockets: {value}\nroutes:\n" + GOOD_ROUTE) == [
+        "2: server.max_websockets: expected a whole number"
+    ]
