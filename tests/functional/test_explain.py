@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.cli import EXIT_INVALID, EXIT_OK, EXIT_REFUSED, EXIT_UNDECIDED, main
+from tests.certs import Authority
 from tests.conftest import GatewayFactory, Upstream
 from tests.factories import IdentityProvider, SigningKey, claims, rsa_key, sign, write
 from tests.rawhttp import get, raw_request
@@ -367,3 +368,33 @@ def test_claims_cannot_write_to_the_operator_s_terminal(env: Env, capsys: pytest
     assert "\u202e" not in out
     assert '  name: "\\u001b[2J\\u202eevil"' in out
     assert '  org: {"id": "acme"}' in out
+
+
+def test_a_route_that_requires_a_client_certificate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    Authority().server().write(tmp_path / "tls.crt", tmp_path / "tls.key")
+    Authority("Client CA").write(tmp_path / "clients.pem")
+    config = write(
+        tmp_path / "p.yaml",
+        "tls: {cert_file: tls.crt, key_file: tls.key, client_ca_file: clients.pem, client_auth: optional,"
+        " client_subject_header: X-Client-Subject}\n"
+        "routes:\n"
+        "  - {name: billing, match: {prefix: /billing}, upstream: 'http://127.0.0.1:9', auth: public,"
+        " client_cert: {subjects: ['O=Acme,CN=billing']}}\n",
+    )
+    url = "https://gw.test/billing/x"
+    code, doc = explain_json(capsys, config, "-H", "X-Client-Subject: CN=forged", url)
+    assert code == EXIT_REFUSED
+    assert (doc["verdict"]["status"], doc["verdict"]["reason"]) == (403, "client_cert_mismatch")
+    assert doc["verdict"]["detail"] == "no client certificate"
+    code, doc = explain_json(capsys, config, "--client-cert-subject", "O=Evil,CN=billing", url)
+    assert (code, doc["verdict"]["detail"]) == (EXIT_REFUSED, "client certificate subject not accepted")
+    # Written differently, the same name: canonicalised as the policy's subjects are.
+    code, doc = explain_json(
+        capsys, config, "--client-cert-subject", "o=Acme,2.5.4.3=billing", "-H", "X-Client-Subject: x", url
+    )
+    assert code == EXIT_OK
+    sent = dict(doc["upstream"]["headers"])
+    assert sent["X-Client-Subject"] == "O=Acme%2CCN=billing"  # rendered as a claim value is
+    assert {"name": "X-Client-Subject", "why": "identity header: only the gateway sets these"} in doc["upstream"][
+        "stripped"
+    ]
