@@ -2,8 +2,9 @@
 
 Every decision is made by the request path's own code, called in the handler's order
 (`ProxyHandler._handle`): request checks, path canonicalisation, the route table, the
-token step (`auth.admit`), the refusal's headers and the upstream's headers. This module
-only walks those steps and records what each said, so it cannot drift from the gateway.
+admission (`proxy.handler.admit`: client certificate, token, identity headers), the
+refusal's headers and the upstream's headers. This module only walks those steps and
+records what each said, so it cannot drift from the gateway.
 
 It starts nothing: no listener, no upstream connection. Local keys (files, HMAC secrets)
 were loaded with the policy; remote key sets (`jwks_url`, `oidc_discovery`) are fetched
