@@ -47,7 +47,8 @@ def client_session() -> aiohttp.ClientSession:
     )
 
 
-def _settings(policy: CompiledPolicy) -> HandlerSettings:
+def handler_settings(policy: CompiledPolicy) -> HandlerSettings:
+    """The handler's process-wide values, from the policy."""
     return HandlerSettings(
         forwarded=ForwardedFor(policy.trusted_proxies),
         identity=policy.identity,
@@ -90,7 +91,7 @@ class Gateway:
     def _runtime(self, policy: CompiledPolicy) -> Runtime:
         return Runtime.build(
             policy.table,
-            _settings(policy),
+            handler_settings(policy),
             policy.access_log,
             self.metrics,
             policy.published,

@@ -1,4 +1,4 @@
-"""Command line: `gateway run | check | schema`. The only module that decides exit codes."""
+"""Command line: `gateway run | check | explain | schema`. The only module that decides exit codes."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
+from cryptography import x509
 from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.duration import format_duration
+from gateway.explain import ExplainRequest, explain, render
 from gateway.obs.access import LineWriter, set_sink
 from gateway.policy import ConfigError, load_policy
 from gateway.policy.compile import CompiledPolicy
+from gateway.policy.load import load_policy_linted
 from gateway.policy.model import Listen, Policy, WorkerSetting, parse_workers
 from gateway.runtime.cpus import available_cpus, cpu_budget
 from gateway.runtime.supervisor import Overrides, Supervisor
@@ -26,6 +29,11 @@ from gateway.tokens.cli import add_commands as add_token_commands
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_INVALID = 2
+# `explain`: 0 forwarded (or answered by the gateway itself), 1 refused (as EXIT_RUNTIME:
+# "it would not work"), 2 usage or policy errors, and 3 when the answer needs keys
+# explain does not fetch unless asked (so a script cannot take "unknown" for "refused").
+EXIT_REFUSED = 1
+EXIT_UNDECIDED = 3
 
 UNVERIFIED = (
     "upstream {} is not verified (upstream_tls insecure_skip_verify: true): anyone on the path "
@@ -66,6 +74,45 @@ def _parser() -> argparse.ArgumentParser:
     _add_workers(check, "print the workers `run --workers` would start")
     check.set_defaults(handler=_check)
 
+    explain = sub.add_parser(
+        "explain",
+        help="say what the gateway would do with one request, and why (starts nothing)",
+        description="Walk one request through the policy as the gateway would: the canonical path, each "
+        "route tried, the requirement, the verdict, and what the upstream would receive. Exit codes: 0 "
+        "forwarded (or answered by the gateway), 1 refused, 2 usage or policy error, 3 undecided (the "
+        "token needs remote keys: add --fetch-keys).",
+        epilog="example: gateway explain --config policy.yaml -X POST -H 'Origin: https://app.test' "
+        '--token "$TOKEN" https://api.example.com/orders/7',
+    )
+    explain.add_argument("--config", required=True, metavar="FILE", help="policy file (YAML)")
+    explain.add_argument("-X", "--request", dest="method", default="GET", type=_method_arg, help="method (GET)")
+    explain.add_argument(
+        "-H",
+        "--header",
+        dest="headers",
+        action="append",
+        default=[],
+        type=_header_arg,
+        metavar="'NAME: VALUE'",
+        help="a request header, as the client sends it (repeat for more)",
+    )
+    explain.add_argument("--token", help="a bearer token, sent as 'Authorization: Bearer TOKEN' (never printed)")
+    explain.add_argument(
+        "--peer", metavar="IP", help="the client's address (decides server.trusted_proxies); default: unknown"
+    )
+    explain.add_argument(
+        "--client-cert-subject",
+        type=_subject_arg,
+        metavar="RFC4514",
+        help="the verified client certificate's subject, e.g. CN=billing,O=Acme; default: no certificate",
+    )
+    explain.add_argument(
+        "--fetch-keys", action="store_true", help="fetch remote key sets (jwks_url, oidc_discovery) to verify"
+    )
+    explain.add_argument("--json", action="store_true", help="print JSON (README: 'gateway explain')")
+    explain.add_argument("url", metavar="URL", help="http[s]://host[:port]/path?query, or /path?query with -H Host")
+    explain.set_defaults(handler=_explain)
+
     schema = sub.add_parser("schema", help="print the policy's JSON Schema (for editors)")
     schema.set_defaults(handler=_schema)
     add_token_commands(sub)
@@ -83,6 +130,50 @@ def _workers_arg(text: str) -> WorkerSetting:
     except ValueError as exc:
         # argparse prints this after "argument --workers:" and exits 2.
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_METHOD = re.compile(r"[A-Z]+")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2 token
+
+
+def _method_arg(text: str) -> str:
+    if _METHOD.fullmatch(text) is None:
+        # RFC 9110 §9.1: methods are case-sensitive; `get` is not GET.
+        raise argparse.ArgumentTypeError(f"not a method: {text!r} (expected upper case, e.g. GET)")
+    return text
+
+
+def _header_arg(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    if not colon or _HEADER_NAME.fullmatch(name) is None:
+        raise argparse.ArgumentTypeError("expected 'Name: value'")
+    return name, value.strip(" \t")
+
+
+def _subject_arg(text: str) -> str:
+    try:
+        # The form the handshake writes a certificate's subject in, as compile does for
+        # a route's `client_cert.subjects`: spacing or escaping cannot make it miss.
+        return x509.Name.from_rfc4514_string(text).rfc4514_string()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an RFC 4514 name: {text!r} (expected e.g. CN=billing,O=Acme)") from None
+
+
+def _explain(args: argparse.Namespace) -> int:
+    # Fetch failures are logged by the key sources (URL and cause): shown on stderr.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="gateway: %(message)s")
+    policy = _load(args.config)
+    if policy is None:
+        return EXIT_INVALID
+    headers = list(args.headers)
+    if args.token is not None:
+        headers.append(("Authorization", f"Bearer {args.token}"))
+    request = ExplainRequest(args.method, args.url, headers, args.peer, args.client_cert_subject)
+    out = asyncio.run(explain(policy, request, fetch_keys=args.fetch_keys))
+    print(json.dumps(out.to_json(), indent=2) if args.json else render(out))
+    if not out.decided:
+        return EXIT_UNDECIDED
+    return EXIT_REFUSED if out.refused else EXIT_OK
 
 
 def _describe_workers(policy: CompiledPolicy, override: WorkerSetting | None) -> str:
@@ -111,8 +202,10 @@ def _describe_tls(tls: TlsTerminator) -> str:
 
 
 def _check(args: argparse.Namespace) -> int:
-    policy = _load(args.config)
-    if policy is None:
+    try:
+        policy, warnings = load_policy_linted(args.config)
+    except ConfigError as exc:
+        print(f"gateway: invalid policy\n{exc}", file=sys.stderr)
         return EXIT_INVALID
     print(f"{policy.source}: valid, {len(policy.table.routes)} routes (first match wins)")
     print(f"workers: {_describe_workers(policy, args.workers)}")
@@ -137,12 +230,9 @@ def _check(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     for origin in policy.unverified_upstreams():
         print(f"warning: {UNVERIFIED.format(origin)}", file=sys.stderr)
-    for later, earlier in policy.table.shadowed():
-        print(
-            f"warning: route {later.name!r} (routes[{later.index}]) can never match: "
-            f"every request it takes is taken first by {earlier.name!r} (routes[{earlier.index}])",
-            file=sys.stderr,
-        )
+    # Warnings, not errors: each can be meant, and `run` serves the policy as it is.
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

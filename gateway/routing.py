@@ -14,6 +14,11 @@ from gateway.auth.requirement import TokenRequirement
 from gateway.cors import CorsPolicy
 from gateway.upstream_tls import UpstreamTls
 
+# What `CompiledRoute.mismatch` says a request failed on.
+PATH = "path"
+METHOD = "method"
+HOST = "host"
+
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
@@ -83,14 +88,24 @@ class CompiledRoute:
 
     def matches(self, method: str, host: str, path: str) -> bool:
         """True when this route takes the request. `path` must be canonical."""
+        return self.mismatch(method, host, path) is None
+
+    def mismatch(self, method: str, host: str, path: str) -> str | None:
+        """Which test the request fails, checked in this order (`PATH`, `METHOD`,
+        `HOST`), or None when this route takes it. `path` must be canonical.
+
+        The one matching rule: the table matches with it and `gateway explain` reports
+        it, so the two cannot disagree. (Constant strings: no allocation per request.)"""
         if self.exact is not None:
             if path != self.exact:
-                return False
-        elif not _under(path, self.prefix or "/"):
-            return False
+                return PATH
+        elif not under(path, self.prefix or "/"):
+            return PATH
         if self.methods is not None and method not in self.methods:
-            return False
-        return self.host is None or self.host == host
+            return METHOD
+        if self.host is None or self.host == host:
+            return None
+        return HOST
 
     def upstream_path(self, path: str) -> str:
         """Base path + (path, minus the matched prefix if strip_prefix)."""
@@ -114,11 +129,11 @@ class CompiledRoute:
         if self.exact is not None:
             return later.exact == self.exact
         if later.exact is not None:
-            return _under(later.exact, self.prefix or "/")
-        return _under(later.prefix or "/", self.prefix or "/")
+            return under(later.exact, self.prefix or "/")
+        return under(later.prefix or "/", self.prefix or "/")
 
 
-def _under(path: str, prefix: str) -> bool:
+def under(path: str, prefix: str) -> bool:
     """Segment-aware prefix test: `/orders` covers `/orders` and `/orders/7`, not `/ordersX`."""
     if prefix == "/":
         return True
@@ -248,7 +263,7 @@ class RouteTable:
         if len(candidates) > 1:
             candidates.sort(key=_index)
         for route in candidates:
-            if route.matches(method, host, path):
+            if route.mismatch(method, host, path) is None:
                 return route
         return None
 

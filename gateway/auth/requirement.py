@@ -64,14 +64,10 @@ class TokenRequirement:
                 return Reason.CLAIM_MISMATCH
         return None
 
-    async def authenticate(
-        self, jws: Jws, admitted_at: float | None = None
-    ) -> tuple[ProviderVerifier, Principal, KeySet] | Reason | Refused:
-        """Verify with the provider(s) for the token's issuer, then authorise.
-
-        Returns the verifier, principal and key set (for the cache), or the reason
-        (`Refused` when the token verified but the route's checks refused it).
-        `admitted_at`: a re-check, see `ProviderVerifier.verify`."""
+    def verifiers_for(self, jws: Jws) -> tuple[ProviderVerifier, ...] | Reason:
+        """The providers that would verify `jws`, in route order, chosen by its
+        unverified `iss`; or why none can. (`gateway explain` asks it which key sets a
+        token needs.)"""
         iss = jws.claims.get("iss")
         if not isinstance(iss, str):
             return Reason.MISSING_CLAIM if iss is None else Reason.INVALID_CLAIM
@@ -80,6 +76,19 @@ class TokenRequirement:
         verifiers = self.by_issuer.get(iss)
         if verifiers is None:
             return Reason.ISSUER_MISMATCH
+        return verifiers
+
+    async def authenticate(
+        self, jws: Jws, admitted_at: float | None = None
+    ) -> tuple[ProviderVerifier, Principal, KeySet] | Reason | Refused:
+        """Verify with the provider(s) for the token's issuer, then authorise.
+
+        Returns the verifier, principal and key set (for the cache), or the reason
+        (`Refused` when the token verified but the route's checks refused it).
+        `admitted_at`: a re-check, see `ProviderVerifier.verify`."""
+        verifiers = self.verifiers_for(jws)
+        if isinstance(verifiers, Reason):
+            return verifiers
         first: Reason | Refused | None = None
         for verifier in verifiers:
             result = await verifier.verify(jws, admitted_at)

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from gateway.policy.compile import CompiledPolicy, compile_policy
 from gateway.policy.errors import CompileError, ConfigError, Path, format_path
+from gateway.policy.lint import lint
 from gateway.policy.model import CLAIM_NAME_PATTERN, HEADER_NAME_PATTERN, REALM_PATTERN, Policy
 from gateway.policy.snapshot import Snapshot, read_policy_text
 from gateway.policy.source import SourceError, SourceMap, parse_yaml
@@ -51,9 +52,20 @@ def _validate(text: str, filename: str) -> tuple[Policy, SourceMap]:
 def load_policy_text(text: str, filename: str, replay: Snapshot | None = None) -> CompiledPolicy:
     """As load_policy, for text already in hand; with `replay` (whose text `text` is),
     the key files are taken from that snapshot."""
+    return _compile(text, filename, replay)[0]
+
+
+def load_policy_linted(filename: str) -> tuple[CompiledPolicy, list[str]]:
+    """As load_policy, plus the policy's warnings (`policy/lint.py`), each located as
+    `file:line: field.path: message`, in file order."""
+    compiled, policy, source = _compile(read_text(filename), filename, None)
+    return compiled, _located([(p.path, p.message) for p in lint(policy, compiled)], source)
+
+
+def _compile(text: str, filename: str, replay: Snapshot | None) -> tuple[CompiledPolicy, Policy, SourceMap]:
     policy, source = _validate(text, filename)
     try:
-        return compile_policy(policy, filename, text, replay)
+        return compile_policy(policy, filename, text, replay), policy, source
     except CompileError as exc:
         raise ConfigError(_located([(p.path, p.message) for p in exc.problems], source)) from None
 

@@ -68,12 +68,13 @@ def send_refusal(
     gateway's `own` headers (request ID, CORS).
 
     Never echoes request data: the body is fixed per reason."""
-    headers = _refusal_headers(reason, realm, scope)
+    headers = refusal_headers(reason, realm, scope)
     request.send(reason.status, phrase(reason.status), (*headers, *own) if own else headers, reason.body)
 
 
 @functools.lru_cache(maxsize=1024)
-def _refusal_headers(reason: Reason, realm: str, scope: str) -> tuple[tuple[str, str], ...]:
+def refusal_headers(reason: Reason, realm: str, scope: str) -> tuple[tuple[str, str], ...]:
+    """The headers of a refusal for `reason` (besides the gateway's own)."""
     # Every argument comes from the policy or the closed Reason set, never from a
     # request, so the cache stays small; a refusal flood formats nothing.
     headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
@@ -264,6 +265,9 @@ class ProxyHandler:
             access_log.emit(ex, status, total)
 
     async def _handle(self, request: Request, runtime: Runtime, ex: Exchange) -> None:
+        # `gateway explain` (explain/walk.py) takes these steps in this order, calling the
+        # same functions: a step added or moved here goes there too (its tests compare
+        # its verdicts with this handler's answers).
         settings = runtime.settings
         ids = settings.request_ids
         sent = request.headers.getall(ids.header, ())
@@ -417,7 +421,7 @@ class ProxyHandler:
             log.info(
                 "refused request_id=%s route=%s reason=%s detail=%s", ex.request_id, ex.route, reason.ident, detail
             )
-        scope = route.auth.scope_text if route and isinstance(route.auth, TokenRequirement) else ""
+        scope = challenge_scope(route)
         # On a cors route the browser app must be able to read a 401 (to refresh its
         # token) or a 502: the gateway's own answers carry the grant too.
         own = self._own_headers(request, runtime, ex, route if cors else None)
@@ -446,7 +450,9 @@ class ProxyHandler:
         claims: list[tuple[str, str]],
     ) -> None:
         settings = runtime.settings
-        headers = _upstream_headers(request, settings, ex, route, host, claims)
+        headers = upstream_headers(
+            request.headers, request.remote, request.scheme, settings, ex.request_id, route, host, claims
+        )
         failed = request.body_failure
         if failed is not None:
             # Known broken before anything reached the upstream (an upload that failed,
@@ -521,7 +527,9 @@ class ProxyHandler:
         if not websockets.reserve(settings.max_websockets):
             return self._refuse(request, runtime, ex, route, Reason.WEBSOCKETS_FULL, "")
         try:
-            headers = _upstream_headers(request, settings, ex, route, host, admission.claims)
+            headers = upstream_headers(
+                request.headers, request.remote, request.scheme, settings, ex.request_id, route, host, admission.claims
+            )
             headers += (("Connection", "Upgrade"), ("Upgrade", "websocket"))
             if request.client_gone:
                 raise ConnectionResetError("client disconnected")  # as in _forward
@@ -812,6 +820,11 @@ def _moved(route: CompiledRoute, handshake: Handshake) -> bool:
     return handshake.upstream != _upstream_target(route, route.upstream_path(handshake.path))
 
 
+def challenge_scope(route: CompiledRoute | None) -> str:
+    """The scope a refusal's challenge names (RFC 6750 §3): the route's, from config."""
+    return route.auth.scope_text if route and isinstance(route.auth, TokenRequirement) else ""
+
+
 def _with_subject(subject: str | None, header: str, claims: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
     """`claims` (never changed: it may be the token cache's) and the client
     certificate's subject, rendered as a claim value is; without a certificate, no
@@ -832,25 +845,28 @@ def _upstream_reason(exc: UpstreamError) -> Reason:
     return _UPSTREAM_REASONS.get(exc.kind, Reason.UPSTREAM_ERROR)
 
 
-def _upstream_headers(
-    request: Request,
+def upstream_headers(
+    inbound: CIMultiDictProxy[str],
+    peer: str | None,
+    scheme: str,
     settings: HandlerSettings,
-    ex: Exchange,
+    request_id: str,
     route: CompiledRoute,
     host: str,
     claims: list[tuple[str, str]],
 ) -> list[tuple[str, str]]:
-    """What the upstream gets, for a request and a WebSocket handshake alike: the
-    client's headers by the rules, the verified identity, and the request ID."""
+    """What the upstream gets (besides Host and framing, written by the pool), for a
+    request and a WebSocket handshake alike: the client's headers by the rules, the
+    verified identity, and the request ID. `gateway explain` prints this list."""
     headers = upstream_request_headers(
-        request.headers,
-        peer=request.remote,
-        scheme=request.scheme,
+        inbound,
+        peer=peer,
+        scheme=scheme,
         host=host,
         forwarded=settings.forwarded,
         rules=settings.request_headers,
         keep_authorization=route.forward_authorization,
         claims=claims,
     )
-    headers.append((settings.request_ids.header, ex.request_id))
+    headers.append((settings.request_ids.header, request_id))
     return headers

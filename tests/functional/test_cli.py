@@ -49,7 +49,7 @@ def test_check_warns_about_shadowed_routes(tmp_path: Path) -> None:
     )
     result = run("check", "--config", str(f))
     assert result.returncode == 0
-    assert "warning: route 'v2' (routes[1]) can never match" in result.stderr
+    assert f"warning: {f}:3: routes[1].match: route 'v2' (routes[1]) can never match" in result.stderr
     assert "'api' (routes[0])" in result.stderr
 
 

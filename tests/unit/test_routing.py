@@ -179,3 +179,23 @@ def test_matching_a_long_path_looks_at_no_more_than_the_longest_prefix(tmp_path:
     assert name(t, "GET", "/a/b") == "exact"
     assert name(t, "GET", "/a/a/a") == "deep"
     assert name(t, "GET", "/a/a/ab") == "a"
+
+
+def test_mismatch_names_the_first_test_a_request_fails(tmp_path: Path) -> None:
+    """The one rule the table matches with and `gateway explain` reports."""
+    t = table(
+        tmp_path,
+        """
+        - {name: api, match: {prefix: /api, methods: [GET], host: api.test}, upstream: "http://u", auth: public}
+        - {name: exact, match: {path: /x}, upstream: "http://u", auth: public}
+        """,
+    )
+    api, exact = t.routes
+    assert api.mismatch("POST", "other.test", "/apix") == "path"  # path first, whatever else fails
+    assert api.mismatch("POST", "other.test", "/api/7") == "method"
+    assert api.mismatch("GET", "other.test", "/api/7") == "host"
+    assert api.mismatch("GET", "api.test", "/api/7") is None
+    assert exact.mismatch("GET", "", "/x/") == "path"
+    assert exact.mismatch("DELETE", "", "/x") is None
+    assert api.matches("GET", "api.test", "/api") is True
+    assert exact.matches("GET", "", "/y") is False
