@@ -8,7 +8,7 @@ PYTHONS ?= 3.11 3.12 3.13
 # pyenv keeps interpreters here; its shims on PATH run only the versions it has selected.
 PYENV_ROOT ?= $(HOME)/.pyenv
 
-.PHONY: run test test-quick lint venv tools bench soak check-config schema clean FORCE
+.PHONY: run test test-quick lint venv tools bench soak check-config schema docs clean FORCE
 
 # Who an interpreter is: a venv's python reports its base interpreter's prefix.
 WHO := import sys; print("Python", sys.version.split()[0], "at", sys.base_prefix)
@@ -107,6 +107,11 @@ check-config: $(BIN)/.installed
 
 schema: $(BIN)/.installed
 	$(BIN)/gateway schema > docs/policy.schema.json
+
+## docs/config.md's key tables, rendered again from the policy model's descriptions
+## (tests/unit/test_config_reference.py fails when the committed file differs).
+docs: $(BIN)/.installed
+	$(BIN)/gateway schema --update-docs docs/config.md
 
 clean:
 	rm -rf $(VENV) $(VENV)-3.* .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -17,10 +17,11 @@ from gateway import __version__
 from gateway.duration import format_duration
 from gateway.explain import ExplainRequest, explain, render
 from gateway.obs.access import LineWriter, set_sink
-from gateway.policy import ConfigError, load_policy
+from gateway.policy import ConfigError, load_policy, reference
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.load import load_policy_linted
-from gateway.policy.model import Listen, Policy, WorkerSetting, parse_workers
+from gateway.policy.model import Listen, WorkerSetting, parse_workers
+from gateway.policy.schema import policy_schema, schema_text
 from gateway.runtime.cpus import available_cpus, cpu_budget
 from gateway.runtime.supervisor import Overrides, Supervisor
 from gateway.tls.terminator import TlsTerminator, describe
@@ -113,7 +114,17 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("url", metavar="URL", help="http[s]://host[:port]/path?query, or /path?query with -H Host")
     explain.set_defaults(handler=_explain)
 
-    schema = sub.add_parser("schema", help="print the policy's JSON Schema (for editors)")
+    schema = sub.add_parser(
+        "schema",
+        help="print the policy's JSON Schema (for editors)",
+        description="Print the policy's JSON Schema, e.g. `gateway schema > policy.schema.json`.",
+    )
+    schema.add_argument(
+        "--update-docs",
+        metavar="FILE",
+        help="instead, render the key tables between FILE's `<!-- generated: ... -->` markers"
+        " from the schema (e.g. docs/config.md)",
+    )
     schema.set_defaults(handler=_schema)
     add_token_commands(sub)
     return parser
@@ -236,11 +247,20 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _schema(_: argparse.Namespace) -> int:
-    schema = Policy.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = Policy.SCHEMA_ID
-    print(json.dumps(schema, indent=2))
+def _schema(args: argparse.Namespace) -> int:
+    if args.update_docs is None:
+        sys.stdout.write(schema_text())
+        return EXIT_OK
+    try:
+        with open(args.update_docs, encoding="utf-8") as f:
+            document = f.read()
+        updated = reference.update(document, policy_schema())
+    except (OSError, reference.ReferenceError) as exc:
+        print(f"error: {args.update_docs}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if updated != document:
+        with open(args.update_docs, "w", encoding="utf-8") as f:
+            f.write(updated)
     return EXIT_OK
 
 

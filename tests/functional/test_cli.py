@@ -133,6 +133,23 @@ def test_schema_is_json_schema_for_the_policy() -> None:
     assert set(route["required"]) == {"name", "match", "upstream", "auth"}
 
 
+def test_schema_update_docs_renders_the_tables_again(tmp_path: Path) -> None:
+    committed = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
+    doc = tmp_path / "config.md"
+    doc.write_text(committed.replace("| `shutdown_timeout` | duration | `30s` |", "| `shutdown_timeout` | x | y |"))
+    result = run("schema", "--update-docs", str(doc))
+    assert result.returncode == 0, result.stderr
+    assert doc.read_text(encoding="utf-8") == committed
+
+
+def test_schema_update_docs_names_what_does_not_fit(tmp_path: Path) -> None:
+    doc = tmp_path / "config.md"
+    doc.write_text("<!-- generated: server.nope -->\n<!-- end generated -->\n")
+    result = run("schema", "--update-docs", str(doc))
+    assert result.returncode == 1
+    assert "'nope' is not a key there" in result.stderr
+
+
 def test_console_script_matches_module(tmp_path: Path) -> None:
     script = Path(__import__("sys").executable).parent / "gateway"
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=False)
