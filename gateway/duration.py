@@ -10,6 +10,9 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+$"
 EXPECTED = "expected a duration such as 500ms, 30s, 2m, 1h or 90d"
+# Nothing the policy times is meant to last longer; past it, a value is a typo, and a
+# huge float would overflow the first C timeval it reached (threading, select).
+MAX_SECONDS = 100 * 365 * 86400.0
 
 
 def parse_duration(text: str) -> float:
@@ -24,9 +27,9 @@ def parse_duration(text: str) -> float:
             raise ValueError(f"not a duration: {text!r} ({EXPECTED})")
         total += float(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()
-    if not math.isfinite(total):
+    if not math.isfinite(total) or total > MAX_SECONDS:
         # float() reads 400 nines as inf: no timeout or interval is meant by that.
-        raise ValueError(f"not a duration: {text!r} (too long)")
+        raise ValueError(f"not a duration: {text!r} (too long: at most 36500d)")
     return total
 
 

@@ -102,12 +102,14 @@ def _scalar(node: yaml.Node, path: Path) -> Any:
         return _SCALAR_LOADER.construct_object(node)
     except yaml.MarkedYAMLError as exc:
         raise SourceError(node.start_mark.line + 1, path, f"not a valid value: {exc.problem or exc}") from None
-    except Exception as exc:
+    except Exception:
         # PyYAML's constructors do not validate before they convert: an explicitly
         # tagged scalar fails with whatever the conversion raises (ValueError for
         # `!!int abc`, IndexError for `!!int ""`, AttributeError for `!!timestamp ""`).
         # Every one of them means this value is not valid, so all are located here.
-        raise SourceError(node.start_mark.line + 1, path, f"not a valid {node.tag.rpartition(':')[2]}: {exc}") from None
+        # Never the exception's text: int(), float() and the bool constructor quote the
+        # value, which may be a secret written inline by mistake (found by review).
+        raise SourceError(node.start_mark.line + 1, path, f"not a valid {node.tag.rpartition(':')[2]}") from None
     finally:
         # The loader caches every node it builds (and, after a failure, keeps it marked
         # as in progress): forget it, or every policy ever loaded (each reload) stays in

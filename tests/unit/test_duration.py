@@ -36,6 +36,14 @@ def test_parse_rejects_a_duration_that_overflows() -> None:
         parse_duration("9" * 400 + "s")
 
 
+@pytest.mark.parametrize("text", ["36501d", "9" * 300 + "d", "3153600001s"])
+def test_parse_rejects_a_duration_over_a_hundred_years(text: str) -> None:
+    # Finite, but no timeout is meant by it, and it would overflow a C timeval (review).
+    with pytest.raises(ValueError, match="too long: at most 36500d"):
+        parse_duration(text)
+    assert parse_duration("36500d") == 36500 * 86400
+
+
 def test_format_keeps_every_digit() -> None:
     # `:g` kept six digits: 1000001 s printed as `1e+06s` (not even a duration).
     assert [format_duration(s) for s in (1000001, 1234567.5, 0.0000125)] == ["1000001s", "1234567.5s", "0.0125ms"]
