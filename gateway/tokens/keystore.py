@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from gateway.tokens import gitguard
 from gateway.tokens.files import locked, write_atomic
 
 JWKS_FILE = "jwks.json"
@@ -88,8 +89,15 @@ def generate(directory: Path, alg: str = "EdDSA") -> str:
     # The directory stays readable (the gateway reads jwks.json; private keys are 0600)
     # but never writable by others, whatever the umask: whoever can swap jwks.json can
     # mint accepted tokens.
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(directory.stat().st_mode & ~0o022)
+    if created:
+        gitguard.ignore_new_directory(directory)
+    try:
+        gitguard.check_ignored(directory / f"{kid}.key")
+    except gitguard.UnignoredKeyError as exc:
+        raise KeyStoreError(str(exc)) from None
     with locked(directory):
         keys = read_jwks(directory)
         # O_EXCL and mode 0600 from the first byte: the key is never world-readable.
