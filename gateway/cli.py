@@ -54,7 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="serve the policy")
+    run = sub.add_parser(
+        "run",
+        help="serve the policy",
+        description="Serve the policy. SIGHUP reloads it; SIGTERM/SIGINT drain in-flight requests and exit 0.",
+        epilog="example: gateway run --config config.example.yaml --demo-upstream",
+    )
     run.add_argument("--config", required=True, metavar="FILE", help="policy file (YAML)")
     run.add_argument("--listen", metavar="HOST:PORT", help="override the policy's public listen address")
     run.add_argument("--admin-listen", metavar="HOST:PORT", help="override the policy's admin listen address")
@@ -65,12 +70,22 @@ def _parser() -> argparse.ArgumentParser:
         const="127.0.0.1:8081",
         help="also serve the built-in echo upstream (default 127.0.0.1:8081)",
     )
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="the process's own log (info)",
+    )
     _add_workers(run, "worker processes, overriding server.workers")
     run.set_defaults(handler=_run)
 
-    check = sub.add_parser("check", help="validate a policy and print its route table")
-    check.add_argument("--config", required=True, metavar="FILE")
+    check = sub.add_parser(
+        "check",
+        help="validate a policy and print its route table",
+        description="Validate a policy, print its route table, warn about likely mistakes. Exit 0 valid, 2 invalid.",
+        epilog="example: gateway check --config config.example.yaml",
+    )
+    check.add_argument("--config", required=True, metavar="FILE", help="policy file (YAML)")
     _add_workers(check, "print the workers `run --workers` would start")
     check.set_defaults(handler=_check)
 
@@ -113,7 +128,12 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("url", metavar="URL", help="http[s]://host[:port]/path?query, or /path?query with -H Host")
     explain.set_defaults(handler=_explain)
 
-    schema = sub.add_parser("schema", help="print the policy's JSON Schema (for editors)")
+    schema = sub.add_parser(
+        "schema",
+        help="print the policy's JSON Schema (for editors)",
+        description="Print the policy's JSON Schema, for editor completion and checking.",
+        epilog="example: gateway schema > policy.schema.json",
+    )
     schema.set_defaults(handler=_schema)
     add_token_commands(sub)
     return parser
