@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from gateway import __version__
 from gateway.duration import format_duration
 from gateway.explain import ExplainRequest, explain, render
+from gateway.obs import processlog
 from gateway.obs.access import LineWriter, set_sink
 from gateway.policy import ConfigError, load_policy
 from gateway.policy.compile import CompiledPolicy
@@ -75,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="the process's own log (info)",
+    )
+    run.add_argument(
+        "--log-format",
+        default="text",
+        choices=processlog.FORMATS,
+        help="the process's own log on stderr: text, or one JSON object per line (text)",
     )
     _add_workers(run, "worker processes, overriding server.workers")
     run.set_defaults(handler=_run)
@@ -267,9 +274,7 @@ def _schema(_: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     """Operational logs go to stderr; the access log, one line per request, to stdout
     through a writer thread, so a slow stdout never blocks the event loop."""
-    logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    processlog.configure(args.log_level, args.log_format)
     writer = LineWriter(sys.stdout)
     set_sink(writer.write)
     try:
@@ -301,5 +306,7 @@ def _serve(args: argparse.Namespace, write_access: Callable[[str], None]) -> int
         logging.getLogger("gateway").warning("route %r can never match: shadowed by %r", later.name, earlier.name)
     for origin in policy.unverified_upstreams():
         logging.getLogger("gateway").warning(UNVERIFIED.format(origin))
-    supervisor = Supervisor(policy, overrides, demo, access=write_access, log_level=args.log_level)
+    supervisor = Supervisor(
+        policy, overrides, demo, access=write_access, log_level=args.log_level, log_format=args.log_format
+    )
     return asyncio.run(supervisor.run())
