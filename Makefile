@@ -13,10 +13,12 @@ PYENV_ROOT ?= $(HOME)/.pyenv
 # Who an interpreter is: a venv's python reports its base interpreter's prefix.
 WHO := import sys; print("Python", sys.version.split()[0], "at", sys.base_prefix)
 
-# $(VENV) holds $(PYTHON) with the package and its dev tools. It is made again when it
-# was made by another interpreter (another version, or one since removed), which would
-# otherwise keep failing until `make clean`; and reinstalled when pyproject.toml changes.
-venv: $(BIN)/.installed
+# $(VENV) holds $(PYTHON) with the package: `make run` installs only what the gateway
+# needs at run time ($(BIN)/.installed); `make test` and `lint` add the dev tools
+# (mypy, ruff, pytest: $(BIN)/.installed-dev). The venv is made again when it was made
+# by another interpreter (another version, or one since removed), which would otherwise
+# keep failing until `make clean`; and reinstalled when pyproject.toml changes.
+venv: $(BIN)/.installed-dev
 $(BIN)/.installed: FORCE
 	@want="$$($(PYTHON) -c '$(WHO)')" || { echo "$(PYTHON) does not run" >&2; exit 1; }; \
 	have="$$($(BIN)/python -c '$(WHO)' 2>/dev/null)"; \
@@ -27,6 +29,14 @@ $(BIN)/.installed: FORCE
 	fi; \
 	set -e; \
 	$(BIN)/python -m pip install --quiet --upgrade pip; \
+	$(BIN)/python -m pip install --quiet -e .; \
+	touch $@
+
+# The dev tools on top; installed again whenever the runtime install above was redone
+# (a new venv, or a changed pyproject.toml, whose dev list may have changed too).
+$(BIN)/.installed-dev: $(BIN)/.installed FORCE
+	@if [ $@ -nt $(BIN)/.installed ]; then exit 0; fi; \
+	set -e; \
 	$(BIN)/python -m pip install --quiet -e '.[dev]'; \
 	touch $@
 
@@ -65,7 +75,7 @@ test: lint tools
 	  if [ "$$("$$py" -c '$(WHO)')" = "$$($(BIN)/python -c '$(WHO)')" ]; then venv=$(VENV); fi; \
 	  $(MAKE) --no-print-directory venv PYTHON="$$py" VENV=$$venv || exit 1; \
 	  echo "== pytest on $$($$venv/bin/python -V) ($$venv)"; \
-	  $$venv/bin/pytest && tested="$$tested $$v" || failed="$$failed $$v"; \
+	  PATH="$(abspath $(TOOLS))/bin:$$PATH" $$venv/bin/pytest && tested="$$tested $$v" || failed="$$failed $$v"; \
 	done; \
 	echo "== passed on:$${tested:- none}$${failed:+; FAILED on:$$failed}$${missing:+; not found (not tested):$$missing}"; \
 	[ -n "$$tested$$failed" ] || { echo "none of the claimed Pythons ($(PYTHONS)) was found" >&2; exit 1; }; \
@@ -74,32 +84,41 @@ test: lint tools
 
 ## The quick loop while developing: lint, type-check, and the suite on $(PYTHON) only.
 test-quick: lint tools
-	$(BIN)/pytest
+	PATH="$(abspath $(TOOLS))/bin:$$PATH" $(BIN)/pytest
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed-dev
 	$(BIN)/ruff check gateway tests
 	$(BIN)/ruff format --check gateway tests
 	$(BIN)/mypy gateway tests
 
-## External programs the tests use: promtool (Debian package `prometheus`) checks
-## the metrics exposition. Installed when missing, where we may (root with apt-get).
+## External programs the tests use: promtool checks the metrics exposition. Debian has
+## no promtool package; it ships in `prometheus`, the whole server (about 19 MB to
+## download, 96 MB installed, a dozen JavaScript packages, a system user and a service
+## that starts). So nothing is installed: `apt-get download` fetches that one .deb (no
+## root needed) and only its /usr/bin/promtool is extracted into $(TOOLS)/bin, which
+## the test targets put first on PATH. Without it the promtool tests skip, except in CI,
+## where they fail (tests/metrics_parse.py).
+TOOLS ?= .tools
 tools:
-	@command -v promtool >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing promtool (Debian package prometheus)"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1 \
-	      || echo "promtool could not be installed: the promtool test will skip"; \
+	@command -v promtool >/dev/null 2>&1 || [ -x $(TOOLS)/bin/promtool ] || { \
+	  if command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1; then \
+	    echo "fetching promtool into $(TOOLS)/bin (extracted from Debian's prometheus .deb; nothing is installed)"; \
+	    tmp=$$(mktemp -d) && (cd $$tmp && apt-get download prometheus >/dev/null 2>&1) \
+	      && dpkg-deb -x $$tmp/prometheus_*.deb $$tmp/x \
+	      && mkdir -p $(TOOLS)/bin && cp $$tmp/x/usr/bin/promtool $(TOOLS)/bin/promtool \
+	      || echo "promtool could not be fetched (apt-get download prometheus failed): the promtool tests will skip (and fail in CI)"; \
+	    rm -rf $$tmp; \
 	  else \
-	    echo "promtool is not installed and cannot be installed here (needs root and apt-get): the promtool test will skip"; \
+	    echo "promtool is not installed and cannot be fetched here (needs apt-get): the promtool tests will skip (and fail in CI)"; \
 	  fi; }
 
 ## Benchmark against nginx (installs wrk and nginx from Debian's packages if missing).
-bench: $(BIN)/.installed
+bench: $(BIN)/.installed-dev
 	$(BIN)/python bench/run.py
 
 ## Soak: 10 minutes of mixed load at 80 % of the measured maximum (bench/README.md);
 ## not part of `make test`. `make soak SOAK_ARGS="--minutes 1"` for a short run.
-soak: $(BIN)/.installed
+soak: $(BIN)/.installed-dev
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 check-config: $(BIN)/.installed
@@ -114,4 +133,4 @@ docs: $(BIN)/.installed
 	$(BIN)/gateway schema --update-docs docs/config.md
 
 clean:
-	rm -rf $(VENV) $(VENV)-3.* .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) $(VENV)-3.* $(TOOLS) .mypy_cache .ruff_cache .pytest_cache *.egg-info

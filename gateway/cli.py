@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from gateway import __version__
 from gateway.duration import format_duration
 from gateway.explain import ExplainRequest, explain, render
+from gateway.obs import processlog
 from gateway.obs.access import LineWriter, set_sink
 from gateway.policy import ConfigError, load_policy, reference
 from gateway.policy.compile import CompiledPolicy
@@ -55,7 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="serve the policy")
+    run = sub.add_parser(
+        "run",
+        help="serve the policy",
+        description="Serve the policy. SIGHUP reloads it; SIGTERM/SIGINT drain in-flight requests and exit 0.",
+        epilog="example: gateway run --config config.example.yaml --demo-upstream",
+    )
     run.add_argument("--config", required=True, metavar="FILE", help="policy file (YAML)")
     run.add_argument("--listen", metavar="HOST:PORT", help="override the policy's public listen address")
     run.add_argument("--admin-listen", metavar="HOST:PORT", help="override the policy's admin listen address")
@@ -66,12 +72,28 @@ def _parser() -> argparse.ArgumentParser:
         const="127.0.0.1:8081",
         help="also serve the built-in echo upstream (default 127.0.0.1:8081)",
     )
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="the process's own log (info)",
+    )
+    run.add_argument(
+        "--log-format",
+        default="text",
+        choices=processlog.FORMATS,
+        help="the process's own log on stderr: text, or one JSON object per line (text)",
+    )
     _add_workers(run, "worker processes, overriding server.workers")
     run.set_defaults(handler=_run)
 
-    check = sub.add_parser("check", help="validate a policy and print its route table")
-    check.add_argument("--config", required=True, metavar="FILE")
+    check = sub.add_parser(
+        "check",
+        help="validate a policy and print its route table",
+        description="Validate a policy, print its route table, warn about likely mistakes. Exit 0 valid, 2 invalid.",
+        epilog="example: gateway check --config config.example.yaml",
+    )
+    check.add_argument("--config", required=True, metavar="FILE", help="policy file (YAML)")
     _add_workers(check, "print the workers `run --workers` would start")
     check.set_defaults(handler=_check)
 
@@ -117,7 +139,8 @@ def _parser() -> argparse.ArgumentParser:
     schema = sub.add_parser(
         "schema",
         help="print the policy's JSON Schema (for editors)",
-        description="Print the policy's JSON Schema, e.g. `gateway schema > policy.schema.json`.",
+        description="Print the policy's JSON Schema, for editor completion and checking.",
+        epilog="example: gateway schema > policy.schema.json",
     )
     schema.add_argument(
         "--update-docs",
@@ -267,9 +290,7 @@ def _schema(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     """Operational logs go to stderr; the access log, one line per request, to stdout
     through a writer thread, so a slow stdout never blocks the event loop."""
-    logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    processlog.configure(args.log_level, args.log_format)
     writer = LineWriter(sys.stdout)
     set_sink(writer.write)
     try:
@@ -301,5 +322,7 @@ def _serve(args: argparse.Namespace, write_access: Callable[[str], None]) -> int
         logging.getLogger("gateway").warning("route %r can never match: shadowed by %r", later.name, earlier.name)
     for origin in policy.unverified_upstreams():
         logging.getLogger("gateway").warning(UNVERIFIED.format(origin))
-    supervisor = Supervisor(policy, overrides, demo, access=write_access, log_level=args.log_level)
+    supervisor = Supervisor(
+        policy, overrides, demo, access=write_access, log_level=args.log_level, log_format=args.log_format
+    )
     return asyncio.run(supervisor.run())

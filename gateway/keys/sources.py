@@ -22,6 +22,7 @@ import aiohttp
 from yarl import URL
 
 from gateway.filestamp import file_stamp
+from gateway.keys import fetcherrors
 from gateway.keys.keyset import KeySet, UnusableKeyError, VerifyKey, from_jwks_bytes, from_pem
 from gateway.limits import MAX_KEY_FILE_BYTES, read_bounded
 from gateway.obs.redact import Redactor
@@ -289,11 +290,15 @@ class RemoteJwks:
         try:
             url = self._jwks_url or await self._discover(deadline)
             body, lifetime = await self._get(url, deadline)
-            parsed = from_jwks_bytes(body, allow_oct=False)
+            try:
+                parsed = from_jwks_bytes(body, allow_oct=False)
+            except UnusableKeyError as exc:
+                raise FetchError(f"{_REDACT.url(url)}: {exc}") from None
             keys, problems = parsed.keys, parsed.problems
             if not keys:
                 why = problems + parsed.skipped
-                raise FetchError("no usable signature keys" + (f": {'; '.join(why)}" if why else ""))
+                detail = f": {'; '.join(why)}" if why else ""
+                raise FetchError(f"{_REDACT.url(url)}: no usable signature keys{detail}")
         except (FetchError, UnusableKeyError) as exc:
             log.warning("provider %s: key fetch from %s failed: %s", self.provider, self.label, exc)
             self._on_fetch(False)
@@ -324,22 +329,30 @@ class RemoteJwks:
     async def _discover(self, deadline: float) -> str:
         url = self._issuer.rstrip("/") + "/.well-known/openid-configuration"
         body, _ = await self._get(url, deadline)
+        shown = _REDACT.url(url)
         try:
             doc = json.loads(body)
         except (ValueError, RecursionError):
-            raise FetchError("discovery document is not JSON") from None
+            raise FetchError(f"{shown}: discovery document is not JSON") from None
         if not isinstance(doc, dict) or doc.get("issuer") != self._issuer:
             # OIDC Discovery §4.3: the document must name exactly the issuer we asked.
-            raise FetchError("discovery document names a different issuer")
+            raise FetchError(f"{shown}: discovery document names a different issuer")
         jwks_uri = doc.get("jwks_uri")
         if not isinstance(jwks_uri, str):
-            raise FetchError("discovery document has no jwks_uri")
+            raise FetchError(f"{shown}: discovery document has no jwks_uri")
         problem = insecure_url(jwks_uri, self.settings.allow_insecure_http)
         if problem:
-            raise FetchError(f"discovered jwks_uri refused: {problem}")
+            raise FetchError(f"{shown}: discovered jwks_uri refused: {problem}")
         return jwks_uri
 
     async def _get(self, url: str, deadline: float) -> tuple[bytes, float | None]:
+        """GET `url`; a failure is a FetchError naming the URL (redacted) and the cause."""
+        try:
+            return await self._get_body(url, deadline)
+        except FetchError as exc:
+            raise FetchError(f"GET {_REDACT.url(url)}: {exc}") from None
+
+    async def _get_body(self, url: str, deadline: float) -> tuple[bytes, float | None]:
         assert self._session is not None
         limit = self.settings.max_bytes
         left = deadline - time.monotonic()
@@ -366,7 +379,7 @@ class RemoteJwks:
         except TimeoutError:
             raise FetchError(f"no answer within {self.settings.fetch_timeout:g}s") from None
         except aiohttp.ClientError as exc:
-            raise FetchError(type(exc).__name__) from None
+            raise FetchError(fetcherrors.describe(exc)) from None
 
     async def _run(self) -> None:
         while True:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -48,6 +49,7 @@ from gateway.demo import demo_app
 from gateway.obs.cells import read_cells
 from gateway.obs.exposition import fold, render
 from gateway.obs.metrics import SupervisorMetrics
+from gateway.obs.processlog import LogFormat
 from gateway.policy import ConfigError, load_policy_text
 from gateway.policy.compile import CompiledPolicy
 from gateway.policy.model import Listen
@@ -133,12 +135,14 @@ class Supervisor:
         demo_upstream: Listen | None = None,
         access: Callable[[str], None] = lambda _: None,
         log_level: str = "info",
+        log_format: LogFormat = "text",
     ) -> None:
         self.policy = overrides.apply(policy)
         self._overrides = overrides
         self._demo = demo_upstream
         self._access = access
         self._log_level = log_level
+        self._log_format = log_format
         self.workers: list[WorkerProcess] = []  # the current generation, by slot
         self._draining: set[WorkerProcess] = set()  # an older generation, finishing
         self._running: set[WorkerProcess] = set()  # every worker process not yet reaped
@@ -220,14 +224,18 @@ class Supervisor:
 
     async def _start(self) -> bool:
         policy = self.policy
+        # Which listener failed, so the one line printed names it and its address.
+        what = f"public listener {_address(policy.listen)}"
         try:
             self._socket = await asyncio.to_thread(bind, policy.listen)
             self.public_port = port_of(self._socket)
+            what = f"admin listener {_address(policy.admin_listen)}"
             self._admin, self.admin_port = await _serve(admin_app(self), policy.admin_listen)
             if self._demo is not None:
+                what = f"demo upstream {_address(self._demo)}"
                 self._demo_runner, _ = await _serve(demo_app(), self._demo)
         except OSError as exc:
-            self._fatal = f"cannot start: {exc}"
+            self._fatal = f"cannot start the {what}: {_bind_error(exc)}"
             return False
         self._generation += 1
         started = await asyncio.gather(
@@ -349,6 +357,8 @@ class Supervisor:
                 str(metrics_file),
                 "--log-level",
                 self._log_level,
+                "--log-format",
+                self._log_format,
                 pass_fds=(listen.fileno(), theirs.fileno()),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -748,3 +758,18 @@ def _url_host(host: str) -> str:
     if host in ("0.0.0.0", "", "::"):
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
+
+
+def _address(listen: Listen) -> str:
+    return f"[{listen.host}]:{listen.port}" if ":" in listen.host else f"{listen.host}:{listen.port}"
+
+
+def _bind_error(exc: OSError) -> str:
+    """The cause, without the Errno prefix and the address asyncio repeats in its text."""
+    if exc.errno == errno.EADDRINUSE:
+        return "the address is already in use (another process listens there; `ss -ltnp` shows which)"
+    if exc.errno == errno.EACCES:
+        return "permission denied (a port below 1024 needs privileges)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "no interface of this host has that address"
+    return exc.strerror or str(exc)

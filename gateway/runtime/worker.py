@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.app import Gateway
+from gateway.obs import processlog
 from gateway.obs.access import LineWriter, set_sink
 from gateway.obs.cells import CellStore
 from gateway.obs.metrics import Metrics
@@ -169,16 +170,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", required=True, help="how the worker is named in logs and metrics")
     parser.add_argument("--metrics-file", required=True)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", default="text", choices=processlog.FORMATS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s %(name)s [worker {args.name}]: %(message)s",
-    )
+    processlog.configure(args.log_level, args.log_format, worker=args.name)
     # stdout is a pipe to the supervisor, which writes whole lines of every worker to
     # its own stdout: lines of two workers never interleave.
     writer = LineWriter(sys.stdout)

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from gateway.tokens import gitguard
 from gateway.tokens.files import locked, write_atomic
 
 JWKS_FILE = "jwks.json"
+# Keys `retire` removed: kid, alg and when, so `keys list` can still name them.
+RETIRED_FILE = "retired.json"
 ALGORITHMS = ("EdDSA", "ES256", "RS256")
 # RFC 7638 §3.2: the required members of each key type, in lexicographic order.
 _THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
@@ -88,8 +92,15 @@ def generate(directory: Path, alg: str = "EdDSA") -> str:
     # The directory stays readable (the gateway reads jwks.json; private keys are 0600)
     # but never writable by others, whatever the umask: whoever can swap jwks.json can
     # mint accepted tokens.
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(directory.stat().st_mode & ~0o022)
+    if created:
+        gitguard.ignore_new_directory(directory)
+    try:
+        gitguard.check_ignored(directory / f"{kid}.key")
+    except gitguard.UnignoredKeyError as exc:
+        raise KeyStoreError(str(exc)) from None
     with locked(directory):
         keys = read_jwks(directory)
         # O_EXCL and mode 0600 from the first byte: the key is never world-readable.
@@ -118,8 +129,27 @@ def retire(directory: Path, kid: str, *, allow_last: bool = False) -> int:
                 "(generate a new key first, or pass --force)"
             )
         _write_jwks(directory, remaining)
+        gone = next(k for k in keys if k.get("kid") == kid)
+        record = {"kid": kid, "alg": gone.get("alg"), "retired": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_atomic(
+            directory / RETIRED_FILE, (json.dumps([*read_retired(directory), record], indent=2) + "\n").encode()
+        )
         (directory / f"{kid}.key").unlink(missing_ok=True)
     return len(remaining)
+
+
+def read_retired(directory: Path) -> list[dict[str, Any]]:
+    """The keys `retire` removed from this directory, oldest first."""
+    path = directory / RETIRED_FILE
+    if not path.exists():
+        return []
+    try:
+        records = json.loads(path.read_text())
+    except (ValueError, RecursionError, OSError) as exc:
+        raise KeyStoreError(f"{path} is not a list of retired keys ({type(exc).__name__})") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise KeyStoreError(f"{path} is not a list of retired keys")
+    return records
 
 
 @dataclass(frozen=True)
