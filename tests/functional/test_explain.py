@@ -244,7 +244,7 @@ async def test_fetch_keys_verifies_against_a_real_jwks_server(
     assert "503 keys_unavailable" in captured.out
     assert "could not be fetched" in captured.out
     # The key source's own log line (stderr outside pytest) names the URL and the cause.
-    assert f"key fetch from jwks_url {idp.url}/jwks failed: HTTP 500" in caplog.text
+    assert f"key fetch from jwks_url {idp.url}/jwks failed: GET {idp.url}/jwks: HTTP 500" in caplog.text
 
 
 def test_usage_and_policy_errors_exit_2(env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
