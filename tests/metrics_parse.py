@@ -43,17 +43,22 @@ async def scrape(admin_port: int) -> Scrape:
         return Scrape(await r.text())
 
 
-def promtool_check(text: str) -> None:
-    """`promtool check metrics` finds nothing to say about `text` (skips without promtool, fails in CI)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
+def promtool() -> str:
+    """promtool's path; skips without it, and fails in CI."""
+    found = shutil.which("promtool")
+    if found is None:
         message = "promtool is not installed (`make tools` extracts it from Debian's prometheus .deb where it can)"
-        # CI must not pass with the exposition unchecked: a skip there is a failure.
+        # CI must not pass with the check not done: a skip there is a failure.
         if os.environ.get("CI", "") not in ("", "0", "false"):
             pytest.fail(message)
         pytest.skip(message)
+    return found
+
+
+def promtool_check(text: str) -> None:
+    """`promtool check metrics` finds nothing to say about `text` (skips without promtool, fails in CI)."""
     result = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30, check=False
+        [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=30, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == ""

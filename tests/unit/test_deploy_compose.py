@@ -5,7 +5,6 @@ Prometheus scraping the admin listener (`promtool check config` where installed)
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from gateway.policy.model import Policy
 from gateway.runtime.supervisor import EXIT_MARGIN
 from gateway.tokens import keystore
 from tests.deploy_paths import path_fields, reroot
+from tests.metrics_parse import promtool
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "deploy" / "compose"
@@ -141,10 +141,9 @@ def test_prometheus_scrapes_the_admin_listener() -> None:
     assert targets == [f"gateway:{_policy().admin.listen.port}"]
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (make tools)")
 def test_promtool_accepts_the_prometheus_config() -> None:
     done = subprocess.run(
-        ["promtool", "check", "config", str(COMPOSE_DIR / "prometheus.yml")],
+        [promtool(), "check", "config", str(COMPOSE_DIR / "prometheus.yml")],
         capture_output=True,
         text=True,
         timeout=30,
