@@ -208,9 +208,6 @@ class Gateway:
         self._handler.runtime = self._runtime(new)
         # Open WebSockets verified against the old lists watch the new ones from now on.
         self._handler.websockets.revocations = {w.provider: w for w in new.revocations}
-        # Open WebSockets were admitted by the old policy: the new one decides whether
-        # they go on (by its prepared keys only; never a fetch per connection).
-        await self._handler.reauthorize_websockets()
         if self._server is not None:
             self._server.limits = new.limits  # for connections accepted from now on
         if new.tls is not None:
@@ -221,6 +218,10 @@ class Gateway:
         if old.tls is not None:
             await old.tls.stop()
         await self._stop_providers(old)
+        # Open WebSockets were admitted by the old policy: the new one decides whether
+        # they go on (by its prepared keys only; never a fetch per connection). Last, so
+        # that a cancellation between its batches leaves no half-swapped policy.
+        await self._handler.reauthorize_websockets()
         log.info("policy reloaded from %s (%d routes)", new.source, len(new.table.routes))
 
     def accept(self) -> None:

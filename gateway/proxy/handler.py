@@ -579,25 +579,31 @@ class ProxyHandler:
         """The upstream said 101: the 101 to the client, then the relay, to the end."""
         settings = runtime.settings
         current = self.runtime
-        if current is not runtime:
-            # A reload was committed while the upstream answered: its re-check of open
-            # connections could not see this one (not open yet), so it is checked here,
-            # before the 101, and refused as a handshake is. Nothing from here to the
-            # relay's registration suspends, so no later commit can slip in between.
-            new_route, admission = readmit(current, handshake)
-            if new_route is None or admission.reason is not None:
-                upstream.close()
-                reason = admission.reason or Reason.INTERNAL
-                return self._refuse(request, runtime, ex, route, reason, "the policy reloaded during the handshake")
-            settings, route, lifetime = current.settings, new_route, admission.lifetime
-        relay = Relay(
-            self.websockets,
-            settings.websocket_idle_timeout,
-            lifetime if route.websocket_close_on_expiry else None,
-            request.tunnel_closed,
-            handshake,
-            client_frame_rate=settings.websocket_client_frame_rate,
-        )
+        try:
+            if current is not runtime:
+                # A reload was committed while the upstream answered: its re-check of open
+                # connections could not see this one (not open yet), so it is checked here,
+                # before the 101, and refused as a handshake is. Nothing from here to the
+                # relay's registration suspends, so no later commit can slip in between.
+                new_route, admission = readmit(current, handshake)
+                if new_route is None or admission.reason is not None:
+                    upstream.close()
+                    reason = admission.reason or Reason.INTERNAL
+                    return self._refuse(request, runtime, ex, route, reason, "the policy reloaded during the handshake")
+                settings, route, lifetime = current.settings, new_route, admission.lifetime
+            relay = Relay(
+                self.websockets,
+                settings.websocket_idle_timeout,
+                lifetime if route.websocket_close_on_expiry else None,
+                request.tunnel_closed,
+                handshake,
+                client_frame_rate=settings.websocket_client_frame_rate,
+            )
+        except BaseException:
+            # The upstream has switched protocols: a failed check must not leave its
+            # WebSocket open (the client gets its error; found by review).
+            upstream.close()
+            raise
         try:
             up_transport, up_early = upstream.detach()
         except ConnectionError:

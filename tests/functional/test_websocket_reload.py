@@ -316,6 +316,54 @@ async def test_a_handshake_the_upstream_answers_after_a_reload_is_checked_by_the
         asking.cancel()
 
 
+async def _slow_handshake(gw: Gateway) -> int:
+    async with aiohttp.ClientSession() as session:
+        try:
+            ws = await session.ws_connect(url(gw, "/ws/slow"), headers={"Authorization": f"Bearer {token()}"})
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status
+        await ws.close()
+        return 101
+
+
+async def test_a_recheck_that_fails_during_a_handshake_closes_the_upstream_too(
+    start: Start, ws_upstream: Gated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-check of a handshake answered after a reload raises (a bug in the new
+    policy's checks): the client is refused, and the upstream connection that already
+    said 101 is closed, not left open with its WebSocket (found by review)."""
+    gw = await start()
+    asking = asyncio.ensure_future(_slow_handshake(gw))
+    try:
+        await until(lambda: bool(ws_upstream.seen))
+        await reload(gw, ws_upstream, idle="20s")
+
+        def broken(*_: Any) -> Any:
+            raise RuntimeError("a bug in the re-check")
+
+        monkeypatch.setattr(handler, "readmit", broken)
+        ws_upstream.gate.set()
+        assert await asyncio.wait_for(asking, 5) == 500
+        await asyncio.wait_for(ws_upstream.ended_event.wait(), 3)
+    finally:
+        asking.cancel()
+
+
+async def test_two_reloads_while_a_handshake_waits_are_judged_by_the_last(start: Start, ws_upstream: Gated) -> None:
+    """The route dropped, then back with a scope the token lacks: the handshake the
+    upstream answers after both is refused by the policy in force (review)."""
+    gw = await start()
+    asking = asyncio.ensure_future(_slow_handshake(gw))
+    try:
+        await until(lambda: bool(ws_upstream.seen))
+        await reload(gw, ws_upstream, ws=None)
+        await reload(gw, ws_upstream, ws="auth: {any_of: [shared], scopes: [admin]}")
+        ws_upstream.gate.set()
+        assert await asyncio.wait_for(asking, 5) == 403
+    finally:
+        asking.cancel()
+
+
 async def test_a_key_gone_from_the_jwks_closes_its_connections_without_a_fetch_per_connection(
     make_gateway: GatewayFactory, ws_upstream: WsUpstream, idp: IdentityProvider, rsa: SigningKey, ec: SigningKey
 ) -> None:
